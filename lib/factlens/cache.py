@@ -1,0 +1,132 @@
+"""The cache: everything expensive, keyed by what produced it and checked before it is trusted.
+
+Lives under ``$FACTLENS_CACHE_DIR`` (default ``~/.cache/factlens``). Two kinds of entries:
+
+* folders (a converted model): built in a temporary sibling, stamped with a manifest of
+  file sizes and SHA-256 digests, then renamed into place in one step, so a killed build
+  never leaves a folder that later loads half a model;
+* tensor files (layer statistics, trigger tables, embedding scales): one safetensors file
+  per key, whose metadata carries the key and a digest of the tensors; a file that does
+  not match is rebuilt with a warning, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "factlens-manifest.json"
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$FACTLENS_CACHE_DIR/<parts...>`` (default ``~/.cache/factlens``), created."""
+    root = Path(os.environ.get("FACTLENS_CACHE_DIR") or Path.home() / ".cache" / "factlens")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_is_complete(folder: Path) -> bool:
+    """True when ``folder`` holds exactly the files its manifest lists, with their sizes and digests."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for name, (size, digest) in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path, **info: object) -> Iterator[Path]:
+    """Build ``folder`` in a temporary sibling; on success stamp a manifest and rename it into place.
+
+    If the body raises (or the process dies) the final folder is untouched: either the old
+    complete folder or nothing. ``info`` is stored in the manifest (what produced the folder).
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        yield tmp
+        files = {
+            p.name: (p.stat().st_size, _sha256(p)) for p in sorted(tmp.iterdir()) if p.is_file()
+        }
+        (tmp / MANIFEST).write_text(json.dumps({"info": info, "files": files}, indent=1, default=str))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _key_text(key: dict) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def tensor_file(kind: str, key: dict) -> Path:
+    """Where the tensors for ``key`` (a dict of what produced them) are cached."""
+    name = hashlib.sha256(_key_text(key).encode()).hexdigest()[:24]
+    return cache_dir(kind) / f"{name}.safetensors"
+
+
+def cached_tensors(
+    kind: str, key: dict, build: Callable[[], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Load the tensors cached for ``key``, or ``build()`` and cache them.
+
+    The file is trusted only when its metadata names the same key and its tensors hash to
+    the stored digest; anything else (truncated file, wrong key, flipped bytes) is rebuilt.
+    """
+    path = tensor_file(kind, key)
+    if path.exists():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+            if meta.get("key") == _key_text(key) and meta.get("digest") == _tensor_digest(tensors):
+                return tensors
+            reason = "its key or digest does not match"
+        except Exception as err:  # a corrupt file raises all sorts of errors
+            reason = f"it cannot be read ({type(err).__name__}: {err})"
+        warnings.warn(f"cache entry {path} is not trusted because {reason}; rebuilding it", stacklevel=2)
+        path.unlink(missing_ok=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in build().items()}
+    meta = {"key": _key_text(key), "digest": _tensor_digest(tensors)}
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return tensors
