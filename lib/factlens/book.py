@@ -1,0 +1,632 @@
+"""Build the book: execute every notebook of ``_toc.yml`` with papermill, then render the static site.
+
+Command line::
+
+    python -m factlens.book --profile smoke|cpu|paper [--only CHAPTER ...] [-p KEY=VALUE ...]
+                            [--no-html] [--strict] [--verbose] [--no-progress]
+                        [--root DIR] [--build-dir DIR]
+
+Each notebook listed in ``_toc.yml`` is executed (kernel ``python3``, working directory the
+notebook's folder) into ``<build>/executed/<same relative path>``, with parameters:
+
+1. the profile's common parameters ``model_name``, ``profile`` and ``results_dir``;
+2. updated with the profile's section of the notebook's sidecar ``<stem>.yml`` (top-level
+   keys ``smoke``, ``cpu``, ``paper``, each a mapping of parameters);
+3. updated with the ``-p key=value`` overrides, which apply to every notebook.
+
+A failing cell stops the build with a message naming the notebook, the cell and the
+exception. Then Jupyter Book 1 renders the *executed* notebooks: a copy of the book's
+sources is staged in ``<build>/site_src`` with the executed notebooks in place of the
+clean ones, built there, and its HTML moved to ``<build>/html`` (``index.html`` is the entry).
+
+Notebooks report their headline numbers with :func:`save_results`; the comparison tables
+read them back with :func:`load_results`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {"model_name": "gemma-3-270m"},
+    "cpu": {"model_name": "gemma-3-270m"},
+    "paper": {"model_name": "gpt2-xl"},
+}
+KERNEL_NAME = "python3"
+# folders that are never part of the book's sources
+_NOT_SOURCES = {"_build", ".venv", ".git", "lib", "tests", "bench", ".ci", "node_modules"}
+# folders copied into the staged site when they exist (images, static files)
+_ASSET_DIRS = ("_static", "images", "figures", "assets")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class BookError(RuntimeError):
+    """The book could not be built; the message says which notebook or step and why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the table of contents
+
+
+def find_root(start: str | Path | None = None) -> Path:
+    """The book's root: the nearest folder holding ``_toc.yml`` and ``_config.yml``.
+
+    Searched upwards from ``start`` (default: the working directory), then from this
+    package's location (``lib/factlens`` -> the repository root).
+    """
+    candidates = [Path(start or Path.cwd()).resolve(), Path(__file__).resolve().parent]
+    for base in candidates:
+        for folder in (base, *base.parents):
+            if (folder / "_toc.yml").is_file() and (folder / "_config.yml").is_file():
+                return folder
+    raise BookError("no _toc.yml with a _config.yml beside it above the working directory; pass --root")
+
+
+def _toc_entries(node: Any) -> Iterable[str]:
+    if isinstance(node, Mapping):
+        for key in ("root", "file"):
+            if isinstance(node.get(key), str):
+                yield node[key]
+        for key in ("parts", "chapters", "sections"):
+            for child in node.get(key) or ():
+                yield from _toc_entries(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _toc_entries(child)
+
+
+def toc_documents(root: str | Path) -> list[Path]:
+    """Every document of ``_toc.yml`` (Jupyter Book 1 ``jb-book`` format), in order, as paths
+    relative to ``root`` with their file suffix (``.md``, ``.ipynb``, ...) resolved.
+
+    Raises :class:`BookError` for a document that does not exist.
+    """
+    root = Path(root)
+    toc_path = root / "_toc.yml"
+    try:
+        toc = yaml.safe_load(toc_path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise BookError(f"cannot read {toc_path}: {err}") from err
+    if not isinstance(toc, Mapping) or "root" not in toc:
+        raise BookError(f"{toc_path}: not a Jupyter Book table of contents (no 'root')")
+    documents: list[Path] = []
+    for entry in _toc_entries(toc):
+        rel = Path(entry)
+        if rel.suffix in (".ipynb", ".md", ".rst", ".py") and (root / rel).is_file():
+            found = rel
+        else:
+            found = next(
+                (rel.with_name(rel.name + s) for s in (".ipynb", ".md", ".rst") if (root / (entry + s)).is_file()),
+                None,
+            )
+        if found is None:
+            raise BookError(f"{toc_path}: '{entry}' is listed but no {entry}.ipynb or {entry}.md exists")
+        if found not in documents:
+            documents.append(found)
+    return documents
+
+
+def toc_notebooks(root: str | Path) -> list[Path]:
+    """The notebooks (``.ipynb``) of ``_toc.yml``, relative to ``root``, in order."""
+    return [doc for doc in toc_documents(root) if doc.suffix == ".ipynb"]
+
+
+def select(notebooks: Sequence[Path], only: Sequence[str] | None) -> list[Path]:
+    """The notebooks whose path contains one of ``only`` as whole path components.
+
+    ``lama`` selects ``chapters/lama/lama.ipynb``; ``rome`` every notebook under
+    ``chapters/rome/``; ``tracing`` or ``rome/tracing`` selects ``chapters/rome/tracing.ipynb``.
+    No ``only`` selects everything. Raises :class:`BookError` when a name matches nothing.
+    """
+    if not only:
+        return list(notebooks)
+    chosen: list[Path] = []
+    for name in only:
+        wanted = tuple(p for p in Path(name.removesuffix(".ipynb")).parts if p not in ("", "."))
+        matches = [
+            nb
+            for nb in notebooks
+            if any(nb.with_suffix("").parts[i : i + len(wanted)] == wanted for i in range(len(nb.parts)))
+        ]
+        if not wanted or not matches:
+            listed = ", ".join(str(nb) for nb in notebooks) or "none"
+            raise BookError(f"--only {name!r} matches no notebook of _toc.yml (notebooks: {listed})")
+        chosen += [nb for nb in matches if nb not in chosen]
+    return [nb for nb in notebooks if nb in chosen]  # toc order
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+def common_parameters(profile: str, results_dir: str | Path) -> dict[str, Any]:
+    """The parameters every notebook gets: ``model_name``, ``profile``, ``results_dir``."""
+    if profile not in PROFILES:
+        raise BookError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
+    return {**PROFILES[profile], "profile": profile, "results_dir": str(Path(results_dir).resolve())}
+
+
+def sidecar_parameters(notebook: str | Path, profile: str) -> dict[str, Any]:
+    """The ``profile`` section of the notebook's sidecar ``<stem>.yml`` ({} when there is none)."""
+    sidecar = Path(notebook).with_suffix(".yml")
+    if not sidecar.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(sidecar.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise BookError(f"{sidecar}: not valid YAML: {err}") from err
+    if not isinstance(data, Mapping):
+        raise BookError(f"{sidecar}: expected a mapping with keys {', '.join(PROFILES)}")
+    unknown = set(data) - set(PROFILES)
+    if unknown:
+        raise BookError(f"{sidecar}: unknown profile(s) {sorted(unknown)}; expected {', '.join(PROFILES)}")
+    section = data.get(profile) or {}
+    if not isinstance(section, Mapping):
+        raise BookError(f"{sidecar}: '{profile}' must be a mapping of parameter names to values")
+    return dict(section)
+
+
+def notebook_parameters(
+    notebook: str | Path,
+    profile: str,
+    results_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Common parameters, updated with the sidecar's ``profile`` section, then with ``overrides``."""
+    return {
+        **common_parameters(profile, results_dir),
+        **sidecar_parameters(notebook, profile),
+        **(overrides or {}),
+    }
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p`` value: int, float, true/false, none/null, a JSON list or mapping, else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    if text.strip()[:1] in "[{" and text.strip():
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: parse_value(v)}`` (the last one wins)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise BookError(f"-p expects KEY=VALUE with a Python identifier as KEY, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# execution
+
+
+@dataclass
+class Executed:
+    notebook: Path  # relative to the root
+    output: Path
+    parameters: dict[str, Any]
+    seconds: float
+    error: str | None = None
+
+
+def _kernel_environment() -> None:
+    """Make the ``python3`` kernel the interpreter running this build, with this factlens.
+
+    jupyter_client replaces a kernelspec's ``python`` with ``sys.executable``, but a user's
+    own ``python3`` kernelspec (say in ~/.local/share/jupyter) would win over the venv's;
+    putting the environment's share/jupyter first in JUPYTER_PATH avoids that. The library
+    folder goes first on PYTHONPATH so notebooks import the same factlens as the builder,
+    installed or not.
+    """
+    env_share = str(Path(sys.prefix) / "share" / "jupyter")
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if env_share not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([env_share, *paths])
+    lib = str(Path(__file__).resolve().parents[1])
+    pypath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if lib not in pypath:
+        os.environ["PYTHONPATH"] = os.pathsep.join([lib, *pypath])
+
+
+def describe_failure(notebook: str | Path, err: Exception, output: str | Path | None = None) -> str:
+    """A short message for a failed notebook: which cell (index in the source notebook and
+    its first line) raised which exception, and where the executed copy with the full traceback is."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if not isinstance(err, PapermillExecutionError):
+        first = str(err).strip().splitlines()[:1]
+        return f"{notebook}: {type(err).__name__}: {first[0] if first else ''}"
+    index = err.cell_index
+    # papermill counts the injected-parameters cell it added; report the source notebook's index
+    if output is not None and Path(output).is_file():
+        try:
+            nb = json.loads(Path(output).read_text())
+            cells = [c for c in nb["cells"] if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+            injected = sum(
+                "injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells[: err.cell_index]
+            )
+            index -= injected
+        except (OSError, ValueError, KeyError):
+            pass
+    source = err.source if isinstance(err.source, str) else "".join(err.source or "")
+    first_line = next((line.strip() for line in source.splitlines() if line.strip()), "")
+    if len(first_line) > 100:
+        first_line = first_line[:97] + "..."
+    evalue = _ANSI.sub("", str(err.evalue)).strip()
+    if len(evalue) > 500:
+        evalue = evalue[:497] + "..."
+    where = f"\n  full traceback in {output}" if output else ""
+    return f"{notebook}: cell {index} (`{first_line}`) raised {err.ename}: {evalue}{where}"
+
+
+def execute(
+    root: str | Path,
+    notebooks: Sequence[str | Path],
+    profile: str,
+    *,
+    build_dir: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    progress_bar: bool = True,
+    log: Any = print,
+) -> list[Executed]:
+    """Execute ``notebooks`` (relative to ``root``) into ``<build>/executed``.
+
+    Stops at the first failing notebook and raises :class:`BookError` naming it, its cell and
+    the exception (the executed copy, with the traceback, is kept for inspection).
+    """
+    import papermill
+
+    root = Path(root).resolve()
+    build = Path(build_dir).resolve() if build_dir else root / "_build"
+    results_dir = build / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    _kernel_environment()
+    done: list[Executed] = []
+    total = len(notebooks)
+    for i, rel in enumerate(map(Path, notebooks), start=1):
+        source = root / rel
+        output = build / "executed" / rel
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.unlink(missing_ok=True)
+        params = notebook_parameters(source, profile, results_dir, overrides)
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "results_dir")
+        log(f"[{i}/{total}] {rel} ({shown})", flush=True)
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(source),
+                str(output),
+                parameters=params,
+                kernel_name=KERNEL_NAME,
+                cwd=str(source.parent),
+                progress_bar=progress_bar,
+                log_output=False,
+            )
+        except Exception as err:
+            seconds = time.perf_counter() - start
+            message = describe_failure(rel, err, output)
+            log(f"[{i}/{total}] {rel} FAILED after {seconds:.1f} s", flush=True)
+            raise BookError(message) from err
+        seconds = time.perf_counter() - start
+        log(f"[{i}/{total}] {rel} done in {seconds:.1f} s", flush=True)
+        done.append(Executed(rel, output, params, seconds))
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# the static site
+
+
+def stage_site(root: str | Path, build_dir: str | Path | None = None, *, log: Any = print) -> Path:
+    """Copy the book's sources into ``<build>/site_src``, with each notebook of the toc replaced
+    by its executed copy from ``<build>/executed`` (the clean source, without outputs, when it
+    has not been executed yet)."""
+    root = Path(root).resolve()
+    build = Path(build_dir).resolve() if build_dir else root / "_build"
+    site = build / "site_src"
+    if site.exists():
+        shutil.rmtree(site)
+    site.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, site / name)
+    for extra in root.glob("*.bib"):
+        shutil.copy2(extra, site / extra.name)
+    documents = toc_documents(root)
+    folders = {doc.parts[0] for doc in documents if len(doc.parts) > 1} | {
+        d for d in _ASSET_DIRS if (root / d).is_dir()
+    }
+    ignore = shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__", "_build", ".*")
+    for folder in sorted(folders - _NOT_SOURCES):
+        shutil.copytree(root / folder, site / folder, ignore=ignore, dirs_exist_ok=True)
+    for doc in documents:
+        target = site / doc
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if doc.suffix == ".ipynb":
+            executed = build / "executed" / doc
+            if executed.is_file():
+                shutil.copy2(executed, target)
+            else:
+                log(f"note: {doc} has not been executed; the site shows it without outputs", flush=True)
+                shutil.copy2(root / doc, target)
+        elif not target.exists():  # a top-level document outside the copied folders
+            shutil.copy2(root / doc, target)
+    return site
+
+
+def _run_filtered(command: Sequence[str], cwd: Path, site: Path, root: Path) -> int:
+    """Run jupyter-book, passing its output through with staged paths shown as the sources'
+    (``<build>/site_src/chapters/x.md`` -> ``<root>/chapters/x.md``), and without its
+    "Output Path" line and closing "your book is here" box, whose paths point into the
+    staging folder (the HTML is moved to <build>/html)."""
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    held: str | None = None  # a "=====" rule, held until we know whether the box follows
+    skipping = False
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if skipping:
+            skipping = "=====" not in line
+            continue
+        if held is not None:
+            if line.strip() == "":
+                held += line
+                continue
+            if "Finished generating HTML" in line:
+                held, skipping = None, True
+                continue
+            sys.stdout.write(held)
+            held = None
+        if "=====" in line:
+            held = line
+            continue
+        if line.startswith("Output Path:"):
+            continue
+        sys.stdout.write(line.replace(f"{site}{os.sep}", f"{root}{os.sep}"))
+    if held is not None:
+        sys.stdout.write(held)
+    sys.stdout.flush()
+    return proc.wait()
+
+
+def build_html(
+    root: str | Path,
+    build_dir: str | Path | None = None,
+    *,
+    strict: bool = False,
+    quiet: bool = False,
+    log: Any = print,
+) -> Path:
+    """Stage the site and build it with Jupyter Book 1; returns ``<build>/html/index.html``.
+
+    Sphinx warnings are printed but only fail the build with ``strict``; errors always do.
+    """
+    root = Path(root).resolve()
+    build = Path(build_dir).resolve() if build_dir else root / "_build"
+    site = stage_site(root, build, log=log)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jb)] if jb.exists() else [sys.executable, "-m", "jupyter_book.cli.main"]
+    command += ["build", str(site), "--builder", "html"]
+    if strict:
+        command += ["-W", "-n", "--keep-going"]
+    if quiet:
+        command += ["-q"]
+    log(f"building the static site with Jupyter Book from {site} ...", flush=True)
+    start = time.perf_counter()
+    returncode = _run_filtered(command, cwd=site, site=site, root=root)
+    seconds = time.perf_counter() - start
+    html_src = site / "_build" / "html"
+    if returncode != 0 or not (html_src / "index.html").is_file():
+        raise BookError(f"jupyter-book build failed (exit {returncode}); see its output above")
+    html = build / "html"
+    if html.exists():
+        shutil.rmtree(html)
+    shutil.move(str(html_src), str(html))
+    log(f"site built in {seconds:.1f} s: {html / 'index.html'}", flush=True)
+    return html / "index.html"
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON types from numpy/torch scalars and arrays, paths, tuples, sets; NaN/inf -> None."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [_json_safe(v) for v in items]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    module = type(value).__module__.split(".")[0]
+    if module == "torch" and hasattr(value, "detach"):  # tensors: to CPU, then Python values
+        return _json_safe(value.detach().cpu().tolist())
+    if module == "pandas" and hasattr(value, "to_dict"):  # Series -> {index: value}, DataFrame -> {column: {...}}
+        return _json_safe(value.to_dict())
+    if hasattr(value, "tolist"):  # numpy arrays and scalars (np.float32, np.int64, np.bool_)
+        return _json_safe(value.tolist())
+    if hasattr(value, "item"):
+        return _json_safe(value.item())
+    raise TypeError(f"cannot store a {type(value).__name__} in results: {value!r:.80}")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("factlens")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def save_results(
+    chapter: str,
+    metrics: Mapping[str, Any],
+    *,
+    model_name: str,
+    profile: str,
+    parameters: Mapping[str, Any],
+    results_dir: str | Path,
+) -> Path:
+    """Write a chapter's headline numbers to ``<results_dir>/<chapter>.json``, atomically.
+
+    The file holds ``chapter``, ``model``, ``profile``, ``parameters``, ``metrics``,
+    ``factlens_version`` and ``timestamp`` (UTC, ISO 8601). numpy/torch scalars and arrays
+    become numbers and lists; NaN and infinities become ``null``.
+    """
+    if not chapter or "/" in chapter or "\\" in chapter or chapter.startswith("."):
+        raise ValueError(f"chapter must be a plain file stem, got {chapter!r}")
+    record = {
+        "chapter": chapter,
+        "model": model_name,
+        "profile": profile,
+        "parameters": _json_safe(dict(parameters)),
+        "metrics": _json_safe(dict(metrics)),
+        "factlens_version": _version(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(record, indent=2, allow_nan=False)
+    folder = Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{chapter}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{chapter}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_results(chapter: str, results_dir: str | Path) -> dict[str, Any] | None:
+    """The record :func:`save_results` wrote for ``chapter``, or None when there is none
+    (or it is unreadable: a chapter not run yet)."""
+    path = Path(results_dir) / f"{chapter}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def build(
+    profile: str,
+    *,
+    root: str | Path | None = None,
+    build_dir: str | Path | None = None,
+    only: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    html: bool = True,
+    strict: bool = False,
+    quiet: bool = True,
+    progress_bar: bool = True,
+    log: Any = print,
+) -> Path | None:
+    """Execute the selected notebooks, then (``html``) build the site; returns index.html's path."""
+    root = find_root(root) if root is None else Path(root).resolve()
+    if not (root / "_toc.yml").is_file():
+        raise BookError(f"{root} has no _toc.yml")
+    common_parameters(profile, ".")  # check the profile before anything runs
+    notebooks = select(toc_notebooks(root), only)
+    start = time.perf_counter()
+    log(f"book at {root}: profile {profile}, {len(notebooks)} notebook(s) to execute", flush=True)
+    done = execute(root, notebooks, profile, build_dir=build_dir, overrides=overrides, progress_bar=progress_bar, log=log)
+    if done:
+        log("executed: " + ", ".join(f"{d.notebook} {d.seconds:.0f} s" for d in done), flush=True)
+    index = build_html(root, build_dir, strict=strict, quiet=quiet, log=log) if html else None
+    log(f"total {time.perf_counter() - start:.1f} s", flush=True)
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m factlens.book",
+        description="Execute the book's notebooks with papermill and build the static site (Jupyter Book 1).",
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="size of the runs and model (default cpu)")
+    parser.add_argument(
+        "--only", action="append", metavar="CHAPTER",
+        help="execute only notebooks whose path contains this folder or name (repeatable), e.g. lama, rome, rome/tracing",
+    )
+    parser.add_argument(
+        "-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+        help="override a parameter for every notebook (repeatable), e.g. -p model_name=gpt2",
+    )
+    parser.add_argument("--no-html", action="store_true", help="execute only; do not build the site")
+    parser.add_argument("--strict", action="store_true", help="fail the site build on Sphinx warnings too")
+    parser.add_argument("--root", type=Path, help="the book's root (default: found from the working directory)")
+    parser.add_argument("--build-dir", type=Path, help="where executed/, results/, html/ go (default ROOT/_build)")
+    parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    parser.add_argument("--verbose", action="store_true", help="show Jupyter Book's full output (default: warnings and errors)")
+    args = parser.parse_args(argv)
+    try:
+        index = build(
+            args.profile,
+            root=args.root,
+            build_dir=args.build_dir,
+            only=args.only,
+            overrides=parse_overrides(args.parameter),
+            html=not args.no_html,
+            strict=args.strict,
+            quiet=not args.verbose,
+            progress_bar=not args.no_progress,
+        )
+    except BookError as err:
+        print(f"\nbook build failed: {err}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("\nbook build interrupted", file=sys.stderr)
+        return 130
+    if index is not None:
+        print(f"open {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

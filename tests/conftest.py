@@ -1,0 +1,43 @@
+"""Shared fixtures. Keep this small: a fixture used by one test file belongs in that file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (the book's root: _toc.yml, _config.yml)."""
+    return REPO_ROOT
+
+
+@pytest.fixture
+def fixture_book(tmp_path: Path) -> Path:
+    """A copy of tests/fixtures/book (a tiny book whose notebooks need no model) in tmp_path."""
+    root = tmp_path / "book"
+    shutil.copytree(FIXTURES / "book", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real book built once per session with the smoke profile: every notebook of _toc.yml
+    executed, then the site. Returns the html folder; ``<it>/../executed`` holds the executed
+    notebooks and ``<it>/../results`` the chapters' results."""
+    build = tmp_path_factory.mktemp("smoke-book")
+    out = subprocess.run(
+        [sys.executable, "-m", "factlens.book", "--profile", "smoke", "--no-progress",
+         "--root", str(REPO_ROOT), "--build-dir", str(build)],
+        capture_output=True, text=True,
+    )
+    if out.returncode != 0:
+        pytest.fail(f"the smoke book did not build (exit {out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return build / "html"

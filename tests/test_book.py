@@ -1,0 +1,232 @@
+"""The book builder (factlens.book): parameters, the table of contents, results, execution, the site."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from factlens import book
+from factlens.book import BookError, load_results, save_results
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "factlens.book", "--no-progress", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_common_parameters_per_profile(tmp_path):
+    for profile, model in [("smoke", "gemma-3-270m"), ("cpu", "gemma-3-270m"), ("paper", "gpt2-xl")]:
+        params = book.common_parameters(profile, tmp_path / "results")
+        assert params == {"model_name": model, "profile": profile, "results_dir": str((tmp_path / "results").resolve())}
+    with pytest.raises(BookError, match="unknown profile"):
+        book.common_parameters("laptop", tmp_path)
+
+
+def test_sidecar_merging_and_overrides(tmp_path):
+    nb = tmp_path / "chapter.ipynb"
+    nb.write_text("{}")
+    assert book.notebook_parameters(nb, "smoke", tmp_path)["model_name"] == "gemma-3-270m"  # no sidecar
+    (tmp_path / "chapter.yml").write_text(
+        yaml.safe_dump({"smoke": {"n_facts": 4, "model_name": "tiny-gpt2"}, "cpu": {"n_facts": 100}})
+    )
+    smoke = book.notebook_parameters(nb, "smoke", tmp_path)
+    assert smoke["n_facts"] == 4 and smoke["model_name"] == "tiny-gpt2" and smoke["profile"] == "smoke"
+    cpu = book.notebook_parameters(nb, "cpu", tmp_path, {"model_name": "gpt2", "n_facts": 7})
+    assert cpu == {"model_name": "gpt2", "profile": "cpu", "results_dir": str(tmp_path.resolve()), "n_facts": 7}
+    paper = book.notebook_parameters(nb, "paper", tmp_path)  # profile missing from the sidecar
+    assert paper == book.common_parameters("paper", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("smokee: {n: 1}\n", "unknown profile"), ("smoke: [1, 2]\n", "must be a mapping"), ("- 1\n", "expected a mapping")],
+)
+def test_bad_sidecars_are_errors(tmp_path, content, message):
+    nb = tmp_path / "chapter.ipynb"
+    (tmp_path / "chapter.yml").write_text(content)
+    with pytest.raises(BookError, match=message):
+        book.notebook_parameters(nb, "smoke", tmp_path)
+
+
+def test_parse_overrides_types():
+    parsed = book.parse_overrides(
+        ["model_name=gpt2-xl", "n=10", "lr=1e-3", "flag=true", "off=False", "x=none", "layers=[1, 2]", "s=a=b", "n=11"]
+    )
+    assert parsed == {
+        "model_name": "gpt2-xl", "n": 11, "lr": 1e-3, "flag": True, "off": False, "x": None, "layers": [1, 2], "s": "a=b"
+    }
+    for bad in ["novalue", "=3", "not a name=1"]:
+        with pytest.raises(BookError, match="KEY=VALUE"):
+            book.parse_overrides([bad])
+
+
+# --------------------------------------------------------------------------- table of contents
+
+
+def _make_book(root: Path, toc: dict, files: list[str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "_toc.yml").write_text(yaml.safe_dump(toc))
+    (root / "_config.yml").write_text("title: t\n")
+    for f in files:
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_text("{}" if f.endswith(".ipynb") else "# x\n")
+    return root
+
+
+def test_toc_parsing_nested(tmp_path):
+    toc = {
+        "format": "jb-book",
+        "root": "chapters/intro",
+        "parts": [
+            {"caption": "Probing", "chapters": [{"file": "chapters/lama/lama"}]},
+            {
+                "caption": "ROME",
+                "chapters": [
+                    {"file": "chapters/rome/index", "sections": [{"file": "chapters/rome/tracing"}, {"file": "chapters/rome/editing.ipynb"}]},
+                    {"url": "https://example.org", "title": "elsewhere"},
+                ],
+            },
+            {"chapters": [{"file": "chapters/playground"}]},
+        ],
+    }
+    files = ["chapters/intro.md", "chapters/lama/lama.ipynb", "chapters/rome/index.md", "chapters/rome/tracing.ipynb",
+             "chapters/rome/editing.ipynb", "chapters/playground.ipynb"]
+    root = _make_book(tmp_path, toc, files)
+    assert book.toc_documents(root) == [Path(f) for f in files]
+    assert book.toc_notebooks(root) == [Path(f) for f in files if f.endswith(".ipynb")]
+    assert book.find_root(root / "chapters" / "rome") == root.resolve()
+
+
+def test_toc_missing_document_is_an_error(tmp_path):
+    root = _make_book(tmp_path, {"format": "jb-book", "root": "intro", "chapters": [{"file": "gone"}]}, ["intro.md"])
+    with pytest.raises(BookError, match="'gone' is listed"):
+        book.toc_documents(root)
+
+
+def test_only_selection():
+    nbs = [Path(p) for p in ["chapters/lama/lama.ipynb", "chapters/memories/memories.ipynb", "chapters/rome/tracing.ipynb",
+                             "chapters/rome/editing.ipynb", "chapters/playground.ipynb"]]
+    assert book.select(nbs, None) == nbs
+    assert book.select(nbs, ["lama"]) == nbs[:1]
+    assert book.select(nbs, ["rome"]) == nbs[2:4]
+    assert book.select(nbs, ["rome/tracing"]) == [nbs[2]]
+    assert book.select(nbs, ["tracing.ipynb"]) == [nbs[2]]
+    assert book.select(nbs, ["playground", "lama"]) == [nbs[0], nbs[4]]  # toc order, not argument order
+    for bad in ["rom", "ama", "tracing/rome", ""]:
+        with pytest.raises(BookError, match="matches no notebook"):
+            book.select(nbs, [bad])
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_save_results_round_trip(tmp_path):
+    metrics = {
+        "p_at_1": np.float32(0.25),
+        "count": np.int64(7),
+        "ok": np.bool_(True),
+        "per_layer": np.arange(3, dtype=np.float64) / 2,
+        "tensor": torch.tensor([[1.5, 2.0]]),
+        "scalar_tensor": torch.tensor(3),
+        "nan": float("nan"),
+        "inf": np.float64(np.inf),
+        "nested": {1: (np.int32(1), torch.tensor(0.5, dtype=torch.bfloat16))},
+    }
+    results = tmp_path / "results"
+    path = save_results("lama", metrics, model_name="gemma-3-270m", profile="smoke",
+                        parameters={"n_facts": np.int64(10), "out": tmp_path}, results_dir=results)
+    assert path == results / "lama.json"
+    assert [p.name for p in results.iterdir()] == ["lama.json"]  # no temporary left behind
+    record = load_results("lama", results)
+    assert record == json.loads(path.read_text())
+    assert record["model"] == "gemma-3-270m" and record["profile"] == "smoke" and record["chapter"] == "lama"
+    assert record["parameters"] == {"n_facts": 10, "out": str(tmp_path)}
+    m = record["metrics"]
+    assert math.isclose(m["p_at_1"], 0.25) and m["count"] == 7 and m["ok"] is True
+    assert m["per_layer"] == [0.0, 0.5, 1.0] and m["tensor"] == [[1.5, 2.0]] and m["scalar_tensor"] == 3
+    assert m["nan"] is None and m["inf"] is None and m["nested"] == {"1": [1, 0.5]}
+    assert record["factlens_version"] and record["timestamp"]
+    # overwritten atomically by a second run
+    save_results("lama", {"p_at_1": 0.5}, model_name="gpt2", profile="cpu", parameters={}, results_dir=results)
+    assert load_results("lama", results)["metrics"] == {"p_at_1": 0.5}
+
+
+def test_load_results_missing_or_corrupt(tmp_path):
+    assert load_results("nothing", tmp_path) is None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert load_results("bad", tmp_path) is None
+    with pytest.raises(ValueError, match="plain file stem"):
+        save_results("../x", {}, model_name="m", profile="smoke", parameters={}, results_dir=tmp_path)
+    with pytest.raises(TypeError, match="cannot store"):
+        save_results("x", {"f": object()}, model_name="m", profile="smoke", parameters={}, results_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- execution and the site (fixture book)
+
+
+@pytest.mark.book
+def test_failing_cell_fails_the_build(fixture_book, tmp_path):
+    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "broken", "--build-dir", str(tmp_path / "b"))
+    assert out.returncode != 0
+    err = out.stderr
+    assert "broken/broken.ipynb" in err
+    assert "cell 2 (`value = 41`)" in err  # index in the source notebook, and its first line
+    assert "ValueError: fixture failure 42" in err
+    assert (tmp_path / "b" / "executed" / "broken" / "broken.ipynb").is_file()  # kept, with the traceback
+    assert not (tmp_path / "b" / "html").exists()
+
+
+@pytest.mark.book
+def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
+    build = tmp_path / "b"
+    # run from elsewhere: --root decides, and the kernel's cwd is the notebook's folder
+    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "demo", "-p", "label=from-cli",
+                  "--build-dir", str(build), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "[1/1] demo/params.ipynb" in out.stdout
+    record = load_results("params", build / "results")
+    assert record["model"] == "gemma-3-270m" and record["profile"] == "smoke"
+    assert record["parameters"] == {"n_facts": 3, "label": "from-cli"}  # sidecar's smoke section, then -p
+    assert record["metrics"]["cwd"] == str((fixture_book / "demo").resolve())
+    executed = build / "executed" / "demo" / "params.ipynb"
+    nb = json.loads(executed.read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and "n_facts = 3" in "".join(injected[0]["source"])
+    # the site renders the executed notebook (with outputs), not the clean source
+    index = build / "html" / "index.html"
+    assert index.is_file()
+    page = (build / "html" / "demo" / "params.html").read_text()
+    assert "PARAMS-OUTPUT model=gemma-3-270m profile=smoke n_facts=3 label=from-cli" in page
+    assert (build / "html" / "broken" / "broken.html").is_file()  # not executed: shown without outputs
+    assert not (fixture_book / "_build").exists()  # sources untouched
+
+
+# --------------------------------------------------------------------------- the real book
+
+
+@pytest.mark.book
+@pytest.mark.slow
+def test_real_book_smoke_profile(repo_root, smoke_book):
+    """Every notebook of _toc.yml executes with the smoke profile, and the site builds."""
+    build = smoke_book.parent
+    assert (smoke_book / "index.html").is_file()
+    assert (smoke_book / "chapters" / "intro.html").is_file()
+    for nb in book.toc_notebooks(repo_root):
+        assert (build / "executed" / nb).is_file(), nb
+        assert (smoke_book / nb.with_suffix(".html")).is_file(), nb

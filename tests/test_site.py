@@ -1,0 +1,107 @@
+"""The built site, opened in headless Chromium: what a reader without a kernel sees.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); the book
+is built once per test session with the smoke profile (the ``smoke_book`` fixture).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.book
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def toc_pages() -> list[str]:
+    """Every page of ``_toc.yml`` (root first) as its html path relative to the site root."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+    def files(node):
+        if isinstance(node, dict):
+            yield from ([node["file"]] if "file" in node else [])
+            for value in node.values():
+                yield from files(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from files(item)
+
+    return [f"{page}.html" for page in [toc["root"], *files(toc)]]
+
+
+@pytest.fixture(scope="module")
+def site(smoke_book):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(smoke_book))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
+        pytest.fail("headless Chromium is missing: `make test` installs Debian's chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,2000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_every_page_renders_without_errors_and_chapters_show_figures(site, browser):
+    shots = ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    for page in toc_pages():
+        browser.get(urljoin(site, page))
+        title = browser.title
+        text = browser.find_element("tag name", "body").text
+        assert "404" not in title and text.strip(), f"{page} is empty or missing"
+        assert "Traceback (most recent call last)" not in text, f"{page} shows a Python traceback"
+        errors = browser.find_elements("css selector", ".output.traceback, .output.error, div.cell_output .stderr")
+        shown = [e.text for e in errors if "Error" in e.text or "Traceback" in e.text]
+        assert not shown, f"{page} shows an error output: {shown[0][:300]}"
+        if page.endswith(".html") and page.startswith("chapters/") and Path(page).stem != "intro":
+            source = ROOT / Path(page).with_suffix(".ipynb")
+            if source.exists():  # a notebook chapter: its figures are on the page, and they load
+                loaded = browser.execute_script(
+                    "return [...document.querySelectorAll('.cell_output img')]"
+                    ".filter(i => i.complete && i.naturalWidth > 0).length"
+                )
+                assert loaded > 0, f"{page} shows no figure"
+        browser.save_screenshot(str(shots / (page.replace("/", "_").removesuffix(".html") + ".png")))
+
+
+def test_navigation_reaches_every_chapter(site, browser):
+    wanted = set(toc_pages())
+    seen, queue = set(), [toc_pages()[0]]
+    while queue:
+        page = queue.pop()
+        if page in seen:
+            continue
+        seen.add(page)
+        browser.get(urljoin(site, page))
+        for link in browser.find_elements("css selector", "nav a[href], .prev-next-area a[href]"):
+            href = urlparse(link.get_attribute("href"))
+            if href.netloc == urlparse(site).netloc and href.path.endswith(".html"):
+                queue.append(href.path.lstrip("/"))
+    missing = wanted - seen
+    assert not missing, f"the navigation does not reach {sorted(missing)}"
