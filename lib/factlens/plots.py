@@ -10,8 +10,317 @@ import matplotlib.pyplot as plt  # noqa: F401  (used by every section)
 
 # --- LAMA (chapter 1) ---------------------------------------------------------------------
 
+
+def plot_lama_comparison(ours: dict, paper: dict, model_label: str = "ours", paper_label: str = "BERT-large") -> "plt.Figure":
+    """P@1 per row of the paper's table: our bar beside the paper's (``{row: P@1 %}``; rows
+    missing on either side are left empty)."""
+    import numpy as np
+
+    rows = list(ours)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(rows), 3.4))
+    ax.bar(x - 0.2, [ours[r] for r in rows], 0.4, label=model_label)
+    ax.bar(x + 0.2, [paper.get(r, np.nan) for r in rows], 0.4, label=f"{paper_label} (Petroni et al.)", color="grey")
+    ax.set_xticks(x, rows, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("P@1 (%)")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_p_at_k(curves, paper_p_at_1: dict | None = None, title: str = "") -> "plt.Figure":
+    """P@k for k = 1..100 per corpus (``ProbeResult.p_at_k_curve``), log k axis; the paper's
+    P@1 of BERT-large as a diamond at k = 1 in the corpus's colour."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for i, name in enumerate(curves.columns):
+        ax.plot(curves.index, curves[name], label=name, color=f"C{i}")
+        if paper_p_at_1 and name in paper_p_at_1:
+            ax.scatter([1], [paper_p_at_1[name]], marker="D", color=f"C{i}", edgecolor="k", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("k")
+    ax.set_ylabel("P@k (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "P@k; diamonds: BERT-large's P@1 in the paper", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(table, spearman: float | None = None) -> "plt.Figure":
+    """P@1 against the model's confidence in its top answer (``probing.reliability``): a
+    calibrated model lies on the diagonal."""
+    fig, ax = plt.subplots(figsize=(4, 3.4))
+    ax.plot([0, 100], [0, 100], ls="--", c="grey", lw=1, label="calibrated")
+    ax.plot(table["confidence"] * 100, table["p_at_1"], marker="o", label="ours")
+    ax.set_xlabel("confidence: P(top answer) (%)")
+    ax.set_ylabel("P@1 (%)")
+    ax.set_title("reliability" + (f" (Spearman {spearman:.2f})" if spearman is not None else ""), fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_binned_p_at_1(tables: dict, xlabels: dict | None = None) -> "plt.Figure":
+    """P@1 per equal-count bin of a per-fact quantity (``probing.binned_p_at_1``), one panel
+    per quantity (object frequency, subject-object similarity...)."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.2), squeeze=False)
+    for ax, (name, table) in zip(axes[0], tables.items()):
+        ax.plot(table["value"], table["p_at_1"], marker="o")
+        ax.set_xlabel((xlabels or {}).get(name, name))
+        ax.set_ylabel("P@1 (%)")
+        ax.set_title(name, fontsize=9)
+        if name.lower().startswith("object frequency"):
+            ax.set_xscale("symlog")
+    fig.tight_layout()
+    return fig
+
 # --- key-value memories (chapter 2) -------------------------------------------------------
+def _memory_layer_lines(ax, series: dict, styles: dict | None = None) -> None:
+    """One line per named {layer: value} series, layers on the x axis."""
+    for name, values in series.items():
+        layers = sorted(values)
+        ax.plot(layers, [values[l] for l in layers], marker="o", ms=3, label=name, **(styles or {}).get(name, {}))
+    ax.set_xlabel("layer")
+    ax.legend(fontsize=8)
+
+
+def plot_trigger_patterns(scores: dict) -> "plt.Figure":
+    """Shallow and semantic pattern scores of the keys' triggers per layer, random prefixes dashed
+    (``factlens.memories.pattern_scores``)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    null = scores["null"]
+    _memory_layer_lines(a, {"same last token": scores["shallow_last"], "same last bigram": scores["shallow_bigram"]})
+    a.axhline(null["shallow_last"], ls="--", c="C0", lw=1, label="random prefixes")
+    a.axhline(null["shallow_bigram"], ls="--", c="C1", lw=1)
+    a.set_title("shallow: triggers share their ending")
+    a.set_ylabel("P(two triggers share it)")
+    a.legend(fontsize=8)
+    _memory_layer_lines(b, {"triggers (different last tokens)": scores["semantic"]}, {"triggers (different last tokens)": {"c": "C2"}})
+    b.axhline(null["semantic"], ls="--", c="C2", lw=1, label="random prefixes")
+    b.set_title("semantic: similar in the model's residual stream")
+    b.set_ylabel("mean cosine (centered)")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_removal_drops(drops: dict) -> "plt.Figure":
+    """Relative drop of a key's coefficient when the first, last or a random token of its
+    top triggers is removed, per layer (``factlens.memories.removal_drops``)."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    _memory_layer_lines(ax, {f"remove {w} token": d for w, d in drops.items()})
+    ax.axhline(0, c="gray", lw=0.5)
+    ax.set_ylabel("relative drop of m_i")
+    ax.set_title("which token triggers the key?")
+    fig.tight_layout()
+    return fig
+
+
+def plot_value_agreement(agreement: dict, baseline: dict, paper_upper: float = 0.035) -> "plt.Figure":
+    """Share of keys whose value's top token is the next token of the key's top trigger,
+    per layer, against chance and the paper's upper-layer level."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    _memory_layer_lines(ax, {"value top token = next token of top trigger": agreement, "chance (corpus frequency)": baseline},
+                 {"chance (corpus frequency)": {"ls": "--"}})
+    ax.axhline(paper_upper, c="k", ls=":", lw=1, label="Geva et al., upper layers (~3.5%)")
+    ax.set_ylabel("agreement")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_memory_aggregation(agg: dict, paper_active: tuple = (0.10, 0.50), paper_composed: float = 0.68) -> "plt.Figure":
+    """Left: active memories and composed predictions per layer; right: the residual's
+    refinement (already final) and, when the FF changes the top token, what it becomes."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    _memory_layer_lines(a, {"active memories (m_i > 0)": agg["active_fraction"],
+                     "top differs from every memory's": agg["composed"]})
+    a.axhspan(*paper_active, color="C0", alpha=0.1, label="Geva: active 10-50%")
+    a.axhline(paper_composed, c="C1", ls=":", label="Geva: composed >= 68%")
+    a.set_ylim(0, 1)
+    a.set_title("composition")
+    a.legend(fontsize=7)
+    _memory_layer_lines(b, {"residual top = final prediction": agg["final"], "FF changes the top": agg["changed"],
+                     "... to the FF's own top": agg["to_ff_top"], "... to the runner-up (veto)": agg["to_runner_up"],
+                     "... to another token": agg["to_other"]})
+    b.set_ylim(0, 1)
+    b.set_title("refinement of the residual")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
 
 # --- causal tracing (chapter 3a) ----------------------------------------------------------
+_TRACE_COLORS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+_TRACE_TITLES = {"hidden": "single restored layer", "mlp": "restored MLP (window)", "attn": "restored attention (window)"}
+
+
+def plot_trace(trace, ax=None) -> "plt.Figure":
+    """Heatmap of one causal trace (``factlens.tracing.trace``), as the paper's Figure 1:
+    tokens down, layers across, P*[o] with the state restored; subject tokens starred."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 0.3 * len(trace.tokens) + 1.2))
+    image = ax.pcolormesh(trace.scores.numpy(), cmap=_TRACE_COLORS[trace.kind], vmin=trace.corrupted_prob)
+    ax.invert_yaxis()
+    ax.set_yticks([i + 0.5 for i in range(len(trace.tokens))])
+    ax.set_yticklabels([repr(t)[1:-1] + ("*" if i in trace.subject_span else "") for i, t in enumerate(trace.tokens)],
+                       fontsize=8)
+    ax.set_xlabel("layer")
+    sever = trace.settings.get("sever")
+    ax.set_title(f"{_TRACE_TITLES[trace.kind]}{', ' + sever + ' severed' if sever else ''}", fontsize=9)
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label(f"p({trace.answer.strip()})", fontsize=8)
+    return fig
+
+
+def plot_traces(traces) -> "plt.Figure":
+    """The three kinds of trace of one prompt side by side."""
+    fig, axes = plt.subplots(1, len(traces), figsize=(4.6 * len(traces), 0.3 * len(traces[0].tokens) + 1.4))
+    for ax, t in zip(axes, traces):
+        plot_trace(t, ax=ax)
+    fig.suptitle(f"{traces[0].prompt!r} → {traces[0].answer.strip()!r}: p = {traces[0].clean_prob:.3f} clean, "
+                 f"{traces[0].corrupted_prob:.3f} corrupted", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_average_effects(effects: dict, model_label: str, paper: str = "") -> "plt.Figure":
+    """AIE by token group × layer for each kind (the paper's Figure 2), plus the last subject
+    token's AIE per layer with its 95% band; ``paper``: the paper's numbers, under the title."""
+    kinds = list(effects)
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.4 * (len(kinds) + 1), 3.2))
+    for ax, kind in zip(axes, kinds):
+        e = effects[kind]
+        image = ax.pcolormesh(e.mean.numpy(), cmap=_TRACE_COLORS[kind], vmin=0)
+        ax.invert_yaxis()
+        ax.set_yticks([i + 0.5 for i in range(len(e.groups))])
+        ax.set_yticklabels(e.groups if ax is axes[0] else [], fontsize=8)
+        ax.set_xlabel("layer")
+        ax.set_title(f"AIE, {_TRACE_TITLES[kind]}", fontsize=9)
+        fig.colorbar(image, ax=ax)
+    ax = axes[-1]
+    for kind in kinds:
+        e = effects[kind]
+        g = e.groups.index("last subject token")
+        layers = range(e.mean.shape[1])
+        ax.plot(layers, e.mean[g].numpy(), label=kind, color={"hidden": "C4", "mlp": "C2", "attn": "C3"}[kind])
+        ax.fill_between(layers, e.low[g].numpy(), e.high[g].numpy(), alpha=0.2,
+                        color={"hidden": "C4", "mlp": "C2", "attn": "C3"}[kind])
+    ax.set_xlabel("layer")
+    ax.set_title("AIE at the last subject token (95% band)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{model_label}, {effects[kinds[0]].n_facts} known facts" + (f"\n{paper}" if paper else ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_severed(baseline, severed: dict, model_label: str, paper: str = "") -> "plt.Figure":
+    """AIE of restoring the last subject token's hidden state, with the MLPs or the attention
+    of the layers above frozen at their corrupted values (the paper's Figure 7); ``paper``:
+    the paper's finding, under the title."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    g = baseline.groups.index("last subject token")
+    layers = range(baseline.mean.shape[1])
+    for label, e, color in [("no severing", baseline, "C4"),
+                            *[(f"{k} severed", e, {"mlp": "C2", "attn": "C3"}[k]) for k, e in severed.items()]]:
+        ax.plot(layers, e.mean[g].numpy(), label=label, color=color)
+        ax.fill_between(layers, e.low[g].numpy(), e.high[g].numpy(), alpha=0.2, color=color)
+    ax.set_xlabel("layer restored")
+    ax.set_ylabel("AIE at the last subject token")
+    ax.set_title(f"{model_label}: severing the path above the restored state" + (f"\n{paper}" if paper else ""),
+                 fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
 
 # --- editing and evaluation (chapter 3b) --------------------------------------------------
+
+
+def plot_edit_metrics(summaries: dict, paper: dict, metrics: list[str] | tuple[str, ...],
+                      title: str = "", model_label: str = "ours"):
+    """Grouped bars: one group per metric, one bar per method (our mean with its 95% interval),
+    and the paper's number for the same method as a black diamond on the bar.
+
+    ``summaries`` is ``{method: factlens.evaluation.summarize(...)}``, ``paper``
+    ``{method: {metric: value}}`` (``factlens.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``).
+    """
+    import numpy as np
+
+    methods = list(summaries)
+    metrics = [m for m in metrics if any(m in summaries[k] for k in methods)]
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(1.4 + 1.3 * len(metrics), 3.6))
+    for i, method in enumerate(methods):
+        x = np.arange(len(metrics)) + (i - (len(methods) - 1) / 2) * width
+        s = summaries[method]
+        mean = np.array([s[m]["mean"] if m in s else np.nan for m in metrics])
+        err = np.array([[s[m]["mean"] - s[m]["low"], s[m]["high"] - s[m]["mean"]] if m in s else [0, 0]
+                        for m in metrics]).T
+        ax.bar(x, mean, width, yerr=err, capsize=2, label=method, color=f"C{i}", alpha=0.85)
+        ref = [paper.get(method, {}).get(m, np.nan) for m in metrics]
+        ax.scatter(x, ref, marker="D", color="black", s=14, zorder=3,
+                   label="paper (GPT-2 XL)" if i == 0 else None)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(np.arange(len(metrics)), metrics)
+    ax.set_ylabel("percent")
+    ax.set_title(title or f"Editing metrics ({model_label}); diamonds: the paper")
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_sweep(sweep, tracing_peak: int | None = None, chosen: int | None = None,
+                     metrics: tuple[str, ...] = ("S", "ES", "PS", "NS"), model_label: str = "ours"):
+    """ROME at each layer (``sweep``: a DataFrame with a ``layer`` column and one column per
+    metric, in percent): one line per metric, the tracing chapter's peak of the MLP effect at
+    the last subject token as a dashed line (or a note that tracing has not been run), and
+    the default layer as a dotted one."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for i, m in enumerate(metrics):
+        if m in sweep:
+            ax.plot(sweep["layer"], sweep[m], marker="o", ms=3, color=f"C{i}", label=m,
+                    lw=2.2 if m == "S" else 1.2)
+    if tracing_peak is not None:
+        ax.axvline(tracing_peak, color="black", ls="--", lw=1, label=f"tracing peak (layer {tracing_peak})")
+    else:
+        ax.text(0.01, 0.02, "tracing chapter not run: no peak to mark", transform=ax.transAxes, fontsize=7)
+    if chosen is not None:
+        ax.axvline(chosen, color="grey", ls=":", lw=1, label=f"default layer {chosen}")
+    ax.set_xlabel("edited layer")
+    ax.set_ylabel("percent")
+    ax.set_ylim(-3, 103)
+    ax.set_title(f"ROME at each layer ({model_label})")
+    ax.legend(fontsize=7, frameon=False, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_stats_convergence(frame, model_label: str = "ours"):
+    """How ROME converges with the number of keys in C (``frame``: columns ``samples``,
+    ``cosine`` (of C⁻¹k* to the direction with the most samples) and metrics in percent;
+    a row with ``samples`` 0 is the C = I ablation, drawn as horizontal lines)."""
+    real = frame[frame["samples"] > 0].sort_values("samples")
+    identity = frame[frame["samples"] == 0]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    a.plot(real["samples"], real["cosine"], marker="o", color="C0")
+    if len(identity):
+        a.axhline(float(identity["cosine"].iloc[0]), color="C3", ls="--", label="C = I")
+        a.legend(fontsize=7, frameon=False)
+    a.set_xscale("log")
+    a.set_xlabel("keys in C")
+    a.set_ylabel("cos(C⁻¹k*, reference)")
+    a.set_title("the update's direction")
+    for i, m in enumerate(("S", "ES", "PS", "NS")):
+        if m in frame:
+            b.plot(real["samples"], real[m], marker="o", ms=3, color=f"C{i}", label=m)
+            if len(identity):
+                b.axhline(float(identity[m].iloc[0]), color=f"C{i}", ls="--", lw=0.8)
+    b.set_xscale("log")
+    b.set_xlabel("keys in C (dashed: C = I)")
+    b.set_ylabel("percent")
+    b.set_ylim(-3, 103)
+    b.set_title("edit quality")
+    b.legend(fontsize=7, frameon=False, ncol=2)
+    fig.suptitle(f"Estimating C = KKᵀ ({model_label})", fontsize=10)
+    fig.tight_layout()
+    return fig

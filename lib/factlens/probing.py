@@ -1,0 +1,724 @@
+"""LAMA probing (Petroni et al. 2019) for causal language models, and past its limits.
+
+A knowledge-base triple (subject, relation, object) becomes a cloze statement through the
+relation's template, ``"[X] was born in [Y] ."`` -> ``"Dante was born in [Y] ."``, and the
+model knows the fact when it ranks the object first among the candidates.
+
+LAMA probes masked language models, which see both sides of ``[Y]``. A causal model reads
+left to right, so the protocol is adapted (:func:`probe`):
+
+* ``[Y]`` ends the sentence (only punctuation follows): the candidates are ranked by the
+  next-token log-probability after the prefix, ``log P(y | prefix)``; one forward pass per
+  fact, logits read only at the prefix's last position.
+* ``[Y]`` inside the sentence: each candidate is filled in and the sentences are compared by
+  their log-likelihood. The prefix's probability is the same for every candidate, so this
+  is ``log P(y, suffix | prefix) = log P(y | prefix) + log P(suffix | prefix, y)``.
+  Filling in every one of ~20,000 candidates is too slow, so this is a shortlist
+  re-ranking: the ``rescore`` candidates with the best ``log P(y | prefix)`` are filled in
+  and re-ordered by the full score, the others follow in first-token order. Every term is
+  a log-probability (<= 0), so ``log P(y | prefix)`` bounds the full score from above, and
+  the result's ``exact`` column says where that bound proves the re-ranking exact.
+* Multi-token objects (:func:`probe_objects`), LAMA's stated limitation: a relation's
+  candidate objects are ranked by the log-probability of their whole token sequence,
+  ``log P(y_1..y_n | prefix) = sum_t log P(y_t | prefix, y_<t)``, with the same shortlist.
+
+Candidates are LAMA's common vocabulary mapped to single tokens of the model
+(:func:`vocabulary_tokens`; words the tokenizer splits drop out) or the full vocabulary.
+The metrics are the paper's: precision at k (P@k, the share of facts whose object ranks
+in the top k) and mean reciprocal rank, in percent; a corpus's or relation type's score is
+the mean over its relations, as in the paper's table.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import string
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from factlens import data
+from factlens.data import LamaFact
+from factlens.models import View, view
+
+#: Petroni et al. 2019, Table 2 (P@1, %). ``None`` where the paper has no number.
+PAPER_P_AT_1: dict[str, dict[str, float]] = {
+    "BERT-large": {"T-REx 1-1": 74.5, "T-REx N-1": 34.2, "T-REx N-M": 24.3, "T-REx": 32.3,
+                   "Google-RE place_of_birth": 16.1, "Google-RE date_of_birth": 1.4,
+                   "Google-RE place_of_death": 14.0, "Google-RE": 10.5, "ConceptNet": 19.2, "SQuAD": 17.4},
+    "BERT-base": {"T-REx 1-1": 68.0, "T-REx N-1": 32.4, "T-REx N-M": 24.7, "T-REx": 31.1, "Google-RE": 9.8,
+                  "ConceptNet": 15.6, "SQuAD": 14.1},
+    "Transformer-XL": {"T-REx": 18.3},
+    "fconv": {"T-REx": 8.9},
+    "ELMo": {"T-REx": 4.7},
+    "ELMo 5.5B": {"T-REx": 7.1},
+    "Freq": {"T-REx 1-1": 1.78, "T-REx N-1": 23.85, "T-REx N-M": 21.95, "T-REx": 22.0,
+             "Google-RE place_of_birth": 4.6, "Google-RE date_of_birth": 1.9,
+             "Google-RE place_of_death": 6.8, "Google-RE": 4.4},
+    "RE_o": {"T-REx": 33.8, "Google-RE": 7.6},
+    "DrQA": {"SQuAD": 37.5},
+}
+
+#: Corpora whose "template" is a masked sentence with no subject slot.
+SENTENCE_CORPORA = ("Squad", "ConceptNet")
+_PUNCTUATION = set(string.punctuation) | {" "}
+
+
+class UnknownRelationError(ValueError):
+    """A relation id that LAMA does not have."""
+
+
+# --------------------------------------------------------------------------- cloze statements
+
+
+@dataclass(frozen=True)
+class Cloze:
+    """A template with the subject filled in, split at the first ``[Y]``.
+
+    ``prefix`` is the text before ``[Y]`` (without its trailing space), ``space`` whether the
+    object follows a space, ``suffix`` the text after ``[Y]`` (further ``[Y]`` are filled with
+    the same candidate), ``final`` whether only punctuation follows ``[Y]``.
+    """
+
+    prefix: str
+    space: bool
+    suffix: str
+
+    @property
+    def final(self) -> bool:
+        return all(ch in _PUNCTUATION for ch in self.suffix.replace("[Y]", ""))
+
+
+def cloze(template: str, subject: str = "", *, needs_subject: bool = True) -> Cloze:
+    """Fill ``[X]`` with ``subject`` and split the template at ``[Y]``.
+
+    Raises ``ValueError`` when the template has no ``[Y]``, or no ``[X]`` although
+    ``needs_subject`` (relation templates; SQuAD's masked sentences have none).
+    """
+    if "[Y]" not in template:
+        raise ValueError(f"template {template!r} has no [Y]: mark the object's place, e.g. '[X] was born in [Y] .'")
+    if needs_subject and "[X]" not in template:
+        raise ValueError(f"template {template!r} has no [X]: mark the subject's place, e.g. '[X] was born in [Y] .'")
+    filled = template.replace("[X]", subject)
+    head, _, suffix = filled.partition("[Y]")
+    return Cloze(prefix=head.rstrip(), space=head != head.rstrip() or not head, suffix=suffix)
+
+
+def _fact_cloze(fact: LamaFact) -> Cloze:
+    return cloze(fact.template, fact.subject, needs_subject=fact.corpus not in SENTENCE_CORPORA)
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def vocabulary_tokens(model: Any, words: Sequence[str] | None = None, *, space: bool = True) -> dict[int, str]:
+    """LAMA's common vocabulary (or ``words``) mapped to single tokens of the model.
+
+    A word survives when it is one token as a continuation (``' Paris'`` with ``space``);
+    words the tokenizer splits drop out, and words that map to the same token keep the first.
+    """
+    v = view(model)
+    words = data.lama_vocab() if words is None else words
+    tokens: dict[int, str] = {}
+    for w in words:
+        ids = v.tokenizer((" " if space else "") + w, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] not in tokens:
+            tokens[ids[0]] = w
+    return tokens
+
+
+@dataclass
+class _Candidates:
+    """A ranking's candidates: words, the token ids of each as a continuation, first tokens."""
+
+    words: list[str]
+    ids: list[list[int]]
+    first: torch.Tensor
+    index: dict[str, int]
+
+    @cached_property
+    def single(self) -> torch.Tensor:
+        """Which candidates are one token."""
+        return torch.tensor([len(t) == 1 for t in self.ids])
+
+    @classmethod
+    def of_words(cls, v: View, words: Iterable[str], space: bool) -> _Candidates:
+        words = list(dict.fromkeys(words))
+        ids = [v.tokenizer((" " if space else "") + w, add_special_tokens=False)["input_ids"] for w in words]
+        keep = [i for i, t in enumerate(ids) if t]
+        words, ids = [words[i] for i in keep], [ids[i] for i in keep]
+        return cls(words, ids, torch.tensor([t[0] for t in ids]), {w: i for i, w in enumerate(words)})
+
+    @classmethod
+    def of_tokens(cls, tokens: dict[int, str]) -> _Candidates:
+        words = list(tokens.values())
+        return cls(words, [[t] for t in tokens], torch.tensor(list(tokens)), {w: i for i, w in enumerate(words)})
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _pad(rows: list[list[int]], pad: int, device) -> torch.Tensor:
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    return ids.to(device)
+
+
+@torch.no_grad()
+def _next_token_logprobs(v: View, prefixes: list[list[int]]) -> torch.Tensor:
+    """log P(. | prefix) over the full vocabulary at each prefix's last position: [b, vocab]."""
+    ids = _pad(prefixes, v.tokenizer.pad_token_id or 0, v.model.cfg.device)
+    last = torch.tensor([len(p) - 1 for p in prefixes])
+    return v.logits_at(ids, last).float().log_softmax(-1)
+
+
+@torch.no_grad()
+def _continuation_logprobs(v: View, prefixes: list[list[int]], continuations: list[list[int]],
+                           max_positions: int = 256) -> torch.Tensor:
+    """sum_t log P(c_t | prefix, c_<t) for each (prefix, continuation) pair: [n].
+
+    Logits are computed only at the positions that predict a continuation token.
+    """
+    rows = [p + c for p, c in zip(prefixes, continuations)]
+    hidden = v.final_hidden(_pad(rows, v.tokenizer.pad_token_id or 0, v.model.cfg.device))
+    seq, pos, tgt = [], [], []
+    for i, (p, c) in enumerate(zip(prefixes, continuations)):
+        for t, token in enumerate(c):
+            seq.append(i)
+            pos.append(len(p) - 1 + t)
+            tgt.append(token)
+    seq_t, pos_t, tgt_t = torch.tensor(seq), torch.tensor(pos), torch.tensor(tgt)
+    total = torch.zeros(len(rows))
+    for s in range(0, len(seq), max_positions):
+        sl = slice(s, s + max_positions)
+        logits = v.unembed(hidden[seq_t[sl], pos_t[sl]][:, None])[:, 0].float()
+        lp = logits.log_softmax(-1).gather(-1, tgt_t[sl, None].to(logits.device))[:, 0].cpu()
+        total.index_add_(0, seq_t[sl], lp)
+    return total
+
+
+@dataclass
+class _Ranked:
+    rank: int
+    gold_logprob: float
+    top_words: list[str]
+    top_logprobs: list[float]
+    exact: bool
+
+
+def _rank_row(bound: torch.Tensor, needs: torch.Tensor, scored: dict[int, float], shortlist: list[int],
+              gold: int, words: list[str], k: int) -> _Ranked:
+    """Shortlist re-ranking: the ``shortlist`` (the best candidates by ``bound``, the first-token
+    log-probability) re-ordered by the full score, then every other candidate by its bound.
+
+    ``needs`` marks the candidates whose full score is not their bound; ``scored`` holds the
+    full score of those in the shortlist (and of the gold object). The ranking is exact when
+    no such candidate outside the shortlist has a bound above the gold object's score or the
+    k-th score (scores are sums of log-probabilities, so a bound is never below the score).
+    """
+    full = {j: scored.get(j, float(bound[j])) for j in shortlist}
+    head = sorted(shortlist, key=lambda j: -full[j])
+    rest_bound = bound.clone()
+    rest_bound[torch.tensor(shortlist, dtype=torch.long)] = -math.inf
+    s_gold = scored.get(gold, float(bound[gold]))
+    if gold in full:
+        rank = head.index(gold) + 1
+    else:
+        rank = len(head) + 1 + int((rest_bound > bound[gold]).sum()) - int(rest_bound[gold] > bound[gold])
+    top = head[:k]
+    values = [full[j] for j in top]
+    if len(top) < k:
+        extra = rest_bound.topk(min(k - len(top), int(torch.isfinite(rest_bound).sum())))
+        top, values = top + extra.indices.tolist(), values + extra.values.tolist()
+    unsure = rest_bound[needs]
+    outside = float(unsure.max()) if len(unsure) else -math.inf
+    exact = outside <= min(s_gold, values[-1]) and (gold in full or not bool(needs[gold]))
+    return _Ranked(rank, s_gold, [words[i] for i in top], values, bool(exact))
+
+
+def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, Cloze], _Candidates], k: int,
+                rescore: int, batch_size: int, bar, suffix_tokens: int | None = None) -> list[tuple[LamaFact, _Ranked]]:
+    """Rank each fact's candidates (see :func:`probe`). Facts of every template share a batch,
+    sorted by prompt length so that batches carry little padding; the next-token logits are
+    read at each prefix's last position only, and a re-scored continuation's at its own tokens."""
+    clozes = {id(f): _fact_cloze(f) for f in facts}
+    prefix_ids = {id(f): v.token_ids(clozes[id(f)].prefix) for f in facts}
+    ordered = sorted(facts, key=lambda f: len(prefix_ids[id(f)]))
+    out = []
+    for s in range(0, len(ordered), batch_size):
+        chunk = ordered[s : s + batch_size]
+        prefixes = [prefix_ids[id(f)] for f in chunk]
+        logprobs = _next_token_logprobs(v, prefixes).cpu()
+        pairs, owners, plans = [], [], []
+        for i, fact in enumerate(chunk):
+            c, cands = clozes[id(fact)], candidates(fact, clozes[id(fact)])
+            bound = logprobs[i, cands.first]
+            needs = ~cands.single if c.final else torch.ones_like(cands.single)
+            gold = cands.index[fact.object]
+            shortlist = bound.topk(min(rescore, len(cands.words))).indices.tolist()
+            todo = [j for j in shortlist if needs[j]]
+            if needs[gold] and gold not in todo:
+                todo.append(gold)
+            for j in todo:
+                tail = "" if c.final else c.suffix.replace("[Y]", cands.words[j])
+                tail_ids = v.tokenizer(tail, add_special_tokens=False)["input_ids"][:suffix_tokens] if tail else []
+                pairs.append((prefixes[i], cands.ids[j] + tail_ids))
+                owners.append((i, j))
+            plans.append((bound, needs, shortlist, gold, cands))
+        scores: dict[int, dict[int, float]] = defaultdict(dict)
+        for r in range(0, len(pairs), batch_size):
+            part = pairs[r : r + batch_size]
+            lps = _continuation_logprobs(v, [p for p, _ in part], [c for _, c in part])
+            for (i, j), lp in zip(owners[r : r + batch_size], lps.tolist()):
+                scores[i][j] = lp
+        for i, (bound, needs, shortlist, gold, cands) in enumerate(plans):
+            out.append((chunk[i], _rank_row(bound, needs, scores[i], shortlist, gold, cands.words, k)))
+        bar.update(len(chunk))
+    return out
+
+
+# --------------------------------------------------------------------------- results
+
+
+def relation_types() -> dict[str, str]:
+    """LAMA's relation -> cardinality type (1-1, N-1, N-M); SQuAD and ConceptNet are their own type."""
+    return {rid: r.type for rid, r in data.lama_relations().items()}
+
+
+@dataclass
+class ProbeResult:
+    """One row per probed fact (``frame``) and the facts that could not be probed (``skipped``).
+
+    ``frame`` columns: corpus, relation, relation_type, subject, object, template, rank (1 =
+    first), gold_logprob, top (the top-k words), top_logprobs, confidence (the probability
+    of the top prediction), single_token (the object is one token), exact (the ranking is
+    exact, see :func:`probe`). Metrics are percentages, as in the paper.
+    """
+
+    frame: pd.DataFrame
+    skipped: list[tuple[LamaFact, str]] = field(default_factory=list)
+    method: str = ""
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def p_at(self, k: int) -> float:
+        """P@k over all facts (%): the share whose object ranks in the top k."""
+        return float((self.frame["rank"] <= k).mean() * 100) if len(self.frame) else math.nan
+
+    @property
+    def p_at_1(self) -> float:
+        return self.p_at(1)
+
+    @property
+    def p_at_10(self) -> float:
+        return self.p_at(10)
+
+    @property
+    def mrr(self) -> float:
+        """Mean reciprocal rank over all facts, in percent: 100 * mean(1 / rank)."""
+        return float((1.0 / self.frame["rank"]).mean() * 100) if len(self.frame) else math.nan
+
+    def by(self, key: str = "relation", *, macro: bool = True) -> pd.DataFrame:
+        """P@1, P@10, MRR and fact count per ``key`` (relation, relation_type, corpus or any column).
+
+        With ``macro`` a group above the relation (corpus, relation type) averages its
+        relations' scores, as the paper's table does; otherwise it pools the facts.
+        """
+        if key not in self.frame:
+            raise KeyError(f"no column {key!r}; choose one of {list(self.frame.columns)}")
+        f = self.frame.assign(p1=(self.frame["rank"] <= 1) * 100.0, p10=(self.frame["rank"] <= 10) * 100.0,
+                              rr=100.0 / self.frame["rank"])
+        if macro and key != "relation":
+            per_rel = f.groupby([key, "relation"]).agg(p1=("p1", "mean"), p10=("p10", "mean"), rr=("rr", "mean"),
+                                                      n=("rank", "size"))
+            table = per_rel.groupby(level=0).agg(p_at_1=("p1", "mean"), p_at_10=("p10", "mean"), mrr=("rr", "mean"),
+                                                 n=("n", "sum"), relations=("n", "size"))
+        else:
+            table = f.groupby(key).agg(p_at_1=("p1", "mean"), p_at_10=("p10", "mean"), mrr=("rr", "mean"),
+                                       n=("rank", "size"))
+        return table
+
+    def p_at_k_curve(self, max_k: int = 100, by: str = "corpus") -> pd.DataFrame:
+        """P@k for k = 1..max_k (%), one column per group (relations averaged, as :meth:`by`)."""
+        ks = np.arange(1, max_k + 1)
+        curves = {}
+        for name, g in self.frame.groupby(by):
+            per_rel = [(r["rank"].to_numpy()[:, None] <= ks).mean(0) for _, r in g.groupby("relation")]
+            curves[name] = np.mean(per_rel, axis=0) * 100
+        return pd.DataFrame(curves, index=pd.Index(ks, name="k"))
+
+    def metrics(self) -> dict[str, Any]:
+        """The headline numbers: micro P@1/P@10/MRR and the per relation / type / corpus tables."""
+        return {
+            "n_facts": len(self), "n_skipped": len(self.skipped),
+            "p_at_1": self.p_at_1, "p_at_10": self.p_at_10, "mrr": self.mrr,
+            "exact_share": float(self.frame["exact"].mean() * 100) if len(self.frame) else math.nan,
+            "by_corpus": self.by("corpus").round(2).to_dict("index"),
+            "by_relation_type": self.by("relation_type").round(2).to_dict("index"),
+            "by_relation": self.by("relation").round(2).to_dict("index"),
+        }
+
+
+def _frame(ranked: list[tuple[LamaFact, _Ranked]], types: dict[str, str], single: Callable[[LamaFact], bool],
+           order: Sequence[LamaFact] = ()) -> pd.DataFrame:
+    """One row per ranked fact, in the order of ``order`` (the facts as given)."""
+    position = {id(f): i for i, f in enumerate(order)}
+    ranked = sorted(ranked, key=lambda pair: position.get(id(pair[0]), 0))
+    rows = [{
+        "corpus": f.corpus, "relation": f.relation, "relation_type": _type_of(f, types),
+        "subject": f.subject, "object": f.object, "template": f.template, "uuid": f.uuid,
+        "rank": r.rank, "gold_logprob": r.gold_logprob, "top": r.top_words, "top_logprobs": r.top_logprobs,
+        "confidence": math.exp(r.top_logprobs[0]) if r.top_logprobs else math.nan,
+        "single_token": single(f), "exact": r.exact,
+    } for f, r in ranked]
+    columns = ["corpus", "relation", "relation_type", "subject", "object", "template", "uuid", "rank", "gold_logprob",
+               "top", "top_logprobs", "confidence", "single_token", "exact"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _type_of(fact: LamaFact, types: dict[str, str]) -> str:
+    if fact.corpus in SENTENCE_CORPORA:
+        return fact.corpus
+    try:
+        return types[fact.relation]
+    except KeyError:
+        raise UnknownRelationError(
+            f"fact {fact.subject!r} has relation {fact.relation!r}, which LAMA does not have; "
+            f"known relations: {', '.join(sorted(types))}"
+        ) from None
+
+
+def _check_facts(facts: Sequence[LamaFact]) -> list[LamaFact]:
+    facts = list(facts)
+    if not facts:
+        raise ValueError("no facts to probe: pass a non-empty list of LamaFact (e.g. factlens.data.lama('TREx'))")
+    types = relation_types()
+    for f in facts:
+        _fact_cloze(f)
+        _type_of(f, types)
+    return facts
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def probe(model: Any, facts: Sequence[LamaFact], k: int = 10, vocab: str = "common", *, rescore: int = 10,
+          suffix_tokens: int | None = 8, batch_size: int = 32, progress: bool = True) -> ProbeResult:
+    """LAMA's probe on a causal LM: rank every candidate token as the object of each fact.
+
+    ``vocab="common"`` ranks LAMA's common vocabulary mapped to single tokens of the model
+    (:func:`vocabulary_tokens`), as the paper does; ``"full"`` ranks every token. A fact whose
+    object is not one candidate token is skipped (``result.skipped`` says why), as LAMA
+    keeps only single-token objects; :func:`probe_objects` ranks whole token sequences.
+
+    Final ``[Y]``: ``score(y) = log P(y | prefix)``. Inner ``[Y]``: ``score(y) = log P(y | prefix)
+    + log P(suffix | prefix, y)`` (the sentence log-likelihood up to the prefix's, which all
+    candidates share), computed exactly for the ``rescore`` candidates with the best
+    ``log P(y | prefix)`` (the shortlist, re-ordered by the full score; the rest follows in
+    first-token order). The suffix is scored up to its first ``suffix_tokens`` tokens (``None``:
+    all of it; the words next to the blank carry most of the evidence, and every suffix
+    token costs a 262k-way softmax). Single-token objects of a final ``[Y]`` need no re-scoring: one
+    forward pass per fact, batched by template, logits read at the prefix's last position.
+    """
+    if rescore < 1:
+        raise ValueError(f"rescore must be at least 1, got {rescore}")
+    if vocab not in ("common", "full"):
+        raise ValueError(f"vocab must be 'common' (LAMA's common vocabulary) or 'full', got {vocab!r}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    facts = _check_facts(facts)
+    v = view(model)
+    types = relation_types()
+    spaced: dict[bool, _Candidates] = {}
+    for space in {_fact_cloze(f).space for f in facts}:
+        if vocab == "common":
+            spaced[space] = _Candidates.of_tokens(vocabulary_tokens(model, space=space))
+        else:
+            n = v.d_vocab
+            words = [v.tokenizer.decode([t]).removeprefix(" " if space else "") for t in range(n)]
+            spaced[space] = _Candidates(words, [[t] for t in range(n)], torch.arange(n), {})
+    skipped: list[tuple[LamaFact, str]] = []
+    keep = []
+    for f in facts:
+        space = _fact_cloze(f).space
+        ids = v.tokenizer((" " if space else "") + f.object, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            skipped.append((f, f"object split into {len(ids)} tokens"))
+        elif vocab == "common" and f.object not in spaced[space].index:
+            skipped.append((f, "object not in the common vocabulary as a token"))
+        else:
+            if vocab == "full":  # a full-vocabulary candidate's index is its token id
+                spaced[space].index[f.object] = ids[0]
+            keep.append(f)
+    bar = tqdm(total=len(keep), desc=f"probing ({vocab} vocabulary)", disable=not progress)
+    ranked = _rank_facts(v, keep, lambda f, c: spaced[c.space], k, rescore, batch_size, bar, suffix_tokens)
+    bar.close()
+    single = lambda f: True  # noqa: E731  (only single-token objects are probed here)
+    return ProbeResult(_frame(ranked, types, single, facts), skipped, method=f"probe({vocab})")
+
+
+def relation_objects(facts: Iterable[LamaFact]) -> dict[str, list[str]]:
+    """Each relation's distinct objects, most frequent first (ties by name): the candidates of
+    :func:`probe_objects` and the ranking of the Freq baseline."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for f in facts:
+        counts[f.relation][f.object] += 1
+    return {r: [o for o, _ in sorted(c.items(), key=lambda x: (-x[1], x[0]))] for r, c in counts.items()}
+
+
+def probe_objects(model: Any, facts: Sequence[LamaFact], k: int = 10, *, objects: dict[str, list[str]] | None = None,
+                  rescore: int = 10, suffix_tokens: int | None = 8, batch_size: int = 32,
+                  progress: bool = True) -> ProbeResult:
+    """Rank each fact's relation's candidate objects by their whole token sequence.
+
+    ``score(y) = sum_t log P(y_t | prefix, y_<t)`` (+ the suffix's log-probability for an
+    inner ``[Y]``), so objects the tokenizer splits are probed too; ``single_token`` in the
+    result tells the two kinds apart. Candidates: ``objects[relation]`` (default: the
+    relation's distinct objects among ``facts``; the gold object is always one). The
+    ``rescore`` candidates with the best first-token log-probability are scored in full and
+    re-ordered, and an inner ``[Y]``'s suffix is scored up to ``suffix_tokens``, as in :func:`probe`.
+    """
+    if rescore < 1:
+        raise ValueError(f"rescore must be at least 1, got {rescore}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    facts = _check_facts(facts)
+    v = view(model)
+    types = relation_types()
+    objects = relation_objects(facts) if objects is None else objects
+    sets: dict[tuple[str, bool, str], _Candidates] = {}
+
+    def candidates(f: LamaFact, c: Cloze) -> _Candidates:
+        key = (f.relation, c.space, f.object if f.object not in objects.get(f.relation, ()) else "")
+        if key not in sets:
+            sets[key] = _Candidates.of_words(v, [*objects.get(f.relation, []), f.object], c.space)
+        return sets[key]
+
+    bar = tqdm(total=len(facts), desc="probing whole objects", disable=not progress)
+    ranked = _rank_facts(v, facts, candidates, k, rescore, batch_size, bar, suffix_tokens)
+    bar.close()
+
+    def single(f: LamaFact) -> bool:
+        return len(v.target_ids(f.object)) == 1
+
+    return ProbeResult(_frame(ranked, types, single, facts), method="probe_objects")
+
+
+# --------------------------------------------------------------------------- facts and baselines
+
+
+def lama_facts(corpus: str = "TREx", relations: Sequence[str] | None = None, per_relation: int | None = None,
+               seed: int = 0) -> list[LamaFact]:
+    """A corpus's facts, optionally only some relations and a seeded sample of ``per_relation``
+    facts from each (``None``: all). Unknown relation ids raise :class:`UnknownRelationError`."""
+    facts = data.lama(corpus)
+    present = sorted({f.relation for f in facts})
+    if relations is not None:
+        unknown = [r for r in relations if r not in present]
+        if unknown:
+            raise UnknownRelationError(f"unknown relation(s) {unknown} for LAMA corpus {corpus!r}; "
+                                       f"it has: {', '.join(present)}")
+        facts = [f for f in facts if f.relation in set(relations)]
+    if per_relation is None:
+        return facts
+    rng = random.Random(seed)
+    by_rel: dict[str, list[LamaFact]] = defaultdict(list)
+    for f in facts:
+        by_rel[f.relation].append(f)
+    return [f for r in sorted(by_rel) for f in (rng.sample(by_rel[r], min(per_relation, len(by_rel[r]))))]
+
+
+def freq_baseline(facts: Sequence[LamaFact], reference: Sequence[LamaFact] | None = None) -> ProbeResult:
+    """Freq (Petroni et al. 2019, section 4): rank a relation's objects by how often they are its
+    object in the test data (``reference``, default ``facts``), the same answer for every subject.
+    The log-probabilities are the objects' relative frequencies."""
+    facts = _check_facts(facts)
+    reference = facts if reference is None else list(reference)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for f in reference:
+        counts[f.relation][f.object] += 1
+    ranking = relation_objects(reference)
+    types = relation_types()
+    ranked = []
+    for f in facts:
+        order, c = ranking.get(f.relation, []), counts[f.relation]
+        total = max(sum(c.values()), 1)
+        rank = order.index(f.object) + 1 if f.object in order else len(order) + 1
+        gold_lp = math.log(c[f.object] / total) if c[f.object] else -math.inf
+        ranked.append((f, _Ranked(rank, gold_lp, order[:10], [math.log(c[o] / total) for o in order[:10]], True)))
+    return ProbeResult(_frame(ranked, types, lambda f: True), method="Freq")
+
+
+def evidence_facts(facts: Iterable[LamaFact]) -> list[LamaFact]:
+    """The facts re-posed as their first evidence sentence that names the subject, object masked.
+
+    A stand-in for the paper's oracle relation extractor (RE_o), which reads the sentences
+    that express the fact: here the model reads such a sentence (``[X]`` where the subject is
+    written, ``[Y]`` where the object was) and fills in the object. Unlike RE_o it never sees
+    the object; it measures how much the fact's real context helps. Facts without such a
+    sentence are left out.
+    """
+    out = []
+    for f in facts:
+        for sentence in f.evidences:
+            if "[MASK]" in sentence and f.subject and f.subject in sentence:
+                template = sentence.replace(f.subject, "[X]", 1).replace("[MASK]", "[Y]")
+                out.append(replace(f, template=template, evidences=()))
+                break
+    return out
+
+
+# --------------------------------------------------------------------------- analyses
+
+
+def reliability(result: ProbeResult, bins: int = 10) -> pd.DataFrame:
+    """P@1 against the model's confidence (the probability of its top prediction), in equal-count
+    bins: a reliability table (a calibrated model has P@1 = 100 * confidence in every bin)."""
+    f = result.frame
+    q = pd.qcut(f["confidence"].rank(method="first"), min(bins, len(f)), labels=False)
+    table = f.assign(bin=q, correct=(f["rank"] == 1) * 100.0).groupby("bin").agg(
+        confidence=("confidence", "mean"), p_at_1=("correct", "mean"), n=("rank", "size"))
+    return table
+
+
+def correlation(result: ProbeResult, values: pd.Series | Sequence[float]) -> dict[str, float]:
+    """Spearman's rank correlation between a per-fact quantity and being right (rank 1)."""
+    from scipy.stats import spearmanr
+
+    values = np.asarray(values, dtype=float)
+    correct = (result.frame["rank"].to_numpy() == 1).astype(float)
+    ok = np.isfinite(values)
+    if ok.sum() < 3 or correct[ok].std() == 0 or values[ok].std() == 0:
+        return {"spearman": math.nan, "p_value": math.nan, "n": int(ok.sum())}
+    rho, p = spearmanr(values[ok], correct[ok])
+    return {"spearman": float(rho), "p_value": float(p), "n": int(ok.sum())}
+
+
+def binned_p_at_1(result: ProbeResult, values: pd.Series | Sequence[float], bins: int = 5) -> pd.DataFrame:
+    """P@1 per equal-count bin of a per-fact quantity (object frequency, similarity, ...)."""
+    f = result.frame.assign(value=np.asarray(values, dtype=float), correct=(result.frame["rank"] == 1) * 100.0)
+    f = f[np.isfinite(f["value"])]
+    q = pd.qcut(f["value"].rank(method="first"), min(bins, len(f)), labels=False)
+    return f.assign(bin=q).groupby("bin").agg(value=("value", "mean"), low=("value", "min"), high=("value", "max"),
+                                              p_at_1=("correct", "mean"), n=("rank", "size"))
+
+
+def object_frequency(objects: Iterable[str], texts: Iterable[str], max_words: int = 3) -> dict[str, int]:
+    """How often each object is mentioned in a text corpus (whole words, case-sensitive).
+
+    The paper counts mentions in the models' training corpus; we count them in the texts
+    given (the book uses WikiText). Objects longer than ``max_words`` words count 0.
+    """
+    wanted = {o for o in objects}
+    counts: Counter = Counter()
+    for text in texts:
+        words = re.findall(r"\w+|[^\w\s]", text)
+        for n in range(1, max_words + 1):
+            for i in range(len(words) - n + 1):
+                gram = " ".join(words[i : i + n])
+                if gram in wanted:
+                    counts[gram] += 1
+    tokenized = {o: " ".join(re.findall(r"\w+|[^\w\s]", o)) for o in wanted}
+    return {o: counts[t] for o, t in tokenized.items()}
+
+
+@torch.no_grad()
+def subject_object_similarity(model: Any, result: ProbeResult) -> np.ndarray:
+    """Cosine similarity of the subject's and the object's input embeddings (each the mean over
+    its tokens), per fact of ``result``; NaN for facts without a subject (SQuAD)."""
+    v = view(model)
+    table = model.original_model.get_input_embeddings().weight
+
+    def vec(text: str) -> torch.Tensor:
+        return table[torch.tensor(v.target_ids(text), device=table.device)].float().mean(0)
+
+    sims = []
+    for subject, obj in zip(result.frame["subject"], result.frame["object"]):
+        sims.append(float(torch.cosine_similarity(vec(subject), vec(obj), dim=0)) if subject.strip() else math.nan)
+    return np.array(sims)
+
+
+def paraphrase_facts(facts: Iterable[LamaFact], patterns: dict[str, list[str]] | None = None) -> list[LamaFact]:
+    """Each fact asked with each of its relation's ParaRel patterns (uuid ``<uuid>#<pattern index>``).
+
+    ``patterns`` defaults to :func:`factlens.data.pararel_patterns` for the relations ParaRel has.
+    """
+    out = []
+    for f in facts:
+        if patterns is not None:
+            mine = patterns.get(f.relation, [])
+        else:
+            mine = data.pararel_patterns(f.relation) if f.relation in data.PARAREL_RELATIONS else []
+        out += [replace(f, template=p, uuid=f"{f.uuid}#{j}") for j, p in enumerate(mine)]
+    return out
+
+
+def consistency(result: ProbeResult) -> pd.DataFrame:
+    """ParaRel's consistency per relation: the share of pattern pairs that give the same top-1
+    answer for the same fact (Elazar et al. 2021), beside the mean and spread of P@1 over patterns.
+
+    ``result`` is a probe of :func:`paraphrase_facts`.
+    """
+    f = result.frame.assign(fact=result.frame["uuid"].str.rsplit("#", n=1).str[0],
+                            answer=result.frame["top"].str[0], correct=result.frame["rank"] == 1)
+    rows = []
+    for relation, g in f.groupby("relation"):
+        agree, pairs = 0, 0
+        for _, answers in g.groupby("fact")["answer"]:
+            counts = Counter(answers)
+            n = len(answers)
+            agree += sum(c * (c - 1) // 2 for c in counts.values())
+            pairs += n * (n - 1) // 2
+        per_pattern = g.groupby("template")["correct"].mean() * 100
+        rows.append({"relation": relation, "patterns": g["template"].nunique(), "facts": g["fact"].nunique(),
+                     "consistency": 100.0 * agree / pairs if pairs else math.nan,
+                     "p_at_1_mean": per_pattern.mean(), "p_at_1_min": per_pattern.min(),
+                     "p_at_1_max": per_pattern.max()})
+    return pd.DataFrame(rows).set_index("relation")
+
+
+def query(model: Any, template: str, subject: str = "", k: int = 10, vocab: str = "common",
+          relation: str | None = None, rescore: int = 20) -> pd.DataFrame:
+    """The top-k answers for one cloze (``[X]`` the subject, ``[Y]`` the object) with probabilities,
+    scored as :func:`probe` does (an inner ``[Y]``: the ``rescore`` best first tokens, filled in).
+
+    ``relation`` (a LAMA relation id) gives the template when ``template`` is empty.
+    """
+    if relation is not None:
+        relations = data.lama_relations()
+        if relation not in relations:
+            raise UnknownRelationError(f"unknown relation {relation!r}; LAMA has: {', '.join(relations)}")
+        template = template or relations[relation].template
+    c = cloze(template, subject, needs_subject=bool(subject) or "[X]" in template)
+    v = view(model)
+    if vocab == "common":
+        cands = _Candidates.of_tokens(vocabulary_tokens(model, space=c.space))
+    else:
+        n = v.d_vocab
+        cands = _Candidates([v.tokenizer.decode([t]).strip() for t in range(n)], [[t] for t in range(n)],
+                            torch.arange(n), {})
+    with torch.no_grad():
+        bound = _next_token_logprobs(v, [v.token_ids(c.prefix)])[0, cands.first.to(v.model.cfg.device)].cpu()
+    if c.final:
+        top = bound.topk(k)
+        words, lps = [cands.words[i] for i in top.indices.tolist()], top.values.tolist()
+    else:
+        best = bound.topk(min(rescore, len(bound))).indices.tolist()
+        tails = [v.tokenizer(c.suffix.replace("[Y]", cands.words[j]), add_special_tokens=False)["input_ids"][:8]
+                 for j in best]
+        prefix = v.token_ids(c.prefix)
+        lps_all = _continuation_logprobs(v, [prefix] * len(best), [cands.ids[j] + t for j, t in zip(best, tails)])
+        order = lps_all.argsort(descending=True)[:k].tolist()
+        words, lps = [cands.words[best[i]] for i in order], [float(lps_all[i]) for i in order]
+    return pd.DataFrame({"answer": words, "log_prob": lps, "prob": np.exp(lps)}, index=pd.RangeIndex(1, len(words) + 1, name="rank"))

@@ -1,0 +1,172 @@
+"""CounterFact and zsRE metrics (factlens.evaluation): hand-computed numbers and exact invariants
+on a tiny random model, and the unedited default model on a fact it knows."""
+
+from __future__ import annotations
+
+import math
+import pandas as pd
+import pytest
+import torch
+
+from factlens import evaluation, rome
+from factlens.data import CounterFactCase
+from factlens.models import load_model, view
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-gemma3", device="cpu")
+
+
+def _case(target_new="Seattle", target_true="Paris"):
+    return CounterFactCase(
+        case_id=7, prompt="{} is located in the city of", subject="The Eiffel Tower",
+        target_new=target_new, target_true=target_true,
+        paraphrase_prompts=("The Eiffel Tower is in",),
+        neighborhood_prompts=(("The capital of France is", "Paris"),),
+    )
+
+
+# --------------------------------------------------------------------------- fluency and S, by hand
+
+
+def test_ngram_entropy_by_hand():
+    # "a b a b": bigrams ab, ba, ab -> H2 = H(2/3, 1/3) = 0.918296 bits; trigrams aba, bab -> H3 = 1
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert evaluation.ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
+    assert evaluation.ngram_entropy("Paris Paris Paris Paris Paris") == 0.0  # one repeated n-gram
+    assert evaluation.ngram_entropy("Paris, France.") > evaluation.ngram_entropy("Paris Paris Paris")
+
+
+def test_harmonic_mean_by_hand():
+    assert evaluation.harmonic_mean(1.0, 0.5, 0.25) == pytest.approx(3 / 7)
+    assert evaluation.harmonic_mean(1.0, 0.0, 1.0) == 0.0
+
+
+def test_summarize_means_intervals_and_score():
+    frame = pd.DataFrame({"ES": [1.0, 0.0, 1.0, 1.0], "PS": [1.0, 1.0, 0.0, 1.0], "NS": [1.0] * 4,
+                          "EM": [0.5, -0.5, 0.5, 0.5], "PM": [0.1] * 4, "NM": [0.2] * 4, "GE": [math.nan] * 4})
+    s = evaluation.summarize(frame, n_boot=200)
+    assert s["ES"]["mean"] == pytest.approx(75.0)
+    assert s["EM"]["mean"] == pytest.approx(25.0)
+    assert s["S"]["mean"] == pytest.approx(100 * 3 / (1 / 0.75 + 1 / 0.75 + 1))
+    assert "GE" not in s  # no generation, no fluency
+    for m in ("ES", "S", "EM"):
+        assert s[m]["low"] <= s[m]["mean"] <= s[m]["high"]
+    assert s["ES"]["low"] < s["ES"]["high"]
+    assert s["NS"]["low"] == s["NS"]["high"] == pytest.approx(100.0)  # a constant has no spread
+    assert evaluation.summarize(frame, n_boot=200) == s  # seeded
+
+
+# --------------------------------------------------------------------------- teacher forcing
+
+
+def _full_logprobs(model, prompt, target):
+    v = view(model)
+    head, tail = v.token_ids(prompt), v.target_ids(target)
+    logits = model(torch.tensor([head + tail]))[0].float()
+    rows = torch.arange(len(head) - 1, len(head) - 1 + len(tail))
+    logp = logits.log_softmax(-1)[rows, torch.tensor(tail)]
+    hits = (logits[rows].argmax(-1) == torch.tensor(tail)).float()
+    return logp, hits
+
+
+def test_target_scores_match_a_full_forward_pass_and_ignore_batching(tiny):
+    prompts = ["The Eiffel Tower is located in", "Dante was born in", "Rome is the capital of"]
+    targets = ["the city of Paris", "Florence", "Italy. The"]
+    assert len(view(tiny).target_ids(targets[0])) > 1  # a multi-token target is covered
+    lp = evaluation.target_log_probs(tiny, prompts, targets)
+    acc = evaluation.target_token_accuracy(tiny, prompts, targets)
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        full_lp, full_hits = _full_logprobs(tiny, p, t)
+        torch.testing.assert_close(lp[i], full_lp.mean(), atol=1e-4, rtol=1e-4)
+        assert acc[i].item() == pytest.approx(full_hits.mean().item())
+    # one at a time (no padding) gives the same numbers as the padded batch
+    one = torch.cat([evaluation.target_log_probs(tiny, [p], [t]) for p, t in zip(prompts, targets)])
+    torch.testing.assert_close(one, lp, atol=1e-4, rtol=1e-4)
+
+
+def test_target_scores_reject_mismatched_lists(tiny):
+    with pytest.raises(ValueError, match="one target per prompt"):
+        evaluation.target_log_probs(tiny, ["a", "b"], ["c"])
+
+
+# --------------------------------------------------------------------------- CounterFact and zsRE
+
+
+def test_counterfact_scores_flip_when_the_targets_swap(tiny):
+    a = evaluation.counterfact_scores(tiny, _case("Seattle", "Paris"))
+    b = evaluation.counterfact_scores(tiny, _case("Paris", "Seattle"))
+    assert a["ES"] + b["ES"] == 1.0 and a["PS"] + b["PS"] == 1.0
+    assert a["EM"] == pytest.approx(-b["EM"]) and a["PM"] == pytest.approx(-b["PM"])
+    assert math.isnan(a["GE"])
+    # P(o*) and P(o) by hand, from the teacher-forced log-probabilities
+    lp = evaluation.target_log_probs(tiny, ["The Eiffel Tower is located in the city of"] * 2, ["Seattle", "Paris"])
+    assert a["EM"] == pytest.approx((lp[0].exp() - lp[1].exp()).item(), abs=1e-6)
+    assert a["ES"] == float(lp[0] > lp[1])
+
+
+def test_counterfact_generation_gives_a_fluency_score(tiny):
+    scores = evaluation.counterfact_scores(tiny, _case(), generate_tokens=6)
+    assert scores["GE"] > 0
+
+
+def _noop(model, request):
+    return rome.Edit(model, 1, "noop", request)
+
+
+def _scramble(model, request):
+    edit = rome.Edit(model, 1, "scramble", request)
+    view(model).set_mlp_out_weight(1, torch.randn_like(edit.original))
+    return edit
+
+
+def test_evaluate_undoes_every_edit_and_a_noop_matches_the_unedited_model(tiny):
+    before = [p.detach().clone() for p in tiny.parameters()]
+    cases = [_case(), _case("Rome", "Paris")]
+    unedited = evaluation.evaluate_counterfact(tiny, cases, None, progress=False)
+    noop = evaluation.evaluate_counterfact(tiny, cases, _noop, progress=False)
+    scrambled = evaluation.evaluate_counterfact(tiny, cases, _scramble, progress=False)
+    metrics = ["ES", "EM", "PS", "PM", "NS", "NM"]
+    pd.testing.assert_frame_equal(unedited[metrics], noop[metrics])
+    assert not scrambled[metrics].equals(unedited[metrics])  # the edit was in force while scoring
+    assert list(unedited["case_id"]) == [7, 7]
+    for p, q in zip(before, tiny.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_zsre_edit_follows_rome_and_scores_are_token_accuracies(tiny):
+    record = {"subject": "Dante", "src": "Where was Dante born?", "alt": "Paris",
+              "rephrase": "What is the birthplace of Dante?", "loc": "nq question: capital of italy",
+              "loc_ans": "Rome", "answers": ["Florence"]}
+    case = evaluation.zsre_edit(record, 3)
+    assert case.request == rome.EditRequest("Where was {} born?", "Dante", "Paris")
+    assert case.neighborhood_prompt == "nq question: capital of italy?"
+    scores = evaluation.zsre_scores(tiny, case)
+    acc = evaluation.target_token_accuracy(tiny, ["Where was Dante born?"], ["Paris"])
+    assert scores["efficacy"] == pytest.approx(acc.item())
+    assert all(0.0 <= x <= 1.0 for x in scores.values())
+    with pytest.raises(ValueError, match="not in the question"):
+        evaluation.zsre_edit({**record, "subject": "Petrarch"})
+    assert evaluation.zsre_usable([record, {**record, "subject": "Petrarch"}]) == [record]
+    from factlens.data import ZsreCase
+
+    typed = ZsreCase(case_id=3, subject="Dante", src=record["src"], rephrase=record["rephrase"], target_new="Paris",
+                     answers=("Florence",), loc=record["loc"], loc_ans="Rome")
+    assert evaluation.zsre_edit(typed) == case
+
+
+# --------------------------------------------------------------------------- the default model
+
+
+@pytest.mark.slow
+def test_unedited_default_model_prefers_the_true_object():
+    model = load_model()
+    case = CounterFactCase(
+        case_id=0, prompt="{} is located in the city of", subject="The Eiffel Tower",
+        target_new="Rome", target_true="Paris", paraphrase_prompts=("The Eiffel Tower can be found in",),
+        neighborhood_prompts=(("The Louvre is located in the city of", "Paris"),),
+    )
+    scores = evaluation.counterfact_scores(model, case)
+    assert scores["ES"] == 0.0 and scores["EM"] < 0   # before an edit: Paris beats Rome
+    assert scores["NS"] == 1.0 and scores["NM"] > 0

@@ -1,0 +1,174 @@
+"""LAMA probing (factlens.probing): rankings checked against sums of log-probabilities computed by
+hand from the model's full logits, the metrics on hand-made ranks, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from factlens import probing
+from factlens.data import LamaFact
+from factlens.models import load_model, view
+
+CAPITAL = "The capital of [X] is [Y] ."
+INNER = "[X] speaks [Y] at home ."
+
+
+def fact(subject: str, obj: str, template: str = CAPITAL, relation: str = "P36", corpus: str = "TREx") -> LamaFact:
+    return LamaFact(subject, relation, obj, template, f"{subject}-{obj}", corpus)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-gemma3", device="cpu")
+
+
+def logprobs(model, text: str) -> torch.Tensor:
+    """log P(token_t | tokens_<t) for every position of ``text`` (BOS first), from the full logits."""
+    ids = torch.tensor([view(model).token_ids(text)])
+    with torch.no_grad():
+        logits = model.original_model(ids).logits[0].float()
+    return logits.log_softmax(-1)[:-1].gather(-1, ids[0, 1:, None])[:, 0]
+
+
+def sentence_score(model, prefix: str, continuation: str) -> float:
+    """log P(continuation | prefix) = log P(prefix + continuation) - log P(prefix), by hand."""
+    n_prefix = len(view(model).token_ids(prefix))
+    return float(logprobs(model, prefix + continuation)[n_prefix - 1 :].sum())
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_of_hand_made_ranks():
+    frame = pd.DataFrame({"corpus": ["TREx"] * 4, "relation": ["P1", "P1", "P2", "P2"],
+                          "relation_type": ["N-1", "N-1", "1-1", "1-1"], "rank": [1, 2, 5, 20]})
+    result = probing.ProbeResult(frame)
+    assert result.p_at_1 == 25.0
+    assert result.p_at_10 == 75.0
+    assert result.mrr == pytest.approx(100 * (1 + 1 / 2 + 1 / 5 + 1 / 20) / 4)
+    by_rel = result.by("relation")
+    assert by_rel.loc["P1", "p_at_1"] == 50.0 and by_rel.loc["P2", "p_at_1"] == 0.0
+    # a corpus averages its relations (the paper's table): (50 + 0) / 2, (100 + 50) / 2
+    by_corpus = result.by("corpus")
+    assert by_corpus.loc["TREx", "p_at_1"] == 25.0 and by_corpus.loc["TREx", "p_at_10"] == 75.0
+    curve = result.p_at_k_curve(max_k=20)
+    assert curve.loc[1, "TREx"] == 25.0 and curve.loc[5, "TREx"] == 75.0 and curve.loc[20, "TREx"] == 100.0
+    assert curve["TREx"].is_monotonic_increasing
+
+
+def test_freq_baseline_ranks_by_object_counts():
+    facts = [fact("a", "Paris"), fact("b", "Paris"), fact("c", "Rome"), fact("d", "Dutch", relation="P37")]
+    result = probing.freq_baseline(facts)
+    assert result.frame["rank"].tolist() == [1, 1, 2, 1]
+    assert result.frame["top"][2][:2] == ["Paris", "Rome"]
+    assert result.frame["gold_logprob"][2] == pytest.approx(math.log(1 / 3))
+
+
+# --------------------------------------------------------------------------- the three template shapes
+
+
+def test_final_y_matches_a_ranking_by_hand(tiny):
+    """[Y] ends the sentence: rank = 1 + #tokens with a higher next-token log-probability."""
+    facts = [fact("France", "Paris"), fact("Italy", "Rome"), fact("Dutch", "Italy")]
+    result = probing.probe(tiny, facts, k=5, vocab="full", progress=False)
+    v = view(tiny)
+    for row, f in zip(result.frame.itertuples(), facts):
+        ids = torch.tensor([v.token_ids(f"The capital of {f.subject} is")])
+        with torch.no_grad():
+            lp = tiny.original_model(ids).logits[0, -1].float().log_softmax(-1)
+        gold = v.single_token_id(f.object)
+        assert row.rank == 1 + int((lp > lp[gold]).sum())
+        assert row.gold_logprob == pytest.approx(float(lp[gold]), abs=1e-4)
+        assert row.top_logprobs == pytest.approx(lp.topk(5).values.tolist(), abs=1e-4)
+        assert row.exact
+
+
+def test_inner_y_reranks_by_sentence_likelihood(tiny):
+    """[Y] inside: the shortlist is ordered by log P(y + suffix | prefix), computed here by hand."""
+    rescore = 6
+    f = fact("Dante", "Dutch", INNER, relation="P103")
+    row = probing.probe(tiny, [f], k=3, vocab="full", rescore=rescore, progress=False).frame.iloc[0]
+    v = view(tiny)
+    prefix = v.token_ids("Dante speaks")
+    tail = v.tokenizer(" at home .", add_special_tokens=False)["input_ids"]
+
+    def score(token: int) -> float:  # log P(token, tail | prefix) from the full logits of one sequence
+        ids = torch.tensor([prefix + [token] + tail])
+        with torch.no_grad():
+            lp = tiny.original_model(ids).logits[0].float().log_softmax(-1)
+        return float(sum(lp[len(prefix) - 1 + t, i] for t, i in enumerate([token] + tail)))
+
+    with torch.no_grad():
+        first = tiny.original_model(torch.tensor([prefix])).logits[0, -1].float().log_softmax(-1)
+    full = {t: score(t) for t in first.topk(rescore).indices.tolist()}
+    expected = sorted(full, key=full.get, reverse=True)[:3]
+    assert row["top"] == [v.tokenizer.decode([t]).removeprefix(" ") for t in expected]
+    assert row["top_logprobs"] == pytest.approx([full[t] for t in expected], abs=1e-3)
+    assert row["gold_logprob"] == pytest.approx(score(v.single_token_id("Dutch")), abs=1e-3)
+
+
+def test_multi_token_objects_ranked_by_whole_sequence(tiny):
+    """probe_objects: score = sum of the object's token log-probabilities; 'French' is two tokens."""
+    objects = {"P103": ["French", "Dutch", "Eiffel Tower", "Paris"]}
+    facts = [fact("Danielle", "French", "The mother tongue of [X] is [Y] .", relation="P103")]
+    result = probing.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, progress=False)
+    row = result.frame.iloc[0]
+    scores = {o: sentence_score(tiny, "The mother tongue of Danielle is", " " + o) for o in objects["P103"]}
+    order = sorted(scores, key=scores.get, reverse=True)
+    assert row["top"] == order
+    assert row["rank"] == order.index("French") + 1
+    assert row["gold_logprob"] == pytest.approx(scores["French"], abs=1e-3)
+    assert not row["single_token"] and row["exact"]
+
+
+def test_vocabulary_tokens_keeps_single_tokens_only(tiny):
+    tokens = probing.vocabulary_tokens(tiny, ["Paris", "French", "Rome", "Paris"])
+    assert tokens == {view(tiny).single_token_id("Paris"): "Paris", view(tiny).single_token_id("Rome"): "Rome"}
+
+
+def test_split_objects_are_skipped_by_the_token_probe(tiny):
+    result = probing.probe(tiny, [fact("France", "Paris"), fact("Danielle", "French")], vocab="full", progress=False)
+    assert len(result) == 1 and len(result.skipped) == 1
+    assert "split" in result.skipped[0][1]
+
+
+def test_paraphrase_consistency_counts_agreeing_pairs():
+    frame = pd.DataFrame({"relation": ["P36"] * 3, "uuid": ["f#0", "f#1", "f#2"], "template": ["a", "b", "c"],
+                          "top": [["Paris"], ["Paris"], ["Lyon"]], "rank": [1, 1, 2]})
+    table = probing.consistency(probing.ProbeResult(frame))
+    assert table.loc["P36", "consistency"] == pytest.approx(100 / 3)  # 1 agreeing pair of 3
+    assert table.loc["P36", "p_at_1_mean"] == pytest.approx(200 / 3)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_gives_clear_errors(tiny):
+    with pytest.raises(ValueError, match="no facts"):
+        probing.probe(tiny, [], progress=False)
+    with pytest.raises(ValueError, match=r"no \[X\]"):
+        probing.probe(tiny, [fact("France", "Paris", "The capital is [Y] .")], progress=False)
+    with pytest.raises(ValueError, match=r"no \[Y\]"):
+        probing.probe(tiny, [fact("France", "Paris", "The capital of [X] .")], progress=False)
+    with pytest.raises(probing.UnknownRelationError, match="P9999"):
+        probing.probe(tiny, [fact("France", "Paris", relation="P9999")], progress=False)
+    with pytest.raises(probing.UnknownRelationError, match="P9999"):
+        probing.lama_facts("TREx", ["P9999"])
+    with pytest.raises(ValueError, match="vocab"):
+        probing.probe(tiny, [fact("France", "Paris")], vocab="bert", progress=False)
+
+
+# --------------------------------------------------------------------------- the default model
+
+
+@pytest.mark.slow
+def test_default_model_knows_the_capital_of_france():
+    model = load_model()
+    result = probing.probe(model, [fact("France", "Paris")], progress=False)
+    assert result.frame["rank"].iloc[0] == 1 and result.frame["top"].iloc[0][0] == "Paris"
+    assert probing.query(model, CAPITAL, "France", k=3).iloc[0]["answer"] == "Paris"
+    assert len(probing.vocabulary_tokens(model)) > 15_000  # most of LAMA's 21,018 words are one token
