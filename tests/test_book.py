@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,31 @@ def test_load_results_missing_or_corrupt(tmp_path):
         save_results("x", {"f": object()}, model_name="m", profile="smoke", parameters={}, results_dir=tmp_path)
 
 
+# --------------------------------------------------------------------------- what the site shows
+
+
+def _cell(source, tags=(), outputs=()):
+    return {"cell_type": "code", "metadata": {"tags": list(tags)}, "source": source, "outputs": list(outputs)}
+
+
+def test_for_the_site_shows_one_parameters_cell_with_the_values_used():
+    own = "model_name = 'gemma-3-270m'  # the model\nn_facts = 20  # facts (paper: 1,000)\nresults_dir = '../_build'\nseed = 0"
+    injected = "# Parameters\nmodel_name = \"gpt2\"\nresults_dir = \"/tmp/x/results\"\nn_facts = 3\nextra = [1, 2]\n"
+    bar = {"output_type": "display_data", "data": {
+        "application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+        "text/plain": "probing (common vocabulary):  40%|####      | 480/1196 [00:05<00:07, 95.1it/s]"}}
+    stderr_bar = {"output_type": "stream", "name": "stderr", "text": "Loading weights: 100%|##| 236/236 [00:00<00:00]\n"}
+    kept = [{"output_type": "stream", "name": "stdout", "text": "P@1 40%| of facts\n"},
+            {"output_type": "display_data", "data": {"application/vnd.jupyter.widget-view+json": {}, "text/plain": "VBox(...)"}}]
+    nb = {"cells": [_cell(own, ["parameters"]), _cell(injected, ["injected-parameters"]),
+                    _cell("run()", outputs=[bar, stderr_bar, *kept])]}
+    site = book.for_the_site(nb)
+    assert len(site["cells"]) == 2  # the injected cell is gone
+    assert site["cells"][0]["source"] == ("model_name = \"gpt2\"  # the model\nn_facts = 3  # facts (paper: 1,000)\n"
+                                          "results_dir = '../_build'\nseed = 0\nextra = [1, 2]")
+    assert site["cells"][1]["outputs"] == kept  # progress bars dropped, everything else kept
+
+
 # --------------------------------------------------------------------------- execution and the site (fixture book)
 
 
@@ -213,6 +239,9 @@ def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
     assert index.is_file()
     page = (build / "html" / "demo" / "params.html").read_text()
     assert "PARAMS-OUTPUT model=gemma-3-270m profile=smoke n_facts=3 label=from-cli" in page
+    # one parameters cell, showing the value the run used (papermill's injected copy is not shown)
+    assert re.findall(r'n_facts</span> <span class="o">=</span> <span class="mi">(\d+)', page) == ["3"]
+    assert (build / "html" / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()  # math renders offline
     assert (build / "html" / "broken" / "broken.html").is_file()  # not executed: shown without outputs
     assert not (fixture_book / "_build").exists()  # sources untouched
 

@@ -109,6 +109,8 @@ def test_inner_y_reranks_by_sentence_likelihood(tiny):
     assert row["top"] == [v.tokenizer.decode([t]).removeprefix(" ") for t in expected]
     assert row["top_logprobs"] == pytest.approx([full[t] for t in expected], abs=1e-3)
     assert row["gold_logprob"] == pytest.approx(score(v.single_token_id("Dutch")), abs=1e-3)
+    # the left context alone ranks by the first term: the gold's rank among all tokens, by hand
+    assert row["prefix_rank"] == 1 + int((first > first[v.single_token_id("Dutch")]).sum())
 
 
 def test_multi_token_objects_ranked_by_whole_sequence(tiny):

@@ -79,6 +79,14 @@ def test_every_page_renders_without_errors_and_chapters_show_figures(site, brows
         errors = browser.find_elements("css selector", ".output.traceback, .output.error, div.cell_output .stderr")
         shown = [e.text for e in errors if "Error" in e.text or "Traceback" in e.text]
         assert not shown, f"{page} shows an error output: {shown[0][:300]}"
+        if browser.find_elements("css selector", ".math"):  # MathJax typesets it: no raw TeX left
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            WebDriverWait(browser, 20).until(lambda b: b.execute_script(
+                "return document.querySelectorAll('.math').length > 0 && "
+                "[...document.querySelectorAll('.math')].every(e => e.querySelector('mjx-container'))"),
+                message=f"{page}: MathJax did not typeset its math")
+            assert "\\mathbb" not in browser.find_element("tag name", "body").text, f"{page} shows raw TeX"
         if page.endswith(".html") and page.startswith("chapters/") and Path(page).stem != "intro":
             source = ROOT / Path(page).with_suffix(".ipynb")
             if source.exists():  # a notebook chapter: its figures are on the page, and they load

@@ -193,7 +193,7 @@ def test_gemma_recalls_the_space_needle_through_the_last_subject_token():
     model = load_model()
     v = view(model)
     std = embedding_std(model)
-    table_std = float(model.embed.original_component.weight.std())
+    table_std = float(model.embed.original_component.weight.detach().std())
     assert std > 10 * table_std  # Gemma multiplies its table by sqrt(640) before layer 0
     prompt, subject = "The Space Needle is located in the city of", "The Space Needle"
     t = trace(model, prompt, subject, "hidden", samples=3, positions=[v.subject_span(prompt, subject).last, -1])

@@ -54,6 +54,14 @@ _NOT_SOURCES = {"_build", ".venv", ".git", "lib", "tests", "bench", ".ci", "node
 # folders copied into the staged site when they exist (images, static files)
 _ASSET_DIRS = ("_static", "images", "figures", "assets")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# a progress bar's text: "probing:  40%|####      | 480/1196 [00:05<00:07, 95.1it/s]"
+_PROGRESS = re.compile(r"\d+%\|.*\|\s*[\d.]+[kMG]?/[\d.]+[kMG]?\s*\[")
+# MathJax 3 for the site, so that math renders without a CDN (offline readers, the site tests):
+# the npm registry's tarball, pinned by its SHA-256, cached, and copied into the site's _static.
+MATHJAX_VERSION = "3.2.2"
+MATHJAX_URL = f"https://registry.npmjs.org/mathjax/-/mathjax-{MATHJAX_VERSION}.tgz"
+MATHJAX_SHA256 = "1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09"
+MATHJAX_PATH = "mathjax/tex-mml-chtml.js"  # relative to the site's _static (sphinx's mathjax_path)
 
 
 class BookError(RuntimeError):
@@ -348,10 +356,122 @@ def execute(
 # the static site
 
 
+def _assignments(source: str) -> dict[str, str]:
+    """``{name: source of the value}`` for the one-line ``name = value`` statements of a cell."""
+    import ast
+
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            found[node.targets[0].id] = ast.get_source_segment(source, node.value)
+    return found
+
+
+def _with_values(source: str, values: Mapping[str, str]) -> str:
+    """``source`` (a parameters cell) with the value of each ``name = value  # comment`` line whose
+    name is in ``values`` replaced, the comment kept; names the cell lacks are appended."""
+    lines, seen = [], set()
+    for line in source.splitlines():
+        match = re.match(r"^(\s*)([A-Za-z_]\w*)(\s*=\s*)(.*?)(\s*#.*)?$", line)
+        if match and match.group(2) in values and not match.group(1):
+            name = match.group(2)
+            seen.add(name)
+            line = f"{name}{match.group(3)}{values[name]}{match.group(5) or ''}"
+        lines.append(line)
+    lines += [f"{name} = {value}" for name, value in values.items() if name not in seen]
+    return "\n".join(lines)
+
+
+def for_the_site(nb: dict) -> dict:
+    """An executed notebook as the static book shows it (the copy in ``executed/`` is untouched).
+
+    * one parameters cell, with the values the run used: papermill's injected cell is dropped
+      and its values are written into the notebook's own ``parameters`` cell, whose comments
+      explain them (``results_dir``, a path of the build machine, is left as written);
+    * progress bars dropped: a bar frozen at the moment the notebook was saved tells a reader
+      nothing (they still show live, with a kernel).
+    """
+    cells = nb.get("cells", [])
+    tags = lambda cell: cell.get("metadata", {}).get("tags", [])  # noqa: E731
+    injected = next((c for c in cells if "injected-parameters" in tags(c)), None)
+    own = next((c for c in cells if "parameters" in tags(c)), None)
+    if injected is not None and own is not None:
+        values = _assignments("".join(injected["source"]))
+        values.pop("results_dir", None)
+        own["source"] = _with_values("".join(own["source"]), values)
+        cells.remove(injected)
+
+    def progress(output: dict) -> bool:
+        if output.get("output_type") == "stream":
+            return bool(_PROGRESS.search(output.get("text", "") if isinstance(output.get("text"), str)
+                                         else "".join(output.get("text", []))))
+        text = output.get("data", {}).get("text/plain", "")
+        text = text if isinstance(text, str) else "".join(text)
+        return "application/vnd.jupyter.widget-view+json" in output.get("data", {}) and bool(_PROGRESS.search(text))
+
+    for cell in cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = [o for o in cell.get("outputs", []) if not progress(o)]
+    return nb
+
+
+def mathjax_files(*, log: Any = print) -> Path | None:
+    """The folder of MathJax's ``es5`` build (downloaded once into the cache and checked), or
+    None when it cannot be had (offline, nothing cached): the site then loads MathJax from its
+    CDN, so math renders for readers who are online."""
+    import hashlib
+    import tarfile
+    import urllib.request
+
+    from factlens.cache import cache_dir
+
+    folder = cache_dir("mathjax") / MATHJAX_VERSION
+    if (folder / "es5" / "tex-mml-chtml.js").is_file():
+        return folder / "es5"
+    archive = folder.with_suffix(".tgz.partial")
+    try:
+        log(f"downloading MathJax {MATHJAX_VERSION} for the site (once): {MATHJAX_URL}", flush=True)
+        with urllib.request.urlopen(MATHJAX_URL, timeout=60) as response, archive.open("wb") as out:
+            shutil.copyfileobj(response, out)
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != MATHJAX_SHA256:
+            raise OSError(f"SHA-256 {digest} is not the pinned {MATHJAX_SHA256}")
+        staging = Path(tempfile.mkdtemp(prefix=".mathjax-", dir=folder.parent))
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith("package/es5/") and m.isfile()]
+            tar.extractall(staging, members=members, filter="data")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging / "package", folder)
+        shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:
+        log(f"note: MathJax could not be fetched ({err}); the site loads it from its CDN instead", flush=True)
+        return None
+    finally:
+        archive.unlink(missing_ok=True)
+    return folder / "es5"
+
+
+def _stage_mathjax(site: Path, *, log: Any = print) -> None:
+    """Copy MathJax (the combined TeX/MathML component and its fonts) into the staged site's
+    ``_static`` and point Sphinx at it; without it, leave Sphinx's default (the CDN)."""
+    es5 = mathjax_files(log=log)
+    if es5 is None:
+        return
+    target = site / "_static" / Path(MATHJAX_PATH).parent
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(es5 / "tex-mml-chtml.js", target / "tex-mml-chtml.js")
+    fonts = Path("output") / "chtml" / "fonts" / "woff-v2"
+    shutil.copytree(es5 / fonts, target / fonts, dirs_exist_ok=True)
+    config_path = site / "_config.yml"
+    config = yaml.safe_load(config_path.read_text()) or {}
+    config.setdefault("sphinx", {}).setdefault("config", {})["mathjax_path"] = MATHJAX_PATH
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+
 def stage_site(root: str | Path, build_dir: str | Path | None = None, *, log: Any = print) -> Path:
     """Copy the book's sources into ``<build>/site_src``, with each notebook of the toc replaced
-    by its executed copy from ``<build>/executed`` (the clean source, without outputs, when it
-    has not been executed yet)."""
+    by its executed copy from ``<build>/executed`` as :func:`for_the_site` shows it (the clean
+    source, without outputs, when it has not been executed yet), and MathJax in ``_static``."""
     root = Path(root).resolve()
     build = Path(build_dir).resolve() if build_dir else root / "_build"
     site = build / "site_src"
@@ -375,12 +495,13 @@ def stage_site(root: str | Path, build_dir: str | Path | None = None, *, log: An
         if doc.suffix == ".ipynb":
             executed = build / "executed" / doc
             if executed.is_file():
-                shutil.copy2(executed, target)
+                target.write_text(json.dumps(for_the_site(json.loads(executed.read_text())), indent=1))
             else:
                 log(f"note: {doc} has not been executed; the site shows it without outputs", flush=True)
                 shutil.copy2(root / doc, target)
         elif not target.exists():  # a top-level document outside the copied folders
             shutil.copy2(root / doc, target)
+    _stage_mathjax(site, log=log)
     return site
 
 

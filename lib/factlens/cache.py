@@ -21,9 +21,10 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch is imported where tensors are handled: the data loaders and the book need none
+    import torch
 
 MANIFEST = "factlens-manifest.json"
 
@@ -86,6 +87,8 @@ def _key_text(key: dict) -> str:
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -109,6 +112,8 @@ def cached_tensors(
     The file is trusted only when its metadata names the same key and its tensors hash to
     the stored digest; anything else (truncated file, wrong key, flipped bytes) is rebuilt.
     """
+    from safetensors.torch import load_file, save_file
+
     path = tensor_file(kind, key)
     if path.exists():
         try:

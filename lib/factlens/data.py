@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from factlens.cache import cache_dir
+
 __all__ = [
     "ENV_VAR",
     "LAMA_CORPORA",
@@ -239,9 +241,6 @@ def data_root() -> Path | None:
 
 
 def _cache_root() -> Path:
-    # imported here: factlens.cache imports torch, which the data loaders do not need
-    from factlens.cache import cache_dir
-
     return cache_dir("data")
 
 

@@ -214,6 +214,7 @@ class _Ranked:
     top_words: list[str]
     top_logprobs: list[float]
     exact: bool
+    prefix_rank: int  # the gold object's rank by log P(y | prefix) alone: the left context, exactly
 
 
 def _rank_row(bound: torch.Tensor, needs: torch.Tensor, scored: dict[int, float], shortlist: list[int],
@@ -243,7 +244,8 @@ def _rank_row(bound: torch.Tensor, needs: torch.Tensor, scored: dict[int, float]
     unsure = rest_bound[needs]
     outside = float(unsure.max()) if len(unsure) else -math.inf
     exact = outside <= min(s_gold, values[-1]) and (gold in full or not bool(needs[gold]))
-    return _Ranked(rank, s_gold, [words[i] for i in top], values, bool(exact))
+    prefix_rank = 1 + int((bound > bound[gold]).sum())
+    return _Ranked(rank, s_gold, [words[i] for i in top], values, bool(exact), prefix_rank)
 
 
 def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, Cloze], _Candidates], k: int,
@@ -259,20 +261,21 @@ def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, 
         chunk = ordered[s : s + batch_size]
         prefixes = [prefix_ids[id(f)] for f in chunk]
         logprobs = _next_token_logprobs(v, prefixes).cpu()
-        pairs, owners, plans = [], [], []
+        pairs, owners, plans, plans_bound = [], [], [], []
         for i, fact in enumerate(chunk):
             c, cands = clozes[id(fact)], candidates(fact, clozes[id(fact)])
             bound = logprobs[i, cands.first]
+            plans_bound.append(bound)
             needs = ~cands.single if c.final else torch.ones_like(cands.single)
             gold = cands.index[fact.object]
             shortlist = bound.topk(min(rescore, len(cands.words))).indices.tolist()
             todo = [j for j in shortlist if needs[j]]
             if needs[gold] and gold not in todo:
                 todo.append(gold)
-            for j in todo:
+            for j in todo:  # log P(y_1 | prefix) is the bound already: score what follows y_1
                 tail = "" if c.final else c.suffix.replace("[Y]", cands.words[j])
                 tail_ids = v.tokenizer(tail, add_special_tokens=False)["input_ids"][:suffix_tokens] if tail else []
-                pairs.append((prefixes[i], cands.ids[j] + tail_ids))
+                pairs.append((prefixes[i] + cands.ids[j][:1], cands.ids[j][1:] + tail_ids))
                 owners.append((i, j))
             plans.append((bound, needs, shortlist, gold, cands))
         scores: dict[int, dict[int, float]] = defaultdict(dict)
@@ -280,7 +283,7 @@ def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, 
             part = pairs[r : r + batch_size]
             lps = _continuation_logprobs(v, [p for p, _ in part], [c for _, c in part])
             for (i, j), lp in zip(owners[r : r + batch_size], lps.tolist()):
-                scores[i][j] = lp
+                scores[i][j] = float(plans_bound[i][j]) + lp
         for i, (bound, needs, shortlist, gold, cands) in enumerate(plans):
             out.append((chunk[i], _rank_row(bound, needs, scores[i], shortlist, gold, cands.words, k)))
         bar.update(len(chunk))
@@ -302,7 +305,8 @@ class ProbeResult:
     ``frame`` columns: corpus, relation, relation_type, subject, object, template, rank (1 =
     first), gold_logprob, top (the top-k words), top_logprobs, confidence (the probability
     of the top prediction), single_token (the object is one token), exact (the ranking is
-    exact, see :func:`probe`). Metrics are percentages, as in the paper.
+    exact, see :func:`probe`), prefix_rank (the object's rank by ``log P(y | prefix)`` alone,
+    exact: what the left context says). Metrics are percentages, as in the paper.
     """
 
     frame: pd.DataFrame
@@ -358,6 +362,12 @@ class ProbeResult:
             curves[name] = np.mean(per_rel, axis=0) * 100
         return pd.DataFrame(curves, index=pd.Index(ks, name="k"))
 
+    def left_context(self) -> ProbeResult:
+        """The same facts ranked by ``log P(y | prefix)`` alone (``prefix_rank``): for a final
+        ``[Y]`` the same ranking, for an inner ``[Y]`` the exact ranking without the words after it."""
+        return ProbeResult(self.frame.assign(rank=self.frame["prefix_rank"], exact=True), self.skipped,
+                           method=f"{self.method}, left context only")
+
     def metrics(self) -> dict[str, Any]:
         """The headline numbers: micro P@1/P@10/MRR and the per relation / type / corpus tables."""
         return {
@@ -380,10 +390,10 @@ def _frame(ranked: list[tuple[LamaFact, _Ranked]], types: dict[str, str], single
         "subject": f.subject, "object": f.object, "template": f.template, "uuid": f.uuid,
         "rank": r.rank, "gold_logprob": r.gold_logprob, "top": r.top_words, "top_logprobs": r.top_logprobs,
         "confidence": math.exp(r.top_logprobs[0]) if r.top_logprobs else math.nan,
-        "single_token": single(f), "exact": r.exact,
+        "single_token": single(f), "exact": r.exact, "prefix_rank": r.prefix_rank,
     } for f, r in ranked]
     columns = ["corpus", "relation", "relation_type", "subject", "object", "template", "uuid", "rank", "gold_logprob",
-               "top", "top_logprobs", "confidence", "single_token", "exact"]
+               "top", "top_logprobs", "confidence", "single_token", "exact", "prefix_rank"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -556,7 +566,7 @@ def freq_baseline(facts: Sequence[LamaFact], reference: Sequence[LamaFact] | Non
         total = max(sum(c.values()), 1)
         rank = order.index(f.object) + 1 if f.object in order else len(order) + 1
         gold_lp = math.log(c[f.object] / total) if c[f.object] else -math.inf
-        ranked.append((f, _Ranked(rank, gold_lp, order[:10], [math.log(c[o] / total) for o in order[:10]], True)))
+        ranked.append((f, _Ranked(rank, gold_lp, order[:10], [math.log(c[o] / total) for o in order[:10]], True, rank)))
     return ProbeResult(_frame(ranked, types, lambda f: True), method="Freq")
 
 

@@ -455,12 +455,12 @@ def compute_value(model: Any, request: EditRequest, layer: int, hp: ROMEHyperPar
 
 
 def update_direction(C: torch.Tensor, k_star: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
-    """``C⁻¹ k*`` (float64), the key-space direction of ROME's update (paper eq. 2), solving
-    ``(C + damping · mean(diag C) · I) u = k*``."""
-    Cd = C.double()
+    """``C⁻¹ k*`` (float64, on ``k*``'s device), the key-space direction of ROME's update (paper
+    eq. 2), solving ``(C + damping · mean(diag C) · I) u = k*``."""
+    Cd = C.double().to(k_star.device)
     if damping:
         Cd = Cd + damping * Cd.diagonal().mean() * torch.eye(Cd.shape[0], dtype=Cd.dtype, device=Cd.device)
-    return torch.linalg.solve(Cd, k_star.double().to(Cd.device))
+    return torch.linalg.solve(Cd, k_star.double())
 
 
 def rank_one_update(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor,

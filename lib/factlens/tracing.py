@@ -22,7 +22,8 @@ layer). :func:`trace` computes the same numbers with far less work:
 
 * one clean and one corrupted run are recorded (block inputs, MLP and attention outputs,
   and the arguments each block receives); a restoration at layer ``l`` re-runs only the
-  blocks from ``l`` up, starting from the recorded corrupted residual stream;
+  blocks from ``l`` up (from ``l + 1`` for a hidden state, which is block ``l``'s output),
+  starting from the recorded corrupted residual stream;
 * all positions and noise samples of one layer go through those blocks as one batch;
 * only the last position is projected to the vocabulary (262,144 tokens for Gemma);
 * what cannot change is not computed: the states before the first subject token are the
@@ -263,7 +264,8 @@ class _Runs:
         return keep
 
     def run_from(self, start: int, resid: torch.Tensor, hooks: list) -> torch.Tensor:
-        """Blocks ``start`` .. L-1 on ``resid`` (with ``hooks``): final-normed last position [b, d]."""
+        """Blocks ``start`` .. L-1 on ``resid`` (with ``hooks``; none when ``start`` is L): the
+        final-normed last position [b, d]."""
         with self.model.hooks(fwd_hooks=hooks):
             x = resid
             for layer in range(start, self.v.n_layers):
@@ -405,10 +407,15 @@ def trace(
             rows = torch.arange(len(chunk) * samples, device=ids.device)
             pos = torch.tensor(chunk, device=ids.device).repeat_interleave(samples)
             sample = torch.arange(samples, device=ids.device).repeat(len(chunk))
-            hooks = [(sites[k], _set_rows(rows, pos, runs.clean[sites[k]][0, pos])) for k in restored]
-            hooks += [(severed[k], _set_rows(rows, pos, runs.corrupt[severed[k]][sample, pos]))
-                      for k in range(layer + 1, n_layers) if severed]
-            finals.append(runs.run_from(restored[0], runs.block_inputs[restored[0]][sample], hooks))
+            hooks = [(severed[k], _set_rows(rows, pos, runs.corrupt[severed[k]][sample, pos]))
+                     for k in range(layer + 1, n_layers) if severed]
+            if kind == "hidden":  # h_i^(l) is block l's output: start above it, from the corrupted stream
+                resid = runs.corrupt[sites[layer]][sample].clone()
+                resid[rows, pos] = runs.clean[sites[layer]][0, pos]
+                finals.append(runs.run_from(layer + 1, resid, hooks))
+            else:
+                hooks += [(sites[k], _set_rows(rows, pos, runs.clean[sites[k]][0, pos])) for k in restored]
+                finals.append(runs.run_from(restored[0], runs.block_inputs[restored[0]][sample], hooks))
             cells.append((chunk, layer))
     # one pass over the unembedding (the largest matrix of a small model) for every restoration
     probs = _answer_probs(v, torch.cat(finals), answer_id, batch_size) if finals else torch.empty(0)
