@@ -15,12 +15,12 @@ BOOK_ARGS ?=
 # extra arguments for pytest, e.g. make test PYTEST_ARGS='-m "not book"'
 PYTEST_ARGS ?=
 
-# Tests read local copies of the data sets from ../shared/data when it exists and
-# FACTLENS_DATA_DIR is not set already.
+# The book, the tests and JupyterLab read local copies of the data sets from ../shared/data
+# when it exists and FACTLENS_DATA_DIR is not set already (otherwise the loaders download).
 SHARED_DATA := $(abspath ../shared/data)
 ifeq ($(origin FACTLENS_DATA_DIR),undefined)
 ifneq ($(wildcard $(SHARED_DATA)/.),)
-TEST_ENV := FACTLENS_DATA_DIR=$(SHARED_DATA)
+DATA_ENV := FACTLENS_DATA_DIR=$(SHARED_DATA)
 endif
 endif
 
@@ -45,13 +45,13 @@ browser:
 	else echo "note: chromium and chromium-driver are missing (apt-get install chromium chromium-driver); the site tests will fail"; fi
 
 book: install
-	$(PY) -m factlens.book --profile $(PROFILE) $(BOOK_ARGS)
+	$(DATA_ENV) $(PY) -m factlens.book --profile $(PROFILE) $(BOOK_ARGS)
 
 test: install browser
-	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	$(DATA_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 lab: install
-	cd chapters && ../$(VENV)/bin/jupyter lab
+	cd chapters && $(DATA_ENV) ../$(VENV)/bin/jupyter lab
 
 clean:
 	rm -rf _build

@@ -37,7 +37,8 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in 4 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -54,7 +55,7 @@ def folder_is_complete(folder: Path) -> bool:
         return False
     for name, (size, digest) in files.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:
+        if not path.is_file() or path.stat().st_size != size or sha256_file(path) != digest:
             return False
     return True
 
@@ -71,7 +72,7 @@ def atomic_folder(folder: Path, **info: object) -> Iterator[Path]:
     try:
         yield tmp
         files = {
-            p.name: (p.stat().st_size, _sha256(p)) for p in sorted(tmp.iterdir()) if p.is_file()
+            p.name: (p.stat().st_size, sha256_file(p)) for p in sorted(tmp.iterdir()) if p.is_file()
         }
         (tmp / MANIFEST).write_text(json.dumps({"info": info, "files": files}, indent=1, default=str))
         if folder.exists():

@@ -31,7 +31,6 @@ data sets, as the papers do.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -47,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factlens.cache import cache_dir
+from factlens.cache import cache_dir, sha256_file
 
 __all__ = [
     "ENV_VAR",
@@ -340,14 +339,6 @@ def _require(rel: str) -> Path:
 _verified: dict[Path, tuple[int, int]] = {}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -356,7 +347,7 @@ def _record_digest(path: Path) -> None:
     """Write ``<path>.sha256`` atomically (after the file itself is in place)."""
     side = _sidecar(path)
     tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{_sha256(path)}  {path.name}\n")
+    tmp.write_text(f"{sha256_file(path)}  {path.name}\n")
     os.replace(tmp, side)
 
 
@@ -375,7 +366,7 @@ def _trusted(path: Path) -> bool:
     except (OSError, IndexError):
         reason = "it has no recorded SHA-256"
     else:
-        if _sha256(path) == expected:
+        if sha256_file(path) == expected:
             _verified[path] = (stat.st_size, stat.st_mtime_ns)
             return True
         reason = "its SHA-256 differs from the one recorded when it was downloaded"

@@ -409,7 +409,12 @@ def _type_of(fact: LamaFact, types: dict[str, str]) -> str:
         ) from None
 
 
-def _check_facts(facts: Sequence[LamaFact]) -> list[LamaFact]:
+def _check_facts(facts: Sequence[LamaFact], k: int = 1, rescore: int = 1) -> list[LamaFact]:
+    """The facts as a list, after checking them and the probe's sizes (clear errors before any work)."""
+    if rescore < 1:
+        raise ValueError(f"rescore must be at least 1, got {rescore}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
     facts = list(facts)
     if not facts:
         raise ValueError("no facts to probe: pass a non-empty list of LamaFact (e.g. factlens.data.lama('TREx'))")
@@ -441,13 +446,9 @@ def probe(model: Any, facts: Sequence[LamaFact], k: int = 10, vocab: str = "comm
     token costs a 262k-way softmax). Single-token objects of a final ``[Y]`` need no re-scoring: one
     forward pass per fact, batched by template, logits read at the prefix's last position.
     """
-    if rescore < 1:
-        raise ValueError(f"rescore must be at least 1, got {rescore}")
     if vocab not in ("common", "full"):
         raise ValueError(f"vocab must be 'common' (LAMA's common vocabulary) or 'full', got {vocab!r}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    facts = _check_facts(facts)
+    facts = _check_facts(facts, k, rescore)
     v = view(model)
     types = relation_types()
     spaced: dict[bool, _Candidates] = {}
@@ -499,11 +500,7 @@ def probe_objects(model: Any, facts: Sequence[LamaFact], k: int = 10, *, objects
     ``rescore`` candidates with the best first-token log-probability are scored in full and
     re-ordered, and an inner ``[Y]``'s suffix is scored up to ``suffix_tokens``, as in :func:`probe`.
     """
-    if rescore < 1:
-        raise ValueError(f"rescore must be at least 1, got {rescore}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    facts = _check_facts(facts)
+    facts = _check_facts(facts, k, rescore)
     v = view(model)
     types = relation_types()
     objects = relation_objects(facts) if objects is None else objects
