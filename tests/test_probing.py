@@ -43,6 +43,19 @@ def sentence_score(model, prefix: str, continuation: str) -> float:
 # --------------------------------------------------------------------------- metrics
 
 
+def test_paper_rows_average_relations_as_the_papers_table():
+    frame = pd.DataFrame({
+        "corpus": ["TREx", "TREx", "TREx", "Google_RE", "Google_RE", "Squad"],
+        "relation": ["P36", "P19", "P19", "place_of_birth", "place_of_death", "Squad"],
+        "relation_type": ["1-1", "N-1", "N-1", "N-1", "N-1", "Squad"], "rank": [1, 1, 3, 2, 2, 1]})
+    rows = probing.ProbeResult(frame).paper_rows()
+    # T-REx's types only: Google-RE's relations, also N-1, would pull N-1 down to (50 + 0 + 0) / 3
+    assert rows["T-REx 1-1"] == 100.0 and rows["T-REx N-1"] == 50.0 and math.isnan(rows["T-REx N-M"])
+    assert rows["T-REx"] == 75.0  # the mean of its relations (100 and 50), not of its facts
+    assert rows["Google-RE place_of_birth"] == 0.0 and rows["Google-RE"] == 0.0 and rows["SQuAD"] == 100.0
+    assert math.isnan(rows["ConceptNet"]) and "Google-RE date_of_birth" not in rows
+
+
 def test_metrics_of_hand_made_ranks():
     frame = pd.DataFrame({"corpus": ["TREx"] * 4, "relation": ["P1", "P1", "P2", "P2"],
                           "relation_type": ["N-1", "N-1", "1-1", "1-1"], "rank": [1, 2, 5, 20]})

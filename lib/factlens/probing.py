@@ -362,6 +362,26 @@ class ProbeResult:
             curves[name] = np.mean(per_rel, axis=0) * 100
         return pd.DataFrame(curves, index=pd.Index(ks, name="k"))
 
+    def paper_rows(self) -> pd.Series:
+        """P@1 (%) in the rows of the paper's Table 2: T-REx by relation type and in total,
+        Google-RE by relation and in total, ConceptNet, SQuAD (NaN where there are no facts);
+        the keys of :data:`PAPER_P_AT_1`'s rows."""
+        rows: dict[str, float] = {}
+        trex = self.frame[self.frame["corpus"] == "TREx"]  # Google-RE's relations are typed N-1 too
+        types = ProbeResult(trex).by("relation_type")["p_at_1"] if len(trex) else pd.Series(dtype=float)
+        for name in ("1-1", "N-1", "N-M"):
+            rows[f"T-REx {name}"] = types.get(name, math.nan)
+        corpora = self.by("corpus")["p_at_1"]
+        rows["T-REx"] = corpora.get("TREx", math.nan)
+        relations = self.by("relation")["p_at_1"]
+        for rel in data.GOOGLE_RE_TEMPLATES:
+            if rel in relations:
+                rows[f"Google-RE {rel}"] = relations[rel]
+        rows["Google-RE"] = corpora.get("Google_RE", math.nan)
+        rows["ConceptNet"] = corpora.get("ConceptNet", math.nan)
+        rows["SQuAD"] = corpora.get("Squad", math.nan)
+        return pd.Series(rows)
+
     def left_context(self) -> ProbeResult:
         """The same facts ranked by ``log P(y | prefix)`` alone (``prefix_rank``): for a final
         ``[Y]`` the same ranking, for an inner ``[Y]`` the exact ranking without the words after it."""
