@@ -138,6 +138,11 @@ def test_layer_stats_is_the_second_moment_and_is_cached(tmp_path, monkeypatch):
     assert len(files) == 1
     again = rome.layer_stats(model, 1, samples=200, chunk_tokens=32, progress=False)
     assert torch.equal(again, C)
+    # the gathering time is kept with C: a warm cache reports the same cost, not a file read
+    seconds = rome.layer_stats_seconds(model, 1, samples=200, chunk_tokens=32)
+    assert seconds > 0
+    assert rome.layer_stats_seconds(model, 1, samples=200, chunk_tokens=32) == seconds
+    assert len(list((tmp_path / "layer_stats").glob("*.safetensors"))) == 1
 
 
 # --------------------------------------------------------------------------- the default model

@@ -259,7 +259,21 @@ def collect_layer_stats(model: Any, layers: Sequence[int], *, corpus: str = "wik
 
 def _stats_key(model: Any, layer: int, corpus: str, samples: int, chunk_tokens: int) -> dict:
     return {"model": view(model).name, "layer": layer, "corpus": corpus, "samples": samples,
-            "chunk_tokens": chunk_tokens, "what": "uncentred second moment of mlp.hook_post"}
+            "chunk_tokens": chunk_tokens, "what": "uncentred second moment of mlp.hook_post, seconds"}
+
+
+def _stats_entry(model: Any, layer: int, corpus: str, samples: int, chunk_tokens: int,
+                 progress: bool) -> dict[str, torch.Tensor]:
+    """The cached ``{"C", "seconds"}`` of one layer, gathered when it is missing."""
+    view(model).key_hook(layer)  # a clear IndexError before any work
+
+    def build() -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
+        C = collect_layer_stats(model, [layer], corpus=corpus, samples=samples,
+                                chunk_tokens=chunk_tokens, progress=progress)[layer]
+        return {"C": C, "seconds": torch.tensor([time.perf_counter() - start], dtype=torch.float64)}
+
+    return cached_tensors("layer_stats", _stats_key(model, layer, corpus, samples, chunk_tokens), build)
 
 
 def layer_stats(model: Any, layer: int, *, corpus: str = "wikitext", samples: int = 20_000,
@@ -273,11 +287,18 @@ def layer_stats(model: Any, layer: int, *, corpus: str = "wikitext", samples: in
     (``factlens.cache.cached_tensors``); :func:`precompute_layer_stats` fills several layers in
     one pass.
     """
-    view(model).key_hook(layer)  # a clear IndexError before any work
-    key = _stats_key(model, layer, corpus, samples, chunk_tokens)
-    build = lambda: {"C": collect_layer_stats(model, [layer], corpus=corpus, samples=samples,  # noqa: E731
-                                              chunk_tokens=chunk_tokens, progress=progress)[layer]}
-    return cached_tensors("layer_stats", key, build)["C"].to(model.cfg.device)
+    return _stats_entry(model, layer, corpus, samples, chunk_tokens, progress)["C"].to(model.cfg.device)
+
+
+def layer_stats_seconds(model: Any, layer: int, *, corpus: str = "wikitext", samples: int = 20_000,
+                        chunk_tokens: int = 128) -> float:
+    """Wall seconds that gathering :func:`layer_stats` took when it was computed.
+
+    The cache keeps the time beside ``C``, so a report made from a warm cache still shows the
+    cost of the statistics rather than the cost of reading a file. A layer filled by
+    :func:`precompute_layer_stats` records its equal share of the one pass over the corpus.
+    """
+    return float(_stats_entry(model, layer, corpus, samples, chunk_tokens, progress=False)["seconds"][0])
 
 
 def precompute_layer_stats(model: Any, layers: Sequence[int], *, corpus: str = "wikitext",
@@ -290,10 +311,13 @@ def precompute_layer_stats(model: Any, layers: Sequence[int], *, corpus: str = "
                if not tensor_file("layer_stats", _stats_key(model, l, corpus, samples, chunk_tokens)).exists()]
     if not missing:
         return
+    start = time.perf_counter()
     stats = collect_layer_stats(model, missing, corpus=corpus, samples=samples,
                                 chunk_tokens=chunk_tokens, progress=progress)
+    share = torch.tensor([(time.perf_counter() - start) / len(missing)], dtype=torch.float64)
     for l, C in stats.items():
-        cached_tensors("layer_stats", _stats_key(model, l, corpus, samples, chunk_tokens), lambda C=C: {"C": C})
+        cached_tensors("layer_stats", _stats_key(model, l, corpus, samples, chunk_tokens),
+                       lambda C=C: {"C": C, "seconds": share})
 
 
 # --------------------------------------------------------------------------- the key k*
