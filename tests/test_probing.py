@@ -151,6 +151,18 @@ def test_split_objects_are_skipped_by_the_token_probe(tiny):
     assert "split" in result.skipped[0][1]
 
 
+def test_split_object_sample_matches_the_two_kinds_per_relation(tiny):
+    """As many one-token as split objects from each relation that has both; others left out."""
+    facts = [fact(s, "Paris") for s in ("France", "Gaul", "Lutetia")] + [fact("Danielle", "French"),
+             fact("Ana", "Rome", relation="P103"), fact("Bo", "Eiffel Tower", relation="P17")]
+    sample = probing.split_object_sample(tiny, facts, per_relation=5, seed=0)
+    assert sorted(f.object for f in sample) == ["French", "Paris"]
+    assert {f.relation for f in sample} == {"P36"}
+    assert probing.split_object_sample(tiny, facts, per_relation=5, seed=0) == sample  # seeded
+    with pytest.raises(ValueError, match="per_relation"):
+        probing.split_object_sample(tiny, facts, per_relation=0)
+
+
 def test_paraphrase_consistency_counts_agreeing_pairs():
     frame = pd.DataFrame({"relation": ["P36"] * 3, "uuid": ["f#0", "f#1", "f#2"], "template": ["a", "b", "c"],
                           "top": [["Paris"], ["Paris"], ["Lyon"]], "rank": [1, 1, 2]})

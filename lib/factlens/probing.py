@@ -542,6 +542,30 @@ def probe_objects(model: Any, facts: Sequence[LamaFact], k: int = 10, *, objects
     return ProbeResult(_frame(ranked, types, single, facts), method="probe_objects")
 
 
+def split_object_sample(model: Any, facts: Iterable[LamaFact], per_relation: int, seed: int = 0) -> list[LamaFact]:
+    """Matched facts for comparing single-token with multi-token objects under :func:`probe_objects`.
+
+    For each relation with objects that the model's tokenizer splits: ``n`` facts whose object
+    is one token and ``n`` whose object is several, ``n = min(per_relation, available of each)``,
+    drawn with ``seed``. Both kinds then come from the same relations in the same numbers, so
+    the difference between their P@1 is about the objects, not about which relations have
+    split objects (most of Google-RE's, for instance, are birth years).
+    """
+    if per_relation < 1:
+        raise ValueError(f"per_relation must be at least 1, got {per_relation}")
+    v = view(model)
+    kinds: dict[str, dict[bool, list[LamaFact]]] = defaultdict(lambda: {True: [], False: []})
+    for f in facts:
+        kinds[f.relation][len(v.target_ids(f.object)) == 1].append(f)
+    rng = random.Random(seed)
+    sample: list[LamaFact] = []
+    for relation in sorted(kinds):
+        single, split = kinds[relation][True], kinds[relation][False]
+        n = min(per_relation, len(single), len(split))
+        sample += rng.sample(single, n) + rng.sample(split, n)
+    return sample
+
+
 # --------------------------------------------------------------------------- facts and baselines
 
 
