@@ -419,11 +419,10 @@ def mathjax_files(*, log: Any = print) -> Path | None:
     """The folder of MathJax's ``es5`` build (downloaded once into the cache and checked), or
     None when it cannot be had (offline, nothing cached): the site then loads MathJax from its
     CDN, so math renders for readers who are online."""
-    import hashlib
     import tarfile
     import urllib.request
 
-    from factlens.cache import cache_dir
+    from factlens.cache import cache_dir, sha256_file
 
     folder = cache_dir("mathjax") / MATHJAX_VERSION
     if (folder / "es5" / "tex-mml-chtml.js").is_file():
@@ -433,7 +432,7 @@ def mathjax_files(*, log: Any = print) -> Path | None:
         log(f"downloading MathJax {MATHJAX_VERSION} for the site (once): {MATHJAX_URL}", flush=True)
         with urllib.request.urlopen(MATHJAX_URL, timeout=60) as response, archive.open("wb") as out:
             shutil.copyfileobj(response, out)
-        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        digest = sha256_file(archive)
         if digest != MATHJAX_SHA256:
             raise OSError(f"SHA-256 {digest} is not the pinned {MATHJAX_SHA256}")
         staging = Path(tempfile.mkdtemp(prefix=".mathjax-", dir=folder.parent))

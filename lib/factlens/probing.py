@@ -261,11 +261,10 @@ def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, 
         chunk = ordered[s : s + batch_size]
         prefixes = [prefix_ids[id(f)] for f in chunk]
         logprobs = _next_token_logprobs(v, prefixes).cpu()
-        pairs, owners, plans, plans_bound = [], [], [], []
+        pairs, owners, plans = [], [], []
         for i, fact in enumerate(chunk):
             c, cands = clozes[id(fact)], candidates(fact, clozes[id(fact)])
             bound = logprobs[i, cands.first]
-            plans_bound.append(bound)
             needs = ~cands.single if c.final else torch.ones_like(cands.single)
             gold = cands.index[fact.object]
             shortlist = bound.topk(min(rescore, len(cands.words))).indices.tolist()
@@ -283,7 +282,7 @@ def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, 
             part = pairs[r : r + batch_size]
             lps = _continuation_logprobs(v, [p for p, _ in part], [c for _, c in part])
             for (i, j), lp in zip(owners[r : r + batch_size], lps.tolist()):
-                scores[i][j] = float(plans_bound[i][j]) + lp
+                scores[i][j] = float(plans[i][0][j]) + lp  # + log P(y_1 | prefix), the bound
         for i, (bound, needs, shortlist, gold, cands) in enumerate(plans):
             out.append((chunk[i], _rank_row(bound, needs, scores[i], shortlist, gold, cands.words, k)))
         bar.update(len(chunk))

@@ -262,17 +262,22 @@ def _stats_key(model: Any, layer: int, corpus: str, samples: int, chunk_tokens: 
             "chunk_tokens": chunk_tokens, "what": "uncentred second moment of mlp.hook_post, seconds"}
 
 
+def _gather(model: Any, layers: Sequence[int], corpus: str, samples: int, chunk_tokens: int,
+            progress: bool) -> dict[int, dict[str, torch.Tensor]]:
+    """Cache entries ``{"C", "seconds"}`` for ``layers`` from one pass over the corpus; each layer
+    records its equal share of the pass's wall time."""
+    start = time.perf_counter()
+    stats = collect_layer_stats(model, layers, corpus=corpus, samples=samples, chunk_tokens=chunk_tokens,
+                                progress=progress)
+    share = torch.tensor([(time.perf_counter() - start) / len(stats)], dtype=torch.float64)
+    return {l: {"C": C, "seconds": share} for l, C in stats.items()}
+
+
 def _stats_entry(model: Any, layer: int, corpus: str, samples: int, chunk_tokens: int,
                  progress: bool) -> dict[str, torch.Tensor]:
     """The cached ``{"C", "seconds"}`` of one layer, gathered when it is missing."""
     view(model).key_hook(layer)  # a clear IndexError before any work
-
-    def build() -> dict[str, torch.Tensor]:
-        start = time.perf_counter()
-        C = collect_layer_stats(model, [layer], corpus=corpus, samples=samples,
-                                chunk_tokens=chunk_tokens, progress=progress)[layer]
-        return {"C": C, "seconds": torch.tensor([time.perf_counter() - start], dtype=torch.float64)}
-
+    build = lambda: _gather(model, [layer], corpus, samples, chunk_tokens, progress)[layer]  # noqa: E731
     return cached_tensors("layer_stats", _stats_key(model, layer, corpus, samples, chunk_tokens), build)
 
 
@@ -311,13 +316,8 @@ def precompute_layer_stats(model: Any, layers: Sequence[int], *, corpus: str = "
                if not tensor_file("layer_stats", _stats_key(model, l, corpus, samples, chunk_tokens)).exists()]
     if not missing:
         return
-    start = time.perf_counter()
-    stats = collect_layer_stats(model, missing, corpus=corpus, samples=samples,
-                                chunk_tokens=chunk_tokens, progress=progress)
-    share = torch.tensor([(time.perf_counter() - start) / len(missing)], dtype=torch.float64)
-    for l, C in stats.items():
-        cached_tensors("layer_stats", _stats_key(model, l, corpus, samples, chunk_tokens),
-                       lambda C=C: {"C": C, "seconds": share})
+    for l, entry in _gather(model, missing, corpus, samples, chunk_tokens, progress).items():
+        cached_tensors("layer_stats", _stats_key(model, l, corpus, samples, chunk_tokens), lambda e=entry: e)
 
 
 # --------------------------------------------------------------------------- the key k*
