@@ -25,7 +25,7 @@ def gemma():
 def check_hooks(model):
     """Every hook the view names exists, with the shape it promises."""
     v = view(model)
-    ids, _ = v.batch(["The Eiffel Tower is located in the city of"])
+    ids = v.batch(["The Eiffel Tower is located in the city of"]).ids
     t = ids.shape[1]
     names = [v.embed_hook] + [
         f(layer)
@@ -41,7 +41,8 @@ def check_hooks(model):
 
 def check_logit_lens_is_exact(model):
     v = view(model)
-    ids, lengths = v.batch(["The Eiffel Tower is located in the city of", "Paris is"])
+    batch = v.batch(["The Eiffel Tower is located in the city of", "Paris is"])
+    ids, lengths = batch.ids, batch.lengths
     logits, cache_ = model.run_with_cache(ids, names_filter=v.resid_post_hook(v.n_layers - 1))
     lens = v.to_logits(cache_[v.resid_post_hook(v.n_layers - 1)])
     torch.testing.assert_close(lens, logits, rtol=0, atol=1e-4)
@@ -51,7 +52,7 @@ def check_logit_lens_is_exact(model):
 
 def check_weight_round_trip(model):
     v = view(model)
-    ids, _ = v.batch(["The capital of France is"])
+    ids = v.batch(["The capital of France is"]).ids
     layer = v.n_layers // 2
     before = model(ids)
     original = v.mlp_out_weight(layer).clone()
@@ -67,7 +68,7 @@ def test_tiny_view_hooks_and_shapes(tiny):
     check_hooks(tiny)
     v = view(tiny)
     assert v.n_layers == 3 and v.d_model == 64
-    assert v.gated == (tiny.factlens_name == "tiny-gemma3")
+    assert v.gated == (v.name == "tiny-gemma3")
 
 
 def test_tiny_logit_lens_is_the_models_own_logits(tiny):
@@ -81,7 +82,7 @@ def test_tiny_weight_write_changes_output_and_restores_exactly(tiny):
 def test_value_rows_are_what_the_mlp_adds(tiny):
     """MLP output = m @ V (Geva eq. 2) with V the view's value matrix (GPT-2 adds its bias)."""
     v = view(tiny)
-    ids, _ = v.batch(["Dante was born in Florence"])
+    ids = v.batch(["Dante was born in Florence"]).ids
     names = [v.key_hook(1), "blocks.1.mlp.hook_out"]
     _, c = tiny.run_with_cache(ids, names_filter=lambda n: n in names)
     out = c[v.key_hook(1)] @ v.mlp_out_weight(1)
@@ -169,7 +170,8 @@ def test_killed_conversion_leaves_nothing_and_damage_is_rebuilt(tmp_path, monkey
 @pytest.mark.slow
 def test_default_model_knows_the_eiffel_tower(gemma):
     v = view(gemma)
-    ids, lengths = v.batch(["The Eiffel Tower is located in the city of"])
+    batch = v.batch(["The Eiffel Tower is located in the city of"])
+    ids, lengths = batch.ids, batch.lengths
     top = v.logits_at(ids, lengths - 1)[0].argmax().item()
     assert gemma.tokenizer.decode([top]) == " Paris"
 
@@ -182,7 +184,7 @@ def test_default_model_view(gemma):
     check_logit_lens_is_exact(gemma)
     check_weight_round_trip(gemma)
     # Gemma scales its embeddings by sqrt(d_model) before layer 0: hook_embed sees the scaled ones
-    ids, _ = v.batch(["The Eiffel Tower"])
+    ids = v.batch(["The Eiffel Tower"]).ids
     _, c = gemma.run_with_cache(ids, names_filter=v.embed_hook)
     table = gemma.embed.original_component.weight[ids[0]]
     torch.testing.assert_close(c[v.embed_hook][0], table * 640**0.5, rtol=1e-3, atol=1e-3)
@@ -198,5 +200,53 @@ def test_second_offline_model_is_llama_style_and_knows_paris():
     check_hooks(model)
     check_logit_lens_is_exact(model)
     check_weight_round_trip(model)
-    ids, lengths = v.batch(["The capital of France is"])
+    batch = v.batch(["The capital of France is"])
+    ids, lengths = batch.ids, batch.lengths
     assert model.tokenizer.decode([v.logits_at(ids, lengths - 1)[0].argmax().item()]) == " Paris"
+
+
+def test_batch_pads_right_and_masks(tiny):
+    v = view(tiny)
+    batch = v.batch(["The Eiffel Tower is located in", [v.bos[0], 5]], attention_mask=True)
+    assert batch.ids.shape == (2, batch.lengths.max())
+    assert batch.lengths.tolist() == [len(v.token_ids("The Eiffel Tower is located in")), 2]
+    assert batch.last.tolist() == (batch.lengths - 1).tolist()
+    assert batch.mask.sum(1).tolist() == batch.lengths.tolist()
+    assert (batch.ids[1, 2:] == v.pad_id).all()
+    with pytest.raises(ValueError, match="empty"):
+        v.batch(["x", []])
+
+
+def test_capture_stops_after_its_hooks(tiny):
+    v = view(tiny)
+    ids = v.batch(["Dante was born in"]).ids
+    fired = []
+    later = (v.resid_post_hook(v.n_layers - 1), lambda x, hook: fired.append(hook.name))
+    got = v.capture(ids, [v.key_hook(0)], fwd_hooks=[later])
+    assert got[v.key_hook(0)].shape[-1] == v.d_mlp and fired == []  # the last block never ran
+    v.capture(ids, [v.key_hook(0)], fwd_hooks=[later], stop_after=False)
+    assert len(fired) == 1  # (the bridge names it by its alias)
+    with pytest.raises(KeyError, match="does not exist"):
+        v.capture(ids, ["blocks.0.no_such_hook"])
+
+
+def test_frozen_except_restores_every_flag(tiny):
+    v = view(tiny)
+    weight = v.mlp_out_parameter(0)
+    before = [p.requires_grad for p in tiny.parameters()]
+    with pytest.raises(RuntimeError):
+        with v.frozen_except([weight]):
+            assert weight.requires_grad and sum(p.requires_grad for p in tiny.parameters()) == 1
+            v.final_hidden(v.batch(["Dante"]).ids).sum().backward()
+            assert weight.grad is not None
+            raise RuntimeError("the editor failed")
+    assert [p.requires_grad for p in tiny.parameters()] == before and weight.grad is None
+
+
+def test_top_tokens_are_the_argmax(tiny):
+    v = view(tiny)
+    batch = v.batch(["Dante was born in", "The capital of France is"])
+    best = v.logits_at(batch.ids, batch.last).argmax(-1).tolist()
+    assert [row[0] for row in v.top_tokens(["Dante was born in", "The capital of France is"])] == \
+        [v.tokenizer.decode([t]) for t in best]
+    assert v.label == v.name == view(tiny).name

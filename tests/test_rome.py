@@ -89,7 +89,7 @@ def test_edit_writes_v_star_at_the_averaged_key(tiny):
         templates = rome.templates_for(tiny, FAST)
         prompts = [t.replace("{}", REQUEST.text) for t in templates]
         last = torch.tensor([v.subject_span(p, REQUEST.subject).last for p in prompts])
-        ids, _ = v.batch(prompts)
+        ids = v.batch(prompts).ids
         hook = f"blocks.{FAST.layer}.mlp.hook_out"
         _, cache = tiny.run_with_cache(ids, names_filter=lambda n: n == hook)
         out = cache[hook][torch.arange(len(prompts)), last].mean(0)
@@ -158,7 +158,8 @@ def gemma():
 
 def _top(model, prompt: str) -> str:
     v = view(model)
-    ids, lengths = v.batch([prompt])
+    batch = v.batch([prompt])
+    ids, lengths = batch.ids, batch.lengths
     return v.tokenizer.decode([int(v.logits_at(ids, [int(lengths[0]) - 1])[0].argmax())]).strip()
 
 

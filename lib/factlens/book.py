@@ -26,9 +26,7 @@ read them back with :func:`load_results`.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import math
 import os
 import re
 import shutil
@@ -42,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from factlens.results import load_results, save_results  # noqa: F401  (moved; the builder split removes this)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"model_name": "gemma-3-270m"},
@@ -573,102 +573,6 @@ def build_html(
     shutil.move(str(html_src), str(html))
     log(f"site built in {seconds:.1f} s: {html / 'index.html'}", flush=True)
     return html / "index.html"
-
-
-# ---------------------------------------------------------------------------------------------
-# results
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON types from numpy/torch scalars and arrays, paths, tuples, sets; NaN/inf -> None."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        return [_json_safe(v) for v in items]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        return value.isoformat()
-    module = type(value).__module__.split(".")[0]
-    if module == "torch" and hasattr(value, "detach"):  # tensors: to CPU, then Python values
-        return _json_safe(value.detach().cpu().tolist())
-    if module == "pandas" and hasattr(value, "to_dict"):  # Series -> {index: value}, DataFrame -> {column: {...}}
-        return _json_safe(value.to_dict())
-    if hasattr(value, "tolist"):  # numpy arrays and scalars (np.float32, np.int64, np.bool_)
-        return _json_safe(value.tolist())
-    if hasattr(value, "item"):
-        return _json_safe(value.item())
-    raise TypeError(f"cannot store a {type(value).__name__} in results: {value!r:.80}")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("factlens")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def save_results(
-    chapter: str,
-    metrics: Mapping[str, Any],
-    *,
-    model_name: str,
-    profile: str,
-    parameters: Mapping[str, Any],
-    results_dir: str | Path,
-) -> Path:
-    """Write a chapter's headline numbers to ``<results_dir>/<chapter>.json``, atomically.
-
-    The file holds ``chapter``, ``model``, ``profile``, ``parameters``, ``metrics``,
-    ``factlens_version`` and ``timestamp`` (UTC, ISO 8601). numpy/torch scalars and arrays
-    become numbers and lists; NaN and infinities become ``null``.
-    """
-    if not chapter or "/" in chapter or "\\" in chapter or chapter.startswith("."):
-        raise ValueError(f"chapter must be a plain file stem, got {chapter!r}")
-    record = {
-        "chapter": chapter,
-        "model": model_name,
-        "profile": profile,
-        "parameters": _json_safe(dict(parameters)),
-        "metrics": _json_safe(dict(metrics)),
-        "factlens_version": _version(),
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    text = json.dumps(record, indent=2, allow_nan=False)
-    folder = Path(results_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{chapter}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{chapter}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_results(chapter: str, results_dir: str | Path) -> dict[str, Any] | None:
-    """The record :func:`save_results` wrote for ``chapter``, or None when there is none
-    (or it is unreadable: a chapter not run yet)."""
-    path = Path(results_dir) / f"{chapter}.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,12 +9,15 @@ projection to the vocabulary and the token positions of a subject.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import socket
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -30,6 +33,9 @@ _GGUF_PACKAGES = {
 }
 _TINY = ("tiny-gpt2", "tiny-gemma3")
 OFFLINE_MODELS = (*_GGUF_PACKAGES, *_TINY)
+
+#: What every method module takes: a TransformerLens 4 bridge in raw mode (see :func:`load_model`).
+Model = TransformerBridge
 
 
 class ModelUnavailableError(LookupError):
@@ -71,7 +77,7 @@ def load_model(
     else:
         model = _boot_from_hub(name, kwargs)
     model.eval()
-    model.factlens_name = name
+    model.factlens_view = View(model, name)
     return model
 
 
@@ -207,35 +213,72 @@ class TokenSpan:
     def last(self) -> int:
         return self.stop - 1
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.stop))
 
     def __len__(self) -> int:
         return self.stop - self.start
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Token rows of different lengths, right-padded into one tensor.
+
+    ``ids`` [b, t]; ``lengths`` [b] (on the CPU); ``mask`` [b, t] (1 for a real token, 0 for
+    padding) when :meth:`View.batch` was asked for it. Right padding keeps every real token's
+    position and causal context exact, so a forward pass needs no mask: read row ``i`` at
+    ``last[i]`` (its last real token) or earlier.
+    """
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    @property
+    def last(self) -> torch.Tensor:
+        """The position of each row's last real token: [b]."""
+        return self.lengths - 1
+
+
+class _StopForward(Exception):
+    """Raised by :meth:`View.capture` once every hook it waits for has fired."""
+
+
 class View:
-    """The papers' vocabulary on any supported architecture.
+    """The papers' vocabulary on any supported architecture, and the one door to the model.
 
     =====================  =============================================  ==========
     paper                  here                                           shape
     =====================  =============================================  ==========
     memory coefficients m  ``key_hook(l)`` = ``blocks.l.mlp.hook_post``   [b, t, d_mlp]
     values V (rows)        ``mlp_out_weight(l)``                          [d_mlp, d_model]
+    W k, ROME's value      ``value_hook(l)`` = ``blocks.l.mlp.hook_out``  [b, t, d_model]
     MLP / attention output ``mlp_out_hook(l)`` / ``attn_out_hook(l)``     [b, t, d_model]
     residual stream h_i^l  ``resid_pre_hook(l)`` / ``resid_post_hook(l)`` [b, t, d_model]
     subject embeddings     ``embed_hook``                                 [b, t, d_model]
+    final-normed stream    ``final_hook``                                 [b, t, d_model]
     =====================  =============================================  ==========
 
-    ``mlp_out_hook`` is what the block adds to the residual stream: for Gemma that is the
+    ``value_hook`` is the MLP's down projection, ``W k`` (plus GPT-2's bias): what ROME's
+    ``v`` is. ``mlp_out_hook`` is what the block adds to the residual stream: for Gemma the
     MLP output after its post-feedforward norm (``mlp_post_norm``), for GPT-2 and Llama the
-    MLP output itself. ``values @ W`` and ``key @ W`` conventions follow TransformerLens:
-    the value matrix has one row per memory.
+    MLP output itself. The value matrix has one row per memory (TransformerLens' convention).
+
+    Everything that touches the model goes through here: tokens (:meth:`token_ids`,
+    :meth:`batch`, :meth:`subject_span`, :meth:`target_ids`), forward passes that stop early
+    (:meth:`capture`, :meth:`final_hidden`, :meth:`logits_at`, :meth:`top_tokens`), weights
+    (:meth:`mlp_out_weight`, :meth:`frozen_except`) and the logit lens (:meth:`to_logits`).
+
+    Per-model state lives here too, and only here: :func:`view` keeps one View per model
+    object (its attribute ``factlens_view``), holding the model's factlens ``name`` (given by
+    :func:`load_model`) and ``memo``, a dict for what a method samples once per model (ROME's
+    context templates, keyed by their settings).
     """
 
     embed_hook = "hook_embed"
+    final_hook = "unembed.hook_in"
 
-    def __init__(self, model: TransformerBridge):
+    def __init__(self, model: TransformerBridge, name: str | None = None):
         self.model = model
         self.tokenizer = model.tokenizer
         cfg = model.cfg
@@ -243,36 +286,56 @@ class View:
         self.d_model: int = cfg.d_model
         self.d_mlp: int = cfg.d_mlp
         self.d_vocab: int = cfg.d_vocab
-        self.name: str = getattr(model, "factlens_name", getattr(cfg, "model_name", "model"))
+        self.name: str = name or getattr(cfg, "model_name", None) or "model"
+        self.memo: dict[Any, Any] = {}
         block = model.blocks[0]
         self.gated: bool = hasattr(block.mlp, "gate")
         self._post_norms: bool = hasattr(block, "ln2_post")
 
+    @property
+    def label(self) -> str:
+        """How the book names the model beside a number (:func:`model_label`)."""
+        return model_label(self.name)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.model.cfg.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     # hook names --------------------------------------------------------------
-    def _check_layer(self, layer: int) -> int:
+    def check_layer(self, layer: int) -> int:
+        """``layer`` itself when the model has it; an IndexError that names the range otherwise."""
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}")
         return layer
 
     def key_hook(self, layer: int) -> str:
         """Memory coefficients m = f(x K^T) (gated MLPs: act(x W_gate) * (x W_in)), Geva eq. (2)."""
-        return f"blocks.{self._check_layer(layer)}.mlp.hook_post"
+        return f"blocks.{self.check_layer(layer)}.mlp.hook_post"
+
+    def value_hook(self, layer: int) -> str:
+        """The down projection's output ``W k`` (+ bias), before Gemma's post-feedforward norm:
+        ROME's value ``v`` (Meng et al. 2022, eq. 4)."""
+        return f"blocks.{self.check_layer(layer)}.mlp.hook_out"
 
     def mlp_out_hook(self, layer: int) -> str:
-        return f"blocks.{self._check_layer(layer)}.hook_mlp_out"
+        return f"blocks.{self.check_layer(layer)}.hook_mlp_out"
 
     def attn_out_hook(self, layer: int) -> str:
-        return f"blocks.{self._check_layer(layer)}.hook_attn_out"
+        return f"blocks.{self.check_layer(layer)}.hook_attn_out"
 
     def resid_pre_hook(self, layer: int) -> str:
-        return f"blocks.{self._check_layer(layer)}.hook_resid_pre"
+        return f"blocks.{self.check_layer(layer)}.hook_resid_pre"
 
     def resid_post_hook(self, layer: int) -> str:
-        return f"blocks.{self._check_layer(layer)}.hook_resid_post"
+        return f"blocks.{self.check_layer(layer)}.hook_resid_post"
 
     # the value matrix: the MLP output weight --------------------------------
     def _out_module(self, layer: int) -> torch.nn.Module:
-        return self.model.blocks[self._check_layer(layer)].mlp.out.original_component
+        return self.model.blocks[self.check_layer(layer)].mlp.out.original_component
 
     def mlp_out_parameter(self, layer: int) -> torch.nn.Parameter:
         """The parameter behind ``mlp_out_weight`` (for optimizers; its layout is the architecture's)."""
@@ -297,8 +360,89 @@ class View:
 
     def mlp_post_norm(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """What the block applies to the MLP output before adding it to the residual stream."""
-        block = self.model.blocks[self._check_layer(layer)]
+        block = self.model.blocks[self.check_layer(layer)]
         return block.ln2_post(x) if self._post_norms else x
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input embedding table [d_vocab, d_model] (before any scaling the model applies;
+        ``hook_embed`` shows the embeddings as layer 0 receives them)."""
+        return self.model.original_model.get_input_embeddings().weight
+
+    @contextlib.contextmanager
+    def frozen_except(self, parameters: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+        """Within the block only ``parameters`` require gradients; every flag, and no gradient,
+        is left behind afterwards (also when the block raises). For editors that optimize a
+        few weights (FT) or an input (ROME's δ: pass no parameters)."""
+        params = list(self.model.parameters())
+        flags = [p.requires_grad for p in params]
+        chosen = list(parameters)
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            for p in chosen:
+                p.requires_grad_(True)
+            yield
+        finally:
+            for p in chosen:
+                p.grad = None
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+
+    # forward passes ----------------------------------------------------------
+    def capture(self, ids: torch.Tensor, names: Iterable[str], *, fwd_hooks: Sequence = (),
+                stop_after: bool = True) -> dict[str, torch.Tensor]:
+        """Run the model on ``ids`` with ``fwd_hooks`` and return the activations at ``names``.
+
+        With ``stop_after`` the forward pass stops as soon as every hook in ``names`` has fired
+        (nothing above them is computed, the unembedding never is); otherwise it runs to the end.
+        Gradients flow as the caller's context allows (wrap in ``torch.no_grad()`` when not needed).
+        """
+        wanted = list(dict.fromkeys(names))
+        got: dict[str, torch.Tensor] = {}
+
+        def grabber(name: str):
+            def grab(x: torch.Tensor, hook: Any) -> None:
+                got[name] = x
+                if stop_after and len(got) == len(wanted):
+                    raise _StopForward
+            return grab
+
+        try:
+            with self.model.hooks(fwd_hooks=[*fwd_hooks, *((n, grabber(n)) for n in wanted)]):
+                self.model(ids)
+        except _StopForward:
+            pass
+        missing = [n for n in wanted if n not in got]
+        if missing:
+            raise KeyError(f"hooks {missing} never fired in {self.name}'s forward pass; use the View's hook names")
+        return got
+
+    def embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings as layer 0 receives them (``hook_embed``; Gemma's √d scaling included)."""
+        return self.capture(ids, [self.embed_hook])[self.embed_hook]
+
+    def final_hidden(self, ids: torch.Tensor, fwd_hooks: Sequence = ()) -> torch.Tensor:
+        """Run the model up to the final norm (no unembedding): [b, t, d_model], already normed.
+
+        Use with ``unembed`` on the few positions that are read: with a 262k vocabulary the
+        full logits tensor is the most expensive thing in a forward pass.
+        """
+        return self.capture(ids, [self.final_hook], fwd_hooks=fwd_hooks)[self.final_hook]
+
+    def logits_at(self, ids: torch.Tensor, positions: torch.Tensor | Sequence[int],
+                  fwd_hooks: Sequence = ()) -> torch.Tensor:
+        """Next-token logits at one position per row of ``ids``: [b, d_vocab]."""
+        hidden = self.final_hidden(ids, fwd_hooks)
+        index = torch.as_tensor(positions, device=hidden.device)
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+        return self.unembed(picked[:, None])[:, 0]
+
+    @torch.no_grad()
+    def top_tokens(self, prompts: Sequence[str], k: int = 1) -> list[list[str]]:
+        """The ``k`` most likely next tokens after each prompt, decoded, best first."""
+        batch = self.batch(prompts)
+        top = self.logits_at(batch.ids, batch.last).topk(k, -1).indices.tolist()
+        return [[self.tokenizer.decode([t]) for t in row] for row in top]
 
     # to the vocabulary --------------------------------------------------------
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
@@ -313,38 +457,17 @@ class View:
         flat = resid.reshape(-1, 1, shape[-1])
         return self.unembed(self.final_norm(flat)).reshape(*shape[:-1], -1)
 
-    def final_hidden(self, input_ids: torch.Tensor, fwd_hooks: list | tuple = ()) -> torch.Tensor:
-        """Run the model up to the final norm (no unembedding): [b, t, d_model], already normed.
-
-        Use with ``unembed`` on the few positions that are read: with a 262k vocabulary the
-        full logits tensor is the most expensive thing in a forward pass.
-        """
-        captured: list[torch.Tensor] = []
-
-        def grab(x, hook):
-            captured.append(x)
-            raise _StopForward
-
-        try:
-            with self.model.hooks(fwd_hooks=[*fwd_hooks, ("unembed.hook_in", grab)]):
-                self.model(input_ids)
-        except _StopForward:
-            pass
-        return captured[0]
-
-    def logits_at(self, input_ids: torch.Tensor, positions: torch.Tensor | list[int],
-                  fwd_hooks: list | tuple = ()) -> torch.Tensor:
-        """Next-token logits at one position per row of ``input_ids``: [b, d_vocab]."""
-        hidden = self.final_hidden(input_ids, fwd_hooks)
-        index = torch.as_tensor(positions, device=hidden.device)
-        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-        return self.unembed(picked[:, None])[:, 0]
-
     # tokens ---------------------------------------------------------------------
     @property
     def bos(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
         return [] if bos is None else [bos]
+
+    @property
+    def pad_id(self) -> int:
+        """The id that fills padding (the tokenizer's pad token, else 0); never read by a result."""
+        pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else pad
 
     def token_ids(self, text: str) -> list[int]:
         """The prompt's token ids as the model reads it: beginning-of-sequence token first."""
@@ -353,19 +476,19 @@ class View:
     def str_tokens(self, text: str) -> list[str]:
         return [self.tokenizer.decode([i]) for i in self.token_ids(text)]
 
-    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded token ids [b, t] and the length of each row.
-
-        Right padding keeps every real token's position and causal context exact, so no
-        attention mask is needed: read each row at ``lengths - 1`` or earlier.
-        """
-        rows = [self.token_ids(t) for t in texts]
-        lengths = torch.tensor([len(r) for r in rows])
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
-        for i, r in enumerate(rows):
+    def batch(self, rows: Sequence[str | Sequence[int]], *, attention_mask: bool = False) -> Batch:
+        """Texts (tokenized with :meth:`token_ids`) or token rows, right-padded on the model's device."""
+        if not rows:
+            raise ValueError("batch needs at least one text or token row")
+        tokens = [self.token_ids(r) if isinstance(r, str) else list(r) for r in rows]
+        lengths = torch.tensor([len(r) for r in tokens])
+        if int(lengths.min()) < 1:
+            raise ValueError("a row of the batch is empty; every row needs at least one token")
+        ids = torch.full((len(tokens), int(lengths.max())), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(tokens):
             ids[i, : len(r)] = torch.tensor(r)
-        return ids.to(self.model.cfg.device), lengths
+        mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long().to(self.device) if attention_mask else None
+        return Batch(ids.to(self.device), lengths, mask)
 
     def subject_span(self, prompt: str, subject: str) -> TokenSpan:
         """Token positions of the first occurrence of ``subject`` in ``prompt`` (BOS counted).
@@ -407,14 +530,26 @@ class View:
         return ids[0]
 
 
-class _StopForward(Exception):
-    pass
-
-
-def view(model: TransformerBridge) -> View:
-    """The architecture-agnostic view of ``model`` (one per model object)."""
-    existing = getattr(model, "_factlens_view", None)
+def view(model: TransformerBridge | View) -> View:
+    """The View of ``model``: one per model object, made on first use and kept as the model's
+    one factlens attribute, ``factlens_view`` (a View is returned as is)."""
+    if isinstance(model, View):
+        return model
+    existing = getattr(model, "factlens_view", None)
     if existing is None:
         existing = View(model)
-        model._factlens_view = existing
+        model.factlens_view = existing
     return existing
+
+
+_LABELS = {
+    "gemma-3-270m": "Gemma 3 270M (4-bit GGUF Q4_K_M, dequantized to float32)",
+    "smollm2-135m": "SmolLM2-135M-Instruct (4-bit GGUF Q4_1, dequantized to float32)",
+    "gpt2-xl": "GPT-2 XL",
+    "EleutherAI/gpt-j-6b": "GPT-J 6B",
+}
+
+
+def model_label(name: str) -> str:
+    """How the book names a model beside its numbers: the offline models with their quantization."""
+    return _LABELS.get(name, name)

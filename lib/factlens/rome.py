@@ -355,11 +355,11 @@ def context_templates(model: Any, spec: Sequence[tuple[int, int]] = ((5, 10), (1
 
 def templates_for(model: Any, hp: ROMEHyperParams) -> list[str]:
     """The prefix templates of ``hp`` (:func:`context_templates`), sampled once per model and spec."""
-    cache = model.__dict__.setdefault("_factlens_context_templates", {})
-    key = (tuple(map(tuple, hp.context_templates)), hp.seed)
-    if key not in cache:
-        cache[key] = context_templates(model, hp.context_templates, hp.seed)
-    return cache[key]
+    memo = view(model).memo
+    key = ("rome.context_templates", tuple(map(tuple, hp.context_templates)), hp.seed)
+    if key not in memo:
+        memo[key] = context_templates(model, hp.context_templates, hp.seed)
+    return memo[key]
 
 
 def _prefixed(request: EditRequest, templates: Sequence[str]) -> list[str]:
@@ -373,7 +373,7 @@ def compute_key(model: Any, request: EditRequest, layer: int, templates: Sequenc
     v = view(model)
     prompts = [p.replace("{}", request.subject) for p in _prefixed(request, templates)]
     last = [v.subject_span(p, request.subject).last for p in prompts]
-    ids, _ = v.batch(prompts)
+    ids = v.batch(prompts).ids
     _, cache = model.run_with_cache(ids, names_filter=lambda n: n == v.key_hook(layer),
                                     stop_at_layer=layer + 1)
     keys = cache[v.key_hook(layer)][torch.arange(len(prompts)), torch.tensor(last)]

@@ -517,8 +517,8 @@ def known_facts_answered(model: Any, facts: Sequence[Any], batch_size: int = 32,
         answered = []
         for i in tqdm(range(0, len(facts), batch_size), desc="known facts", disable=not progress):
             chunk = facts[i:i + batch_size]
-            ids, lengths = v.batch([f.prompt for f in chunk])
-            top = v.logits_at(ids, lengths - 1).argmax(-1).tolist()
+            batch = v.batch([f.prompt for f in chunk])
+            top = v.logits_at(batch.ids, batch.last).argmax(-1).tolist()
             answered += [t == v.target_ids(f.attribute)[0] for f, t in zip(chunk, top)]
         return {"answered": torch.tensor(answered, dtype=torch.bool)}
 

@@ -219,10 +219,9 @@ def rome_editor(model, prompt: str = "{} is located in the city of", subject: st
     out = w.Output()
 
     def table(prompts: list[str]) -> list[str]:
-        ids, lengths = v.batch(prompts)
-        top = v.logits_at(ids, lengths - 1).argmax(-1).tolist()
+        top = [row[0] for row in v.top_tokens(prompts)]
         texts = rome.generate(model, prompts, max_new_tokens)
-        return [f"[{v.tokenizer.decode([t]).strip()}] {s.strip()}" for t, s in zip(top, texts)]
+        return [f"[{t.strip()}] {s.strip()}" for t, s in zip(top, texts)]
 
     def render(prompt: str, subject: str, target: str, layer: int | None) -> None:
         request = rome.EditRequest(prompt, subject, target)
