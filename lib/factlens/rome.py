@@ -483,8 +483,3 @@ def generate(model: Model, prompts: Iterable[str], max_new_tokens: int = 30, *,
             r.append(t)
     return [v.tokenizer.decode(r[s:], skip_special_tokens=True) for r, s in zip(rows, start)]
 
-
-def _pad(v, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Transition only: ``factlens.evaluation`` on main still calls this until the helper "eval"
-    lands its change to ``v.batch``; removed at the next merge of main."""
-    return view(v.model).batch(rows).ids
