@@ -173,3 +173,20 @@ def test_rome_rewrites_a_known_fact_and_leaves_an_unrelated_one(gemma):
         assert _top(gemma, unrelated) == before_unrelated
         assert e.info["target_prob"] > 0.5
     assert _top(gemma, request.text) == "Paris"
+
+
+# --------------------------------------------------------------------------- tuning and evaluation split
+
+
+def test_tuning_and_evaluation_cases_partition_counterfact_by_case_id():
+    from factlens import data
+
+    cases = data.counterfact()
+    tune, held = rome.tuning_cases(cases), rome.evaluation_cases(cases)
+    assert len(tune) + len(held) == len(cases)
+    assert {c.case_id for c in tune}.isdisjoint(c.case_id for c in held)
+    assert all(c.case_id % 10 == 0 for c in tune) and len(tune) == len(cases) // 10 + 1  # ids 0..21918
+    # a rule on the id, not a sample: any subset, in any order, splits the same way
+    subset = list(reversed(cases[:50]))
+    assert [c.case_id for c in rome.tuning_cases(subset)] == [c.case_id for c in subset if c.case_id % 10 == 0]
+    assert rome.is_tuning_case(687) is False and rome.is_tuning_case(690) is True

@@ -17,6 +17,9 @@ so that ``Ŵ k* = v*`` while every key orthogonal to ``C⁻¹ k*`` is mapped as 
 * :func:`compute_value` is ``v*``, optimized so the model says the new object (eq. 4);
 * :func:`rank_one_update` is eq. 2.
 
+Hyperparameters are chosen on CounterFact's tuning split (:func:`tuning_cases`, every tenth
+case id); numbers are reported on the rest (:func:`evaluation_cases`).
+
 :func:`apply` runs the three steps and returns an :class:`Edit`, the record of one change
 of a layer's MLP output weight that can be undone bit for bit; ``with edit(model, request)``
 undoes it on exit. :class:`Edit` is generic: the baselines (``factlens.baselines``) return
@@ -195,6 +198,34 @@ def default_hparams(model: Model) -> ROMEHyperParams:
     if known is not None and known.layer < v.n_layers:
         return known
     return ROMEHyperParams(layer=max(0, v.n_layers // 3), mom2_samples=min(100_000, 20 * v.d_mlp))
+
+
+# --------------------------------------------------------------------------- tuning and evaluation cases
+
+#: CounterFact cases whose ``case_id`` is a multiple of this are the tuning split (2,192 of the
+#: 21,919 cases): the default model's hyperparameters (layer, clamp) are chosen on them, and no
+#: reported number is measured on them. Every other case is for evaluation.
+TUNING_STRIDE = 10
+
+
+def is_tuning_case(case_id: int) -> bool:
+    """Whether the CounterFact case ``case_id`` belongs to the tuning split (``case_id % 10 == 0``)."""
+    return int(case_id) % TUNING_STRIDE == 0
+
+
+def tuning_cases(cases: Iterable[CounterFactCase]) -> list[CounterFactCase]:
+    """The cases hyperparameters are chosen on (:data:`TUNING_STRIDE`), in their order.
+
+    The split is a rule on the case id, not a sample, so it is the same for every subset,
+    file format and order of CounterFact; :func:`evaluation_cases` is its complement.
+    """
+    return [c for c in cases if is_tuning_case(c.case_id)]
+
+
+def evaluation_cases(cases: Iterable[CounterFactCase]) -> list[CounterFactCase]:
+    """The cases reported numbers are measured on: every case not in :func:`tuning_cases`, in
+    their order. Draw evaluation samples from these (``random.Random(seed).sample(...)``)."""
+    return [c for c in cases if not is_tuning_case(c.case_id)]
 
 
 # --------------------------------------------------------------------------- the key k*
