@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -15,17 +16,27 @@ import torch
 import yaml
 
 from factlens import book
-from factlens.book import BookError, load_results, save_results
+from factlens.book import BookError
+from factlens.results import load_results, save_results
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "factlens.book", "--no-progress", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_the_builder_imports_no_torch():
+    """The builder and the data loaders start fast: neither imports torch (nor TransformerLens)."""
+    code = ("import sys, factlens.book, factlens.book.__main__, factlens.data, factlens.cache; "
+            "print(sorted(m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- parameters
@@ -75,6 +86,46 @@ def test_parse_overrides_types():
     for bad in ["novalue", "=3", "not a name=1"]:
         with pytest.raises(BookError, match="KEY=VALUE"):
             book.parse_overrides([bad])
+
+
+def _notebook(path: Path, parameters: str) -> Path:
+    cells = [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": parameters, "outputs": []}]
+    path.write_text(json.dumps({"cells": cells}))
+    return path
+
+
+def test_build_parameters_only_for_notebooks_that_declare_them(tmp_path):
+    build = tmp_path / "_build"
+    for name, files in [("smollm2-135m", ["lama.json"]), ("empty", []), ("gpt2", ["claims.json"])]:
+        (build / name / "results").mkdir(parents=True)
+        for f in files:
+            (build / name / "results" / f).write_text("{}")
+    (build / "results").mkdir()
+    claims = _notebook(tmp_path / "claims.ipynb", "model_name = 'x'\nother_results = []  # other builds\n")
+    chapter = _notebook(tmp_path / "lama.ipynb", "model_name = 'x'\nn_facts = 3\n")
+    assert book.declared_parameters(claims) == {"model_name", "other_results"}
+    found = [str((build / "gpt2" / "results").resolve()), str((build / "smollm2-135m" / "results").resolve())]
+    assert book.build_parameters(claims, build) == {"other_results": found}  # sorted, empty folders left out
+    assert book.build_parameters(chapter, build) == {}
+    # -p wins, a relative folder is taken from the working directory
+    given = book.build_parameters(claims, build, {"other_results": ["rel/results"]})
+    assert given == {"other_results": [str(Path("rel/results").resolve())]}
+    assert book.build_parameters(claims, build, {"other_results": []}) == {"other_results": []}
+    with pytest.raises(BookError, match="other_results expects a folder or a JSON list"):
+        book.build_parameters(claims, build, {"other_results": 3})
+    (tmp_path / "bad.ipynb").write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]},
+                                                               "source": "x = = 1"}]}))
+    with pytest.raises(BookError, match="parameters cell is not valid Python"):
+        book.declared_parameters(tmp_path / "bad.ipynb")
+
+
+def test_kernel_environment():
+    env = book.kernel_environment({"PATH": "/bin", "PYTHONPATH": "/elsewhere"})
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # kernels do not spin against each other
+    assert env["PYTHONPATH"].split(":")[0].endswith("lib") and env["PYTHONPATH"].split(":")[1] == "/elsewhere"
+    assert env["JUPYTER_PATH"].split(":")[0] == str(Path(sys.prefix) / "share" / "jupyter")
+    assert book.kernel_environment({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's wins
+    assert book.kernel_environment(env) == env  # idempotent
 
 
 # --------------------------------------------------------------------------- table of contents
@@ -222,14 +273,16 @@ def test_failing_cell_fails_the_build(fixture_book, tmp_path):
 def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
     build = tmp_path / "b"
     # run from elsewhere: --root decides, and the kernel's cwd is the notebook's folder
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "demo", "-p", "label=from-cli",
-                  "--build-dir", str(build), cwd=tmp_path)
+                  "--build-dir", str(build), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "[1/1] demo/params.ipynb" in out.stdout
     record = load_results("params", build / "results")
     assert record["model"] == "gemma-3-270m" and record["profile"] == "smoke"
     assert record["parameters"] == {"n_facts": 3, "label": "from-cli"}  # sidecar's smoke section, then -p
     assert record["metrics"]["cwd"] == str((fixture_book / "demo").resolve())
+    assert record["metrics"]["omp_wait_policy"] == "PASSIVE"  # set by the builder for its kernels
     executed = build / "executed" / "demo" / "params.ipynb"
     nb = json.loads(executed.read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]

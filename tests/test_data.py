@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from factlens import data
+from factlens.data import files
 from factlens.data import (
     CounterFactCase,
     DataUnavailableError,
@@ -301,7 +302,7 @@ class FakeServer:
 def server(tmp_path, monkeypatch) -> FakeServer:
     monkeypatch.delenv("FACTLENS_DATA_DIR", raising=False)
     monkeypatch.setenv("FACTLENS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_verified", {})
+    monkeypatch.setattr(files, "_verified", {})
     fake = FakeServer()
     monkeypatch.setattr(urllib.request, "urlopen", fake)
     return fake
@@ -329,14 +330,14 @@ def test_download_cache_checksum_and_redownload(server, tmp_path):
     assert data.known_facts() == facts and server.calls == [KNOWN_URL]  # read from the cache
     assert not [p for p in cached.parent.iterdir() if "partial" in p.name]
 
-    data._verified.clear()  # a new process
+    files._verified.clear()  # a new process
     cached.write_bytes(cached.read_bytes()[:-5])  # damaged in place
     with pytest.warns(UserWarning, match="known_1000.json is not trusted because its SHA-256 differs"):
         assert data.known_facts() == facts
     assert server.calls == [KNOWN_URL, KNOWN_URL]
 
     sidecar.unlink()  # e.g. killed between the rename and the digest
-    data._verified.clear()
+    files._verified.clear()
     with pytest.warns(UserWarning, match="no recorded SHA-256"):
         assert data.known_facts() == facts
     assert len(server.calls) == 3 and sidecar.is_file()
