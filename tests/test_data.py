@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from factlens import data
-from factlens.data import files
 from factlens.data import (
     CounterFactCase,
     DataUnavailableError,
@@ -23,6 +22,7 @@ from factlens.data import (
     MalformedDataError,
     Relation,
     ZsreCase,
+    files,
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -198,10 +198,12 @@ def test_wikitext_sentences_detokenized_without_unk():
 def test_detokenize_hand_made_lines():
     """The rules of lm-evaluation-harness's wikitext_detokenizer, one or two per line."""
     cases = {
-        " the north @-@ eastern coast , 1 @,@ 000 km from the sea . \n": " the north-eastern coast, 1,000 km from the sea.\n",
+        " the north @-@ eastern coast , 1 @,@ 000 km from the sea . \n":
+            " the north-eastern coast, 1,000 km from the sea.\n",
         " weighs 0 @.@ 7 kg ( 1 @.@ 5 lb ) ; it is blue ! Is it ? Yes : red . \n":
             " weighs 0.7 kg (1.5 lb); it is blue! Is it? Yes: red.\n",
-        ' the " lobster red " colour of [ cooked ] lobsters and { x } \n': ' the "lobster red" colour of [cooked] lobsters and {x}\n',
+        ' the " lobster red " colour of [ cooked ] lobsters and { x } \n':
+            ' the "lobster red" colour of [cooked] lobsters and {x}\n',
         " the lobster 's claws and the lobsters ' claws \n": " the lobster's claws and the lobsters' claws\n",
         " 20 ° C at 57 ° N \n": " 20°C at 57°N\n",
         " = = History = = \n": " == History ==\n",
@@ -230,7 +232,8 @@ def test_original_format_fixture_normalizes():
     assert [c.case_id for c in cases] == [0, 2, 21918]
     first = cases[0]
     assert isinstance(first, CounterFactCase)
-    assert first.prompt == "The mother tongue of {} is" and first.filled_prompt == "The mother tongue of Danielle Darrieux is"
+    assert first.prompt == "The mother tongue of {} is"
+    assert first.filled_prompt == "The mother tongue of Danielle Darrieux is"
     assert (first.subject, first.target_new, first.target_true, first.relation_id) == (
         "Danielle Darrieux", "English", "French", "P103",
     )  # fmt: skip
@@ -294,7 +297,8 @@ def test_malformed_files_name_file_and_line(tmp_path, monkeypatch):
 
 def test_unknown_names_are_value_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTLENS_DATA_DIR", str(tmp_path))
-    with pytest.raises(ValueError, match="unknown LAMA corpus 'Wikidata'; valid names: TREx, Google_RE, Squad, ConceptNet"):
+    with pytest.raises(ValueError,
+                       match="unknown LAMA corpus 'Wikidata'; valid names: TREx, Google_RE, Squad, ConceptNet"):
         data.lama("Wikidata")
     with pytest.raises(ValueError, match="ParaRel has no patterns for relation 'P999'; it has: P1001, P101"):
         data.pararel_patterns("P999")

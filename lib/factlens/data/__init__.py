@@ -19,7 +19,6 @@ from factlens.data.files import (
     ENV_VAR,
     LAMA_ZIP_URL,
     DataUnavailableError,
-    MalformedDataError,
     data_file,
     data_root,
 )
@@ -32,6 +31,7 @@ from factlens.data.lama_sets import (
     lama_vocab,
     pararel_patterns,
 )
+from factlens.data.reading import MalformedDataError
 from factlens.data.records import CounterFactCase, KnownFact, LamaFact, Relation, ZsreCase
 from factlens.data.rome_sets import counterfact, known_facts, zsre
 from factlens.data.wikitext import corpus, detokenize
