@@ -242,7 +242,8 @@ def _cell(source, tags=(), outputs=()):
 def test_for_the_site_shows_one_parameters_cell_with_the_values_used():
     own = ("model_name = 'gemma-3-270m'  # the model\nn_facts = 20  # facts (paper: 1,000)\n"
            "results_dir = '../_build'\nseed = 0")
-    injected = "# Parameters\nmodel_name = \"gpt2\"\nresults_dir = \"/tmp/x/results\"\nn_facts = 3\nextra = [1, 2]\n"
+    injected = ("# Parameters\nmodel_name = \"gpt2\"\nresults_dir = \"/tmp/x/results\"\nn_facts = 3\nextra = [1, 2]\n"
+                "other_results = [\"/tmp/x/other/results\"]\n")
     bar = {"output_type": "display_data", "data": {
         "application/vnd.jupyter.widget-view+json": {"model_id": "x"},
         "text/plain": "probing (common vocabulary):  40%|####      | 480/1196 [00:05<00:07, 95.1it/s]"}}
