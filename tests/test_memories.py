@@ -67,13 +67,11 @@ def brute_force(model, layers, keys, corpus):
     v = view(model)
     table = {l: {} for l in layers}
     for t, ids in enumerate(corpus.ids):
-        seen = {}
-        hooks = [(v.key_hook(l), lambda x, hook, l=l: seen.__setitem__(l, x[0])) for l in layers]
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(torch.tensor([ids]))
+        with torch.no_grad():
+            seen = v.capture(torch.tensor([ids]), [v.key_hook(l) for l in layers], stop_after=False)
         for l in layers:
             for p in range(1, len(ids)):
-                table[l][(t, p)] = seen[l][p, keys]
+                table[l][(t, p)] = seen[v.key_hook(l)][0, p, keys]
     return table
 
 

@@ -72,7 +72,8 @@ _register("lama.p_at_1.Freq", PETRONI, "Table 2", "Freq baseline", {
     "T-REx 1-1": 1.78, "T-REx N-1": 23.85, "T-REx N-M": 21.95, "T-REx": 22.0,
     "Google-RE place_of_birth": 4.6, "Google-RE date_of_birth": 1.9, "Google-RE place_of_death": 6.8,
     "Google-RE": 4.4})
-_register("lama.p_at_1.RE_o", PETRONI, "Table 2", "RE_o (oracle relation extraction)", {"T-REx": 33.8, "Google-RE": 7.6})
+_register("lama.p_at_1.RE_o", PETRONI, "Table 2", "RE_o (oracle relation extraction)",
+          {"T-REx": 33.8, "Google-RE": 7.6})
 _register("lama.p_at_1.DrQA", PETRONI, "Table 2", "DrQA", {"SQuAD": 37.5})
 # Derived from Table 2: Google-RE without date_of_birth (a year is never one token of our models'
 # tokenizers), and the table's orderings as differences.

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,18 +98,13 @@ class Corpus:
 
 def wikitext_sentences(n: int, name: str = "wikitext", split: str = "valid", min_words: int = 5,
                        seed: int = 0) -> list[str]:
-    """``n`` sentences of a WikiText split (``factlens.data.corpus``), shuffled with ``seed``.
-
-    Geva et al. take prefixes of training-set sentences (WikiText-103 train); headings and
-    sentences under ``min_words`` words are dropped.
+    """``n`` sentences of a WikiText split (``factlens.data.corpus``: detokenized, headings and
+    sentences with ``<unk>`` left out), shuffled with ``seed``; sentences under ``min_words``
+    words are dropped. Geva et al. take prefixes of training-set sentences (WikiText-103 train).
     """
     from factlens.data import corpus
 
-    sentences = []
-    for paragraph in corpus(name, split):  # headings and empty lines are already dropped
-        for s in re.split(r"(?<= \.) ", paragraph):
-            if len(s.split()) >= min_words:
-                sentences.append(s.strip())
+    sentences = [s.strip() for s in corpus(name, split) if len(s.split()) >= min_words]
     random.Random(seed).shuffle(sentences)
     return sentences[:n]
 

@@ -63,14 +63,11 @@ def read_layers(model: Model, corpus: Corpus, prefixes: torch.Tensor, batch_size
         batch = v.batch([corpus.prefix(t, p) for t, p in prefixes[s : s + batch_size].tolist()])
         acts = v.capture(batch.ids, names)
         at = (torch.arange(len(batch.ids), device=batch.ids.device), batch.last.to(batch.ids.device))
-
-        def read(hook) -> torch.Tensor:  # [b, n_layers, ...] at each row's last token
-            return torch.stack([acts[hook(l)][at] for l in layers], 1)
-
-        added, after = read(v.mlp_out_hook), read(v.resid_post_hook)
+        m, ff, added, after = (torch.stack([acts[hook(l)][at] for l in layers], 1)  # [b, n_layers, ...]
+                               for hook in (v.key_hook, v.value_hook, v.mlp_out_hook, v.resid_post_hook))
         before2 = v.to_logits(after - added).topk(2, -1).indices
-        parts["m"].append(read(v.key_hook).cpu())
-        parts["ff"].append(v.unembed(read(v.value_hook)).argmax(-1).cpu())
+        parts["m"].append(m.cpu())
+        parts["ff"].append(v.unembed(ff).argmax(-1).cpu())
         parts["added"].append(v.to_logits(added).argmax(-1).cpu())
         parts["b1"].append(before2[..., 0].cpu())
         parts["b2"].append(before2[..., 1].cpu())
