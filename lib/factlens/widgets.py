@@ -24,10 +24,11 @@ kernel (tests, bench/bench_widgets.py). Each chapter keeps its widgets in its ow
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -94,8 +95,8 @@ class _Panel:
     the rule of one run at a time.
 
     :meth:`run` disables the controls, shows "<verb> n: working…" (:meth:`stage` updates it),
-    calls the job with the progress area as its output (tqdm.auto bars appear there), then
-    shows the job's summary and the seconds it took, or its problem in one line. A click
+    calls the job, then shows the job's summary and the seconds it took, or its problem in one
+    line; work inside :meth:`bars` shows its tqdm.auto bars under the status line. A click
     (``drop_queued=True``) that reaches the kernel during a run, or queued behind one, is
     dropped; a changed value (``drop_queued=False``) always runs, so the output matches it.
     """
@@ -113,6 +114,22 @@ class _Panel:
     def stage(self, text: str) -> None:
         self.status.value = html.escape(f"{self.verb} {self.runs}: {text}…")
 
+    @contextlib.contextmanager
+    def bars(self) -> Iterator[None]:
+        """Progress bars (tqdm.auto) of the work inside appear in the progress area, cleared after.
+
+        Only the bars: the Output widget would swallow the updates of the widget's outputs, and
+        show an error as a traceback, so an error is re-raised outside it."""
+        error = None
+        with self.progress:
+            try:
+                yield
+            except Exception as err:
+                error = err
+        self.progress.clear_output()
+        if error is not None:
+            raise error
+
     def run(self, job: Callable[[], str], *, drop_queued: bool = True) -> bool:
         """Run ``job`` (it returns a one-line summary); False if the request was dropped or failed."""
         if self._busy or (drop_queued and time.monotonic() - self._ended < _QUEUED_SECONDS):
@@ -123,12 +140,9 @@ class _Panel:
         self.stage("working")
         start, summary, failure = time.perf_counter(), "", None
         try:
-            with self.progress:
-                try:
-                    summary = job()
-                except Exception as err:  # the reader sees one line, never a traceback
-                    failure = problem(err)
-            self.progress.clear_output()
+            summary = job()
+        except Exception as err:  # the reader sees one line, never a traceback
+            failure = problem(err)
         finally:
             for control in self.controls:
                 control.disabled = False
@@ -404,8 +418,9 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
     def edited() -> str:
         panel.stage(f"writing {fields[2].value!r} at layer {fields[3].value} (C is gathered once per layer), "
                     "then generating")
-        frame = edit_comparison(model, request(), probes, hparams=replace(hp, layer=fields[3].value),
-                                max_new_tokens=max_new_tokens, progress=True)
+        with panel.bars():
+            frame = edit_comparison(model, request(), probes, hparams=replace(hp, layer=fields[3].value),
+                                    max_new_tokens=max_new_tokens, progress=True)
         show(frame)
         info = frame.attrs["edit"]
         return f"layer {info['layer']}, P(target) {info['target_prob']:.2f} after optimizing v*"
