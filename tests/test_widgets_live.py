@@ -252,8 +252,9 @@ class Widget:
 
     def rows(self, result: int = 0) -> list[list[str]]:
         table = self.cell.find_elements(self.by.CSS_SELECTOR, ".factlens-result")[result]
-        return [[td.text for td in tr.find_elements(self.by.TAG_NAME, "td")]
+        rows = [[td.text for td in tr.find_elements(self.by.TAG_NAME, "td")]
                 for tr in table.find_elements(self.by.CSS_SELECTOR, "tbody tr")]
+        return [row for row in rows if row]  # a header row of th only is not data
 
     def type(self, name: str, text: str) -> None:
         """Replace a text field's value as a person does, and press Enter."""
