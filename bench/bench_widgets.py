@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 
 from factlens import data, rome, tracing, widgets
-from factlens.models import load_model
+from factlens.models import Model, load_model
 
 PLAYGROUND = ("The Space Needle", "Rome", ["{}, a landmark of the city of", "Where is {}? It is in the city of"],
               ["Pike Place Market is located in the city of", "The Golden Gate Bridge is located in the city of"], 20)
@@ -52,6 +52,23 @@ def cpu_name() -> str:
     return f"{name} ({'with' if ' avx512f' in info else 'without'} AVX-512)"
 
 
+def editor_seconds(model: Model, hp: rome.ROMEHyperParams, name: str, subject: str, target: str,
+                   paraphrases: list[str], neighbours: list[str], tokens: int, *, repeats: int) -> None:
+    """The ROME editor with one chapter's settings: creating it, a click, and the edit alone."""
+    request = rome.EditRequest("{} is located in the city of", subject, target)
+    probes = [p.replace("{}", subject) for p in paraphrases] + neighbours
+    prompts = [request.text, *probes]
+    create = median_seconds(lambda: widgets.answers(model, prompts, tokens), repeats)
+    click = median_seconds(lambda: widgets.edit_comparison(model, request, probes, hparams=hp, max_new_tokens=tokens),
+                           repeats)
+    edit = median_seconds(lambda: rome.apply(model, request, hparams=hp).undo(), repeats)
+    print(f"{name} ({len(probes)} probes, {tokens} tokens)")
+    print(f"  create: the model before (now)              {create:7.1f}   1×")
+    print(f"  create: a default edit (before this change)  {click:7.1f}   {click / create:.1f}×")
+    print(f"  click:  edit_comparison                     {click:7.1f}   {click / edit:.2f}× the edit alone")
+    print(f"  peer:   rome.apply + undo                   {edit:7.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m")
@@ -66,21 +83,9 @@ def main() -> None:
           f"(gathered once in {rome.layer_stats_seconds(model, hp.layer, samples=hp.mom2_samples):.1f} s)")
     rome.apply(model, rome.EditRequest("{} is in", "Paris", "Rome"), hparams=hp).undo()  # samples the prefixes once
 
-    print("\nROME editor                                   seconds   ratio")
-    for name, (subject, target, paraphrases, neighbours, tokens) in (("playground", PLAYGROUND),
-                                                                     ("editing chapter", EDITING)):
-        request = rome.EditRequest("{} is located in the city of", subject, target)
-        probes = [p.replace("{}", subject) for p in paraphrases] + neighbours
-        prompts = [request.text, *probes]
-        create = median_seconds(lambda: widgets.answers(model, prompts, tokens), args.repeats)
-        click = median_seconds(lambda: widgets.edit_comparison(model, request, probes, hparams=hp,
-                                                               max_new_tokens=tokens), args.repeats)
-        edit = median_seconds(lambda: rome.apply(model, request, hparams=hp).undo(), args.repeats)
-        print(f"{name} ({len(probes)} probes, {tokens} tokens)")
-        print(f"  create: the model before (now)            {create:7.1f}   1×")
-        print(f"  create: a default edit (before the change)  {click:7.1f}   {click / create:.1f}×")
-        print(f"  click:  edit_comparison                   {click:7.1f}   {click / edit:.2f}× the edit alone")
-        print(f"  peer:   rome.apply + undo                 {edit:7.1f}")
+    print("\nROME editor                                     seconds   ratio")
+    for name, setting in (("playground", PLAYGROUND), ("editing chapter", EDITING)):
+        editor_seconds(model, hp, name, *setting, repeats=args.repeats)
 
     relation = data.lama_relations()["P36"]
     prompt = "The Colosseum is located in the city of"

@@ -44,18 +44,25 @@ QUICK = 120
 PROMPT = "{} is located in the city of"
 SUBJECT = "The Eiffel Tower"
 CELLS = {
-    "setup": "from factlens import data, memories, widgets\nfrom factlens.models import load_model\n\n"
-             'model = load_model("gemma-3-270m")',
+    "setup": """\
+from factlens import data, memories, widgets
+from factlens.models import load_model
+
+model = load_model("gemma-3-270m")""",
     "cloze": 'widgets.cloze_explorer(model, subject="France", relation="P36", k=5)',
-    "memory": 'corpus = memories.Corpus.from_texts(model, memories.wikitext_sentences(40), max_tokens=24, name="live")\n'
-              "search = memories.trigger_search(model, {8: [11, 42], 17: [5, 99]}, corpus, k=3, n_random=10,\n"
-              "                                 progress=False)\n"
-              "widgets.memory_explorer(model, search, corpus, prompt=\"The Eiffel Tower is located in the city of\")",
-    "trace": f'widgets.trace_explorer(model, prompt="{PROMPT.format(SUBJECT)}", subject="{SUBJECT}", samples=2, window=3)',
+    "memory": """\
+corpus = memories.Corpus.from_texts(model, memories.wikitext_sentences(40), max_tokens=24, name="live")
+search = memories.trigger_search(model, {8: [11, 42], 17: [5, 99]}, corpus, k=3, n_random=10, progress=False)
+widgets.memory_explorer(model, search, corpus, prompt="The Eiffel Tower is located in the city of")""",
+    "trace": f"""\
+widgets.trace_explorer(model, prompt="{PROMPT.format(SUBJECT)}", subject="{SUBJECT}", samples=2, window=3)""",
     "rome": f'widgets.rome_editor(model, prompt="{PROMPT}", subject="{SUBJECT}", target="Rome", max_new_tokens=4)',
-    "cases": "import pandas as pd\n\ncases = data.counterfact()[:3]\n"
-             'frames = {"ROME": pd.DataFrame({"case_id": [c.case_id for c in cases], "ES": [1.0, 0.0, 1.0]})}\n'
-             "widgets.edit_case_browser(frames, cases)",
+    "cases": """\
+import pandas as pd
+
+cases = data.counterfact()[:3]
+frames = {"ROME": pd.DataFrame({"case_id": [c.case_id for c in cases], "ES": [1.0, 0.0, 1.0]})}
+widgets.edit_case_browser(frames, cases)""",
 }
 
 
@@ -139,10 +146,14 @@ def start_server(command: list[str], cwd: Path, env: dict[str, str], port: int, 
 
 def lab_arguments(port: int, token: str, home: Path) -> list[str]:
     """JupyterLab headless on ``port`` with ``token``; settings and workspaces in ``home``."""
-    settings = home / "settings" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True, exist_ok=True)
-    # every cell stays in the page (no windowing), so the test sees every widget
-    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    settings = home / "settings" / "@jupyterlab"
+    for extension, name, values in (
+        ("notebook-extension", "tracker", {"windowingMode": "none"}),  # every cell stays in the page
+        ("apputils-extension", "notification", {"fetchNews": "false", "checkForUpdates": False,
+                                                 "doNotDisturbMode": True}),  # no toast over the widgets
+    ):
+        (settings / extension).mkdir(parents=True, exist_ok=True)
+        (settings / extension / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
     return ["--no-browser", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
             f"--IdentityProvider.token={token}", "--LabApp.news_url=None",
             f"--LabApp.user_settings_dir={home / 'settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}"]
@@ -214,7 +225,8 @@ return cells.map(c => ({count: c.model.executionCount,
 def notebook(lab, browser):
     """live.ipynb opened in JupyterLab and run from the top; every cell done without an error."""
     browser.get(f"{lab.url}lab/tree/live.ipynb?token={lab.token}")
-    wait_for(lambda: browser.execute_script(KERNEL_IDLE), QUICK, "JupyterLab did not open the notebook with an idle kernel")
+    wait_for(lambda: browser.execute_script(KERNEL_IDLE), QUICK,
+             "JupyterLab did not open the notebook with an idle kernel")
     browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells'); return true;")
 
     def done() -> bool:
@@ -223,7 +235,8 @@ def notebook(lab, browser):
             if state["errors"]:
                 error = state["errors"][0]
                 trace = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.get("traceback", [])))
-                pytest.fail(f"cell {i} of the live notebook failed: {error['ename']}: {error['evalue']}\n{trace[-3000:]}")
+                pytest.fail(f"cell {i} of the live notebook failed: {error['ename']}: {error['evalue']}\n"
+                            f"{trace[-3000:]}")
         return all(s["count"] is not None for s in states) and browser.execute_script(KERNEL_IDLE)
 
     wait_for(done, SLOW, "the live notebook did not finish running")
@@ -256,11 +269,17 @@ class Widget:
                 for tr in table.find_elements(self.by.CSS_SELECTOR, "tbody tr")]
         return [row for row in rows if row]  # a header row of th only is not data
 
+    def click(self, name: str) -> None:
+        button = self.control(name)
+        self.browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+        button.click()
+
     def type(self, name: str, text: str) -> None:
         """Replace a text field's value as a person does, and press Enter."""
         from selenium.webdriver.common.keys import Keys
 
         field = self.control(name, "input")
+        self.browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", field)
         field.click()
         field.send_keys(Keys.CONTROL, "a")
         field.send_keys(Keys.BACKSPACE)
@@ -342,12 +361,12 @@ def test_trace_explorer_names_a_missing_subject_then_traces_the_new_prompt(noteb
     status = tracer.status()
     prompt = "The Colosseum is located in the city of"
     tracer.type("prompt", prompt)
-    tracer.control("go").click()  # the subject is still the Eiffel Tower's
+    tracer.click("go")  # the subject is still the Eiffel Tower's
     status = tracer.settled(status, QUICK)
     assert status.startswith(f"⚠ subject {SUBJECT!r} does not occur in prompt {prompt!r}")
 
     tracer.type("subject", "The Colosseum")
-    tracer.control("go").click()
+    tracer.click("go")
     status = tracer.settled(status, SLOW)
     answer = view(gemma).top_tokens([prompt])[0][0]
     assert status.startswith(f"trace 3: {answer!r}: p ")
@@ -366,9 +385,10 @@ def test_rome_editor_edits_on_one_click_with_progress_and_ignores_a_second(noteb
     editor.type("target", "London")
     go = editor.control("go")
     start = time.monotonic()
-    go.click()
+    editor.click("go")
     go.click()  # a second click while it runs (or queued behind the first): no second run
-    progress = wait_for(lambda: (s := editor.status()) != status and s, QUICK, "the editor showed nothing after a click")
+    progress = wait_for(lambda: (s := editor.status()) != status and s, QUICK,
+                        "the editor showed nothing after a click")
     assert progress.startswith("edit 2: ") and progress.endswith("…"), f"no progress shown: {progress!r}"
     assert go.get_attribute("disabled"), "the edit button stays enabled while the edit runs"
     status = editor.settled(status, SLOW)

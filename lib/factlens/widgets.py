@@ -295,7 +295,8 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
     kinds = w.Dropdown(options=list(KINDS), value=kind, description="restore").add_class("factlens-kind")
     n = w.IntSlider(value=samples, min=1, max=20, description="samples").add_class("factlens-samples")
     scale = w.FloatSlider(value=noise, min=0.0, max=10.0, step=0.5, description="noise × σ").add_class("factlens-noise")
-    width = w.IntSlider(value=window, min=1, max=view(model).n_layers, description="window").add_class("factlens-window")
+    width = w.IntSlider(value=window, min=1, max=view(model).n_layers,
+                        description="window").add_class("factlens-window")
     go = w.Button(description="trace").add_class("factlens-go")
     controls = [text, subj, kinds, n, scale, width, go]
     panel = _Panel("trace", "trace", [w.HBox([text, subj]), w.HBox([kinds, n]), w.HBox([scale, width, go])], controls)
