@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 
 from factlens import book
 from factlens.book import BookError
+from factlens.claims import Claim, PaperNumber
 from factlens.results import load_results, save_results
 
 
@@ -67,7 +69,8 @@ def test_sidecar_merging_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("smokee: {n: 1}\n", "unknown profile"), ("smoke: [1, 2]\n", "must be a mapping"), ("- 1\n", "expected a mapping")],
+    [("smokee: {n: 1}\n", "unknown profile"), ("smoke: [1, 2]\n", "must be a mapping"),
+     ("- 1\n", "expected a mapping")],
 )
 def test_bad_sidecars_are_errors(tmp_path, content, message):
     nb = tmp_path / "chapter.ipynb"
@@ -81,7 +84,8 @@ def test_parse_overrides_types():
         ["model_name=gpt2-xl", "n=10", "lr=1e-3", "flag=true", "off=False", "x=none", "layers=[1, 2]", "s=a=b", "n=11"]
     )
     assert parsed == {
-        "model_name": "gpt2-xl", "n": 11, "lr": 1e-3, "flag": True, "off": False, "x": None, "layers": [1, 2], "s": "a=b"
+        "model_name": "gpt2-xl", "n": 11, "lr": 1e-3, "flag": True, "off": False, "x": None, "layers": [1, 2],
+        "s": "a=b",
     }
     for bad in ["novalue", "=3", "not a name=1"]:
         with pytest.raises(BookError, match="KEY=VALUE"):
@@ -113,10 +117,8 @@ def test_build_parameters_only_for_notebooks_that_declare_them(tmp_path):
     assert book.build_parameters(claims, build, {"other_results": []}) == {"other_results": []}
     with pytest.raises(BookError, match="other_results expects a folder or a JSON list"):
         book.build_parameters(claims, build, {"other_results": 3})
-    (tmp_path / "bad.ipynb").write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]},
-                                                               "source": "x = = 1"}]}))
     with pytest.raises(BookError, match="parameters cell is not valid Python"):
-        book.declared_parameters(tmp_path / "bad.ipynb")
+        book.declared_parameters(_notebook(tmp_path / "bad.ipynb", "x = = 1"))
 
 
 def test_kernel_environment():
@@ -150,7 +152,8 @@ def test_toc_parsing_nested(tmp_path):
             {
                 "caption": "ROME",
                 "chapters": [
-                    {"file": "chapters/rome/index", "sections": [{"file": "chapters/rome/tracing"}, {"file": "chapters/rome/editing.ipynb"}]},
+                    {"file": "chapters/rome/index",
+                     "sections": [{"file": "chapters/rome/tracing"}, {"file": "chapters/rome/editing.ipynb"}]},
                     {"url": "https://example.org", "title": "elsewhere"},
                 ],
             },
@@ -172,8 +175,8 @@ def test_toc_missing_document_is_an_error(tmp_path):
 
 
 def test_only_selection():
-    nbs = [Path(p) for p in ["chapters/lama/lama.ipynb", "chapters/memories/memories.ipynb", "chapters/rome/tracing.ipynb",
-                             "chapters/rome/editing.ipynb", "chapters/playground.ipynb"]]
+    nbs = [Path(p) for p in ["chapters/lama/lama.ipynb", "chapters/memories/memories.ipynb",
+                             "chapters/rome/tracing.ipynb", "chapters/rome/editing.ipynb", "chapters/playground.ipynb"]]
     assert book.select(nbs, None) == nbs
     assert book.select(nbs, ["lama"]) == nbs[:1]
     assert book.select(nbs, ["rome"]) == nbs[2:4]
@@ -237,14 +240,18 @@ def _cell(source, tags=(), outputs=()):
 
 
 def test_for_the_site_shows_one_parameters_cell_with_the_values_used():
-    own = "model_name = 'gemma-3-270m'  # the model\nn_facts = 20  # facts (paper: 1,000)\nresults_dir = '../_build'\nseed = 0"
-    injected = "# Parameters\nmodel_name = \"gpt2\"\nresults_dir = \"/tmp/x/results\"\nn_facts = 3\nextra = [1, 2]\n"
+    own = ("model_name = 'gemma-3-270m'  # the model\nn_facts = 20  # facts (paper: 1,000)\n"
+           "results_dir = '../_build'\nseed = 0")
+    injected = ("# Parameters\nmodel_name = \"gpt2\"\nresults_dir = \"/tmp/x/results\"\nn_facts = 3\nextra = [1, 2]\n"
+                "other_results = [\"/tmp/x/other/results\"]\n")
     bar = {"output_type": "display_data", "data": {
         "application/vnd.jupyter.widget-view+json": {"model_id": "x"},
         "text/plain": "probing (common vocabulary):  40%|####      | 480/1196 [00:05<00:07, 95.1it/s]"}}
-    stderr_bar = {"output_type": "stream", "name": "stderr", "text": "Loading weights: 100%|##| 236/236 [00:00<00:00]\n"}
+    stderr_bar = {"output_type": "stream", "name": "stderr",
+                  "text": "Loading weights: 100%|##| 236/236 [00:00<00:00]\n"}
     kept = [{"output_type": "stream", "name": "stdout", "text": "P@1 40%| of facts\n"},
-            {"output_type": "display_data", "data": {"application/vnd.jupyter.widget-view+json": {}, "text/plain": "VBox(...)"}}]
+            {"output_type": "display_data",
+             "data": {"application/vnd.jupyter.widget-view+json": {}, "text/plain": "VBox(...)"}}]
     nb = {"cells": [_cell(own, ["parameters"]), _cell(injected, ["injected-parameters"]),
                     _cell("run()", outputs=[bar, stderr_bar, *kept])]}
     site = book.for_the_site(nb)
@@ -259,7 +266,8 @@ def test_for_the_site_shows_one_parameters_cell_with_the_values_used():
 
 @pytest.mark.book
 def test_failing_cell_fails_the_build(fixture_book, tmp_path):
-    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "broken", "--build-dir", str(tmp_path / "b"))
+    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "broken",
+                  "--build-dir", str(tmp_path / "b"))
     assert out.returncode != 0
     err = out.stderr
     assert "broken/broken.ipynb" in err
@@ -299,6 +307,50 @@ def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
     assert not (fixture_book / "_build").exists()  # sources untouched
 
 
+#: the keys of a claims.json record (issue 12)
+CLAIM_KEYS = {"chapter", "id", "statement", "model", "paper", "ours", "verdict"}
+
+
+def _claim(chapter: str, claim_id: str, model: str, ours: float, ci: tuple[float, float], n: int) -> dict:
+    paper = PaperNumber(0.5, "Meng et al. 2022", "Table 4", "GPT-2 XL")
+    return Claim(chapter, claim_id, f"the {claim_id} claim", model, paper, ours, ci, n, reference=0.0).to_record()
+
+
+def _check_claims_file(path: Path) -> list[dict]:
+    records = json.loads(path.read_text())
+    assert isinstance(records, list)
+    for r in records:
+        assert CLAIM_KEYS <= set(r) and set(r["paper"]) >= {"value", "source"}, r
+        assert set(r["ours"]) >= {"value", "n", "ci"} and len(r["ours"]["ci"]) == 2, r
+    return records
+
+
+@pytest.mark.book
+def test_claims_page_lists_every_claim_and_both_models(fixture_book, tmp_path, repo_root):
+    shutil.copy2(repo_root / "chapters" / "claims.ipynb", fixture_book / "claims.ipynb")
+    toc = yaml.safe_load((fixture_book / "_toc.yml").read_text())
+    (fixture_book / "_toc.yml").write_text(yaml.safe_dump({**toc, "chapters": [*toc["chapters"], {"file": "claims"}]}))
+    build = tmp_path / "b"
+    for folder, model, ours in [(build / "results", "Model A", 0.52), (build / "second" / "results", "Model B", 0.1)]:
+        save_results("tracing", {}, model_name=model, profile="smoke", parameters={}, results_dir=folder,
+                     claims=[_claim("tracing", "aie", model, ours, (ours - 0.05, ours + 0.05), 40)])
+    save_results("lama", {}, model_name="Model A", profile="smoke", parameters={}, results_dir=build / "results",
+                 claims=[_claim("lama", "p_at_1", "Model A", 0.2, (0.19, 0.21), 1000)])
+    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "claims", "--no-html",
+                  "--build-dir", str(build))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "other_results=['" + str((build / "second" / "results").resolve()) + "']" in out.stdout
+    records = _check_claims_file(build / "results" / "claims.json")  # this build's claims only
+    assert [(r["chapter"], r["id"], r["model"], r["verdict"]) for r in records] == [
+        ("lama", "p_at_1", "Model A", "partly"), ("tracing", "aie", "Model A", "reproduced")]
+    nb = json.loads((build / "executed" / "claims.ipynb").read_text())
+    shown = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+                    for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+    assert "2 claims of this build" in shown and "1 from 1 other build(s)" in shown
+    assert "Model A" in shown and "Model B" in shown  # one verdict column per model
+    assert "0.1 [0.05, 0.15]" in shown and "0.52 [0.47, 0.57]" in shown  # B's tracing claim beside A's
+
+
 # --------------------------------------------------------------------------- the real book
 
 
@@ -312,3 +364,6 @@ def test_real_book_smoke_profile(repo_root, smoke_book):
     for nb in book.toc_notebooks(repo_root):
         assert (build / "executed" / nb).is_file(), nb
         assert (smoke_book / nb.with_suffix(".html")).is_file(), nb
+    assert book.toc_notebooks(repo_root)[-1] == Path("chapters/claims.ipynb")  # the Claims page closes the book
+    assert "Claims: what held up" in (smoke_book / "chapters" / "claims.html").read_text()
+    _check_claims_file(build / "results" / "claims.json")

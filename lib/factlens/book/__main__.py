@@ -46,7 +46,8 @@ def build(
     notebooks = select(toc_notebooks(root), only)
     start = time.perf_counter()
     log(f"book at {root}: profile {profile}, {len(notebooks)} notebook(s) to execute", flush=True)
-    done = execute(root, notebooks, profile, build_dir=build_dir, overrides=overrides, progress_bar=progress_bar, log=log)
+    done = execute(root, notebooks, profile, build_dir=build_dir, overrides=overrides, progress_bar=progress_bar,
+                   log=log)
     if done:
         log("executed: " + ", ".join(f"{d.notebook} {d.seconds:.0f} s" for d in done), flush=True)
     index = build_html(root, build_dir, strict=strict, quiet=quiet, log=log) if html else None
@@ -59,10 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m factlens.book",
         description="Execute the book's notebooks with papermill and build the static site (Jupyter Book 1).",
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="size of the runs and model (default cpu)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
+                        help="size of the runs and model (default cpu)")
     parser.add_argument(
         "--only", action="append", metavar="CHAPTER",
-        help="execute only notebooks whose path contains this folder or name (repeatable), e.g. lama, rome, rome/tracing",
+        help="execute only notebooks whose path contains this folder or name (repeatable), "
+        "e.g. lama, rome, rome/tracing",
     )
     parser.add_argument(
         "-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
@@ -73,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, help="the book's root (default: found from the working directory)")
     parser.add_argument("--build-dir", type=Path, help="where executed/, results/, html/ go (default ROOT/_build)")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
-    parser.add_argument("--verbose", action="store_true", help="show Jupyter Book's full output (default: warnings and errors)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Jupyter Book's full output (default: warnings and errors)")
     args = parser.parse_args(argv)
     try:
         index = build(

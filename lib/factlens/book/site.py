@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from factlens.book.launch import with_launch_box, with_launch_buttons
-from factlens.book.toc import BookError, assignments, toc_documents
+from factlens.book.toc import BUILD_PARAMETERS, BookError, assignments, toc_documents
 
 # folders that are never part of the book's sources
 _NOT_SOURCES = {"_build", ".venv", ".git", "lib", "tests", "bench", ".ci", "node_modules"}
@@ -63,7 +63,8 @@ def for_the_site(nb: dict) -> dict:
 
     * one parameters cell, with the values the run used: papermill's injected cell is dropped
       and its values are written into the notebook's own ``parameters`` cell, whose comments
-      explain them (``results_dir``, a path of the build machine, is left as written);
+      explain them (``results_dir`` and the builder's ``other_results``, paths of the build
+      machine, are left as written);
     * progress bars dropped: a bar frozen at the moment the notebook was saved tells a reader
       nothing (they still show live, with a kernel).
     """
@@ -72,7 +73,8 @@ def for_the_site(nb: dict) -> dict:
     own = next((c for c in cells if "parameters" in _tags(c)), None)
     if injected is not None and own is not None:
         values = assignments("".join(injected["source"]))
-        values.pop("results_dir", None)
+        for name in ("results_dir", *BUILD_PARAMETERS):  # paths of the build machine
+            values.pop(name, None)
         own["source"] = _with_values("".join(own["source"]), values)
         cells.remove(injected)
 

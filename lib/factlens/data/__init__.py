@@ -19,7 +19,6 @@ from factlens.data.files import (
     ENV_VAR,
     LAMA_ZIP_URL,
     DataUnavailableError,
-    MalformedDataError,
     data_file,
     data_root,
 )
@@ -32,9 +31,10 @@ from factlens.data.lama_sets import (
     lama_vocab,
     pararel_patterns,
 )
+from factlens.data.reading import MalformedDataError
 from factlens.data.records import CounterFactCase, KnownFact, LamaFact, Relation, ZsreCase
 from factlens.data.rome_sets import counterfact, known_facts, zsre
-from factlens.data.wikitext import corpus
+from factlens.data.wikitext import corpus, detokenize
 
 __all__ = [
     "ENV_VAR",
@@ -53,6 +53,7 @@ __all__ = [
     "counterfact",
     "data_file",
     "data_root",
+    "detokenize",
     "known_facts",
     "lama",
     "lama_relations",

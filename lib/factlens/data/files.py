@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factlens.cache import DownloadError, cache_dir, download, replacing, sha256_file
+from factlens.data.reading import MalformedDataError, check_parses
 
 ENV_VAR = "FACTLENS_DATA_DIR"
 
@@ -55,10 +56,6 @@ _LAMA_MANIFEST = "lama/.data.zip.manifest.json"
 
 class DataUnavailableError(FileNotFoundError):
     """A data file is neither under ``$FACTLENS_DATA_DIR`` nor downloadable."""
-
-
-class MalformedDataError(ValueError):
-    """A data file does not hold what it should (bad JSON, a missing field); names file and line."""
 
 
 # --------------------------------------------------------------------------- where files live
@@ -221,41 +218,18 @@ def _fetch(url: str, dest: Path, rel: str, src: Source, check: Callable[[Path], 
         raise unavailable(rel, src, f"the download failed: {err}") from err
 
 
-def _check_parses(path: Path, name: str, origin: str) -> None:
-    """Raise :class:`MalformedDataError` (naming ``origin`` and the line) unless ``path``,
-    a file called ``name``, parses as what its suffix says."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise MalformedDataError(f"{origin}: not UTF-8 text ({err})") from None
-    if name.endswith(".jsonl"):
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise MalformedDataError(f"{origin}, line {lineno}: not valid JSON ({err.msg})") from None
-    elif name.endswith(".json"):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as err:
-            raise MalformedDataError(f"{origin}, line {err.lineno}: not valid JSON ({err.msg})") from None
-    elif not text.strip():
-        raise MalformedDataError(f"{origin}, line 1: the file is empty")
-
-
 def _install(path: Path, origin: str, write: Callable[[Path], object]) -> None:
     """Put a file at ``path`` that ``write(temporary path)`` makes, if it parses, and record its digest."""
     with replacing(path) as tmp:
         write(tmp)
-        _check_parses(tmp, path.name, origin)
+        check_parses(tmp, path.name, origin)
     _record_digest(path)
 
 
 def _download_file(rel: str, src: Source) -> None:
     path = _cache_root() / rel
     origin = f"{src.url} (downloaded for {rel})"
-    digest = _fetch(src.url, path, rel, src, check=lambda tmp: _check_parses(tmp, path.name, origin))
+    digest = _fetch(src.url, path, rel, src, check=lambda tmp: check_parses(tmp, path.name, origin))
     _record_digest(path, digest)
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from factlens.data.files import MalformedDataError, data_file, require, source, unavailable
-from factlens.data.reading import field, jsonl, optional_strings, strings
+from factlens.data.files import data_file, require, source, unavailable
+from factlens.data.reading import MalformedDataError, field, jsonl, optional_strings, strings
 from factlens.data.records import LamaFact, Relation
 
 LAMA_CORPORA = ("TREx", "Google_RE", "Squad", "ConceptNet")

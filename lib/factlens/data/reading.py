@@ -7,7 +7,35 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from factlens.data.files import MalformedDataError
+
+class MalformedDataError(ValueError):
+    """A data file does not hold what it should (bad JSON, a missing field); names file and line."""
+
+
+def parse_json(text: str, origin: str | Path, line: int | None = None) -> Any:
+    """``json.loads(text)``; invalid JSON raises :class:`MalformedDataError` naming ``origin`` and
+    the line (``line`` when ``text`` is one line of the file, else where the error is)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MalformedDataError(f"{origin}, line {line or err.lineno}: not valid JSON ({err.msg})") from None
+
+
+def check_parses(path: Path, name: str, origin: str) -> None:
+    """Raise :class:`MalformedDataError` (naming ``origin`` and the line) unless ``path``, a file
+    to be called ``name``, parses as what its suffix says (JSON lines, JSON, or non-empty text)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise MalformedDataError(f"{origin}: not UTF-8 text ({err})") from None
+    if name.endswith(".jsonl"):
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                parse_json(line, origin, lineno)
+    elif name.endswith(".json"):
+        parse_json(text, origin)
+    elif not text.strip():
+        raise MalformedDataError(f"{origin}, line 1: the file is empty")
 
 
 def jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -16,10 +44,7 @@ def jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MalformedDataError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from None
+            record = parse_json(line, path, lineno)
             if not isinstance(record, dict):
                 raise MalformedDataError(f"{path}, line {lineno}: expected a JSON object")
             yield lineno, record
@@ -28,10 +53,7 @@ def jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def json_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` for each object of a file holding one JSON array of objects."""
     text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise MalformedDataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    data = parse_json(text, path)
     if not isinstance(data, list):
         raise MalformedDataError(f"{path}, line 1: expected a JSON array of records")
     # find where each record starts, to name its line in errors

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from factlens.data.files import MalformedDataError, data_root, require
-from factlens.data.reading import field, json_records, optional_strings, strings
+from factlens.data.files import data_root, require
+from factlens.data.reading import MalformedDataError, field, json_records, optional_strings, strings
 from factlens.data.records import CounterFactCase, KnownFact, ZsreCase
 
 _REDUCED_FILES = ("counterfact-train.json", "counterfact-edit.json", "counterfact-val.json")
