@@ -40,5 +40,6 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True, text=True,
     )
     if out.returncode != 0:
-        pytest.fail(f"the smoke book did not build (exit {out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+        pytest.fail(f"the smoke book did not build (exit {out.returncode}):\n{out.stdout[-4000:]}\n"
+                    f"{out.stderr[-4000:]}")
     return build / "html"
