@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from factlens import rome, second_moment
+from factlens import rome, second_moment, v_star
 from factlens.models import SubjectNotFoundError, load_model, view
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
@@ -114,7 +114,8 @@ def test_as_in_code_sets_the_reference_codes_choices():
 
 def test_the_essence_is_read_at_its_end_or_at_the_subject(tiny):
     v = view(tiny)
-    prompts = {at: rome.RewritePrompts.build(tiny, REQUEST, ["{}"], "{} is a", kl_at_subject=at) for at in (False, True)}
+    prompts = {at: rome.RewritePrompts.build(tiny, REQUEST, ["{}"], "{} is a", kl_at_subject=at)
+               for at in (False, True)}
     essence = "The Eiffel Tower is a"
     assert int(prompts[False].read_positions[-1]) == len(v.token_ids(essence)) - 1
     assert int(prompts[True].read_positions[-1]) == v.subject_span(essence, REQUEST.subject).last
@@ -171,7 +172,7 @@ def test_partial_and_whole_forward_give_the_same_value(tiny):
     assert fast.steps == slow.steps == 6
     torch.testing.assert_close(fast.v_star, slow.v_star, atol=1e-5, rtol=1e-4)
     assert torch.nn.functional.cosine_similarity(fast.delta, slow.delta, dim=0) > 0.9999
-    assert [round(x["total"], 4) for x in fast.losses] == [round(x["total"], 4) for x in slow.losses]
+    assert [x["total"] for x in fast.losses] == pytest.approx([x["total"] for x in slow.losses], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- apply / undo on tiny models
@@ -362,3 +363,33 @@ def test_code_comparison_switches_one_option_at_a_time():
     assert variants["kl_edited_first"].kl_edited_first is False  # we follow the code there: the row shows the other
     assert variants["kl_at_subject"].kl_at_subject is True  # we differ: the row shows the code's
     assert variants["all"] == rome.as_in_code(hp)
+
+
+def test_row_groups_split_where_it_saves_work():
+    # two short unprefixed rows and two long prefixed ones: re-run apart
+    assert v_star.row_groups([2, 2, 30, 31], [8, 9, 40, 41]) == [[0, 1], [2, 3]]
+    # rows alike: one group
+    assert v_star.row_groups([5, 6, 5], [12, 12, 13]) == [[0, 2, 1]]
+    groups = v_star.row_groups([3, 14, 9, 2, 13, 9], [9, 22, 17, 7, 21, 16])
+    assert sorted(r for g in groups for r in g) == list(range(6))
+
+
+@pytest.mark.slow
+def test_partial_forward_gives_the_same_edit_on_the_default_model(gemma):
+    hp = replace(rome.default_hparams(gemma), v_steps=8)
+    request = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
+    templates = rome.templates_for(gemma, hp)
+    fast, slow = (rome.compute_value(gemma, request, hp.layer, hp, templates, partial=p) for p in (True, False))
+    assert fast.steps == slow.steps
+    assert torch.nn.functional.cosine_similarity(fast.v_star, slow.v_star, dim=0) >= 0.999
+    assert fast.target_prob == pytest.approx(slow.target_prob, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_cached_generation_on_the_default_model(gemma):
+    prompts = ["The Eiffel Tower is located in the city of", "Danielle Darrieux's mother tongue is",
+               "The Space Needle is in", "Toko Yasuda plays the"]
+    cached = rome.generate(gemma, prompts, 24)
+    assert cached == rome.generate(gemma, prompts, 24, use_cache=False)
+    assert "Paris" in cached[0]
+    assert len(set(cached[0].split())) > 3  # not one token repeated (the bridge's own cached generate)

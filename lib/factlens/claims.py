@@ -136,6 +136,12 @@ _register("rome.zsre.FT+L", MENG, "Table 3", "GPT-2 XL", {"efficacy": 92.3, "par
 _register("rome.zsre.ROME", MENG, "Table 3", "GPT-2 XL", {"efficacy": 99.8, "paraphrase": 88.1, "specificity": 24.2})
 _register("rome", MENG, "Section 3.1 and hparams/ROME/gpt2-xl.json", "GPT-2 XL", {
     "layer": 17, "n_layers": 48, "mom2_samples": 100_000})
+_register("rome", MENG, "Figure 5", "GPT-2 XL (48 layers)", {"ps_middle_minus_edges": 1.0},
+          note="direction only: edits at the last subject token generalize (paraphrases) best in the middle "
+               "layers, where causal tracing peaks, and worse at the first and last layers")
+_register("rome", MENG, "Section 3.1, eq. 2", "GPT-2 XL", {"nm_C_minus_identity": 1.0},
+          note="direction only: C spreads the update away from the keys text uses, so other subjects' facts "
+               "move less than with C = I; the paper reports no C = I ablation")
 
 
 def paper(number_id: str) -> PaperNumber:

@@ -302,13 +302,13 @@ def plot_layer_sweep(sweep, tracing_peak: int | None = None, chosen: int | None 
 
 
 def plot_stats_convergence(frame, model_label: str = "ours"):
-    """How ROME converges with the number of keys in C (``frame``: columns ``samples``,
-    ``cosine`` (of C⁻¹k* to the direction with the most samples) and metrics in percent;
-    a row with ``samples`` 0 is the C = I ablation, drawn as horizontal lines)."""
-    real = frame[frame["samples"] > 0].sort_values("samples")
-    identity = frame[frame["samples"] == 0]
+    """How ROME converges with the number of keys in C (``frame``: columns ``keys``, ``cosine``
+    (of C⁻¹k* to the direction with the most keys) and metrics in percent; a row with ``keys``
+    0 is the C = I ablation, drawn as horizontal lines)."""
+    real = frame[frame["keys"] > 0].sort_values("keys")
+    identity = frame[frame["keys"] == 0]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    a.plot(real["samples"], real["cosine"], marker="o", color="C0")
+    a.plot(real["keys"], real["cosine"], marker="o", color="C0")
     if len(identity):
         a.axhline(float(identity["cosine"].iloc[0]), color="C3", ls="--", label="C = I")
         a.legend(fontsize=7, frameon=False)
@@ -318,7 +318,7 @@ def plot_stats_convergence(frame, model_label: str = "ours"):
     a.set_title("the update's direction")
     for i, m in enumerate(("S", "ES", "PS", "NS")):
         if m in frame:
-            b.plot(real["samples"], real[m], marker="o", ms=3, color=f"C{i}", label=m)
+            b.plot(real["keys"], real[m], marker="o", ms=3, color=f"C{i}", label=m)
             if len(identity):
                 b.axhline(float(identity[m].iloc[0]), color=f"C{i}", ls="--", lw=0.8)
     b.set_xscale("log")

@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from factlens.generation import generate  # noqa: F401  (re-exported: rome.generate, for the chapters)
 from factlens.models import Model, view
@@ -47,6 +46,12 @@ from factlens.second_moment import (  # noqa: F401  (ROME's statistics, re-expor
     layer_stats,
     layer_stats_seconds,
     precompute_layer_stats,
+)
+from factlens.v_star import (  # noqa: F401  (ROME's v*, eq. 4, re-exported: rome.compute_value)
+    RewritePrompts,
+    ValueResult,
+    compute_value,
+    kl_divergence,
 )
 
 if TYPE_CHECKING:
@@ -83,6 +88,11 @@ class EditRequest:
     def text(self) -> str:
         """The prompt with the subject filled in."""
         return self.prompt.replace("{}", self.subject)
+
+    def prefixed(self, templates: Sequence[str]) -> list[str]:
+        """``x_j + p`` (eq. 3, 4): each context template ("<prefix>. {}") around the prompt, the
+        subject filled in."""
+        return [t.replace("{}", self.prompt).replace("{}", self.subject) for t in templates]
 
     @classmethod
     def from_counterfact(cls, case: CounterFactCase) -> EditRequest:
@@ -202,7 +212,8 @@ class ROMEHyperParams:
 CODE_CHOICES: dict[str, tuple[Any, str]] = {
     "kl_edited_first": (True, "KL(edited ‖ unedited), compute_v.py's kl_div(init, new)"),
     "kl_at_subject": (True, "KL read at the subject's last token of \"{} is a\" (compute_v.py's lookup_idxs)"),
-    "norm_of_unprefixed": (True, "‖v‖ of the unprefixed prompt in the decay and the clamp (compute_v.py's target_init)"),
+    "norm_of_unprefixed": (True, "‖v‖ of the unprefixed prompt in the decay and the clamp "
+                                 "(compute_v.py's target_init)"),
     "unprefixed_key_in_update": (True, "the unprefixed prompt's key in eq. 2's denominator (compute_v.py's cur_input)"),
     "prefix_from_bos": (True, "10 + 10 context prefixes sampled from the start of text (rome_main.py)"),
     "stop_on_total_loss": (True, "stop once the whole loss, decay included, is below 0.05 (compute_v.py)"),
@@ -349,193 +360,15 @@ def templates_for(model: Model, hp: ROMEHyperParams) -> list[str]:
     return memo[key]
 
 
-def _prefixed_texts(request: EditRequest, templates: Sequence[str]) -> list[str]:
-    """``x_j + p`` with the subject filled in: each template around the request's prompt."""
-    return [t.replace("{}", request.prompt).replace("{}", request.subject) for t in templates]
-
-
 @torch.no_grad()
 def compute_key(model: Model, request: EditRequest, layer: int, templates: Sequence[str] = ("{}",)) -> torch.Tensor:
     """``k* = (1/N) Σ_j k(x_j + s)`` (paper eq. 3): the MLP key at the subject's last token,
     averaged over the prompts ``x_j + s`` (each prefix template filled with the request's prompt)."""
     v = view(model)
-    prompts = _prefixed_texts(request, templates)
+    prompts = request.prefixed(templates)
     last = torch.tensor([v.subject_span(p, request.subject).last for p in prompts])
     keys = v.capture(v.batch(prompts).ids, [v.key_hook(layer)])[v.key_hook(layer)]
     return keys[torch.arange(len(prompts)), last].mean(0)
-
-
-# --------------------------------------------------------------------------- the value v*
-
-
-@dataclass(frozen=True)
-class RewritePrompts:
-    """The prompts of eq. 4 in one right-padded batch, and where the loss reads them.
-
-    Rows ``0 … N−1`` are the rewriting prompts ``x_j + p`` followed by the new object's tokens
-    ``o*`` (teacher forced: ``o*_t`` is scored at the position before it); row 0 is the
-    unprefixed prompt (template "{}"). Row ``N`` is the essence prompt ``p'`` ("{subject} is
-    a"). ``z = v + δ`` is written at ``subject_last`` in every row. The loss reads the
-    next-token distribution at ``read_rows, read_positions``: the ``N·T`` target positions,
-    then the essence position.
-    """
-
-    ids: torch.Tensor               # [N + 1, t]
-    lengths: torch.Tensor           # [N + 1]: each row's real tokens
-    subject_last: torch.Tensor      # [N + 1]: the subject's last token in each row
-    target: torch.Tensor            # [T]: o*'s token ids
-    read_rows: torch.Tensor         # [N·T + 1]: the row of each read position
-    read_positions: torch.Tensor    # [N·T + 1]: N·T positions whose next token must be o*_t, then p''s
-    n: int                          # N, the number of rewriting prompts
-
-    @classmethod
-    def build(cls, model: Model, request: EditRequest, templates: Sequence[str], essence_prompt: str, *,
-              kl_at_subject: bool = False) -> RewritePrompts:
-        """The batch for ``request`` with each template (the first must be "{}", the prompt itself);
-        the essence prompt read at its end, or at its subject's last token (``kl_at_subject``)."""
-        if not templates or templates[0] != "{}":
-            raise ValueError(f"the first template must be '{{}}' (the unprefixed prompt), got {list(templates)[:1]}")
-        v = view(model)
-        target = v.target_ids(request.target)
-        rewriting = _prefixed_texts(request, templates)
-        essence = essence_prompt.replace("{}", request.subject)
-        # each prompt's ids followed by the target's ids exactly (no retokenization)
-        heads = [v.token_ids(p) for p in rewriting]
-        batch = v.batch([h + target for h in heads] + [v.token_ids(essence)])
-        last = [v.subject_span(p, request.subject).last for p in [*rewriting, essence]]
-        n, t = len(heads), len(target)
-        essence_read = last[-1] if kl_at_subject else int(batch.last[-1])
-        return cls(
-            ids=batch.ids, lengths=batch.lengths,
-            subject_last=torch.tensor(last, device=v.device),
-            target=torch.tensor(target, device=v.device),
-            read_rows=torch.tensor([*(i for i in range(n) for _ in range(t)), n], device=v.device),
-            read_positions=torch.tensor([*(len(h) - 1 + j for h in heads for j in range(t)), essence_read],
-                                        device=v.device),
-            n=n,
-        )
-
-    def log_probs(self, model: Model, read: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the final-normed hidden states at the read positions [N·T + 1, d_model]:
-        ``log P[o*_t | x_j + p, o*_<t]`` as [N, T] and ``log P[x | p']`` as [1, d_vocab]. One
-        unembedding for all of them (its 262k × 640 matrix is read once)."""
-        logp = view(model).unembed(read[:, None])[:, 0].float().log_softmax(-1)
-        targets = self.target.repeat(self.n)
-        new = logp[torch.arange(len(targets), device=logp.device), targets].view(self.n, -1)
-        return new, logp[-1:]
-
-
-def _write_at(rows: torch.Tensor, positions: torch.Tensor, delta: torch.Tensor):
-    """A hook that adds ``δ`` to the value at ``(rows[i], positions[i])``: ``z = v + δ``."""
-    def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        x = x.clone()
-        x[rows, positions] = x[rows, positions] + delta
-        return x
-    return hook
-
-
-def _value_reader(model: Model, prompts: RewritePrompts, layer: int, delta: torch.Tensor, *,
-                  partial: bool) -> tuple[torch.Tensor, Callable[[], torch.Tensor]]:
-    """``(v, read)``: the values at the subject's last token of each row before any change
-    [N + 1, d_model], and a function that runs the model with ``z = v + δ`` written there and
-    returns the final-normed hidden states at the read positions [N·T + 1, d_model].
-
-    ``partial``: nothing below layer ``layer`` or before the earliest subject token changes
-    with ``δ``, so the model runs once (recorded) and each call re-runs only the blocks from
-    ``layer`` up, on the positions from the earliest subject token on (``View.run_from``),
-    attending to the recorded keys and values of the earlier ones; otherwise each call is a
-    whole forward pass (the straightforward computation, for comparison).
-    """
-    v = view(model)
-    rows = torch.arange(prompts.n + 1, device=v.device)
-    if not partial:
-        with torch.no_grad():
-            values = v.capture(prompts.ids, [v.value_hook(layer)])[v.value_hook(layer)][rows, prompts.subject_last]
-        hooks = [(v.value_hook(layer), _write_at(rows, prompts.subject_last, delta))]
-        return values, lambda: v.final_hidden(prompts.ids, fwd_hooks=hooks)[prompts.read_rows, prompts.read_positions]
-    recording = v.record(prompts.ids, names=[v.value_hook(layer)], layers=range(layer, v.n_layers))
-    values = recording.captured[v.value_hook(layer)][rows, prompts.subject_last]
-    start = int(prompts.subject_last.min())
-    hooks = [(v.value_hook(layer), _write_at(rows, prompts.subject_last - start, delta))]
-
-    def read() -> torch.Tensor:
-        hidden = v.run_from(recording, layer, start=start, fwd_hooks=hooks)
-        return hidden[prompts.read_rows, prompts.read_positions - start]
-    return values, read
-
-
-def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``D_KL(P ‖ Q) = Σ_x P(x) (log P(x) − log Q(x))`` from log-probabilities over the last
-    axis, averaged over the leading ones."""
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-
-
-@dataclass
-class ValueResult:
-    """What :func:`compute_value` found: ``v* = v + δ`` and how the optimization went."""
-
-    v_star: torch.Tensor          # the down projection's output to write (bias included)
-    v: torch.Tensor               # its output before the edit, averaged over the rewriting prompts
-    delta: torch.Tensor           # v* − v
-    losses: list[dict[str, float]] = field(default_factory=list)  # per evaluation: nll, kl, decay, total
-    target_prob: float = 0.0      # mean P(target) over the prompts at the last evaluation
-    steps: int = 0                # Adam steps taken (fewer than v_steps when it stopped early)
-
-
-def compute_value(model: Model, request: EditRequest, layer: int, hp: ROMEHyperParams,
-                  templates: Sequence[str] = ("{}",), progress: bool = False, *, partial: bool = True) -> ValueResult:
-    """``v* = argmin_z (1/N) Σ_j −log P_G(m:=z)[o* | x_j + p] + kl · D_KL(P_G(m:=z)[x | p'] ‖ P_G[x | p'])``
-    (paper eq. 4), plus ``weight_decay · ‖δ‖ / ‖v‖²`` (ROME's code).
-
-    ``z = v + δ`` replaces the output of layer ``layer``'s down projection at the subject's
-    last token in every prompt ``x_j + p`` (each template around the prompt, followed by the
-    target's tokens) and in the essence prompt ``p'`` ("{subject} is a"). ``δ`` is optimized
-    with Adam and clamped to ``clamp_norm_factor · ‖v‖`` after every step, for at most
-    ``v_steps`` steps, stopping early once the fact is written (NLL + KL term below 0.05, or
-    the whole loss with ``stop_on_total_loss``). The options of :class:`ROMEHyperParams` say
-    where the KL term reads, its direction, and whose ``‖v‖`` scales the decay and the clamp.
-    The model's weights do not change here.
-
-    ``partial`` (default): each step re-runs only what ``δ`` changes, the blocks from ``layer``
-    up at the positions from the earliest subject token on, and unembeds only the read
-    positions; ``partial=False`` runs the whole model each step (the same ``v*`` up to
-    rounding: ``bench/bench_rome.py`` and the tests compare them).
-    """
-    v = view(model)
-    prompts = RewritePrompts.build(model, request, templates, hp.essence_prompt, kl_at_subject=hp.kl_at_subject)
-    delta = torch.zeros(v.d_model, device=v.device, requires_grad=True)
-    values, read_hidden = _value_reader(model, prompts, layer, delta, partial=partial)
-    values = values[:prompts.n]
-    v_mean = values.mean(0)
-    v_norm = (values[0] if hp.norm_of_unprefixed else v_mean).norm()
-    optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
-    losses: list[dict[str, float]] = []
-    essence_before: torch.Tensor | None = None  # log P_G[x | p'], the unedited model's
-    steps, target_prob = 0, 0.0
-    with v.frozen_except([]):
-        for _ in tqdm(range(hp.v_steps), desc="v*", disable=not progress, leave=False):
-            optimizer.zero_grad()
-            log_p_new, log_p_essence = prompts.log_probs(model, read_hidden())
-            if essence_before is None:
-                essence_before = log_p_essence.detach()
-            nll = -log_p_new.mean(1).mean()
-            kl = (kl_divergence(log_p_essence, essence_before) if hp.kl_edited_first
-                  else kl_divergence(essence_before, log_p_essence))
-            decay = hp.weight_decay * delta.norm() / v_norm**2
-            loss = nll + hp.kl_factor * kl + decay
-            target_prob = log_p_new.detach().sum(1).exp().mean().item()
-            losses.append({k: x.item() for k, x in (("nll", nll), ("kl", kl), ("decay", decay), ("total", loss))})
-            if (loss if hp.stop_on_total_loss else nll + hp.kl_factor * kl).item() < 5e-2:
-                break
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            with torch.no_grad():
-                max_norm = hp.clamp_norm_factor * v_norm
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
-    d = delta.detach().clone()
-    return ValueResult(v_star=v_mean + d, v=v_mean, delta=d, losses=losses, target_prob=target_prob, steps=steps)
 
 
 # --------------------------------------------------------------------------- the update
