@@ -1,7 +1,10 @@
 # The book "Parametric Knowledge in Language Models" and its library factlens.
 #   make install   the virtual environment .venv (idempotent: redone only when requirements.txt or pyproject.toml change)
 #   make book      execute every chapter (profile $(PROFILE)) and build the static site into _build/html
-#   make test      the test suite (installs Debian's chromium and chromium-driver for the site tests when missing)
+#   make test      lint (ruff), then the test suite (installs Debian's chromium and chromium-driver for the site tests when missing)
+#   make lint      ruff on the library, tests, benchmarks and notebooks (configured in pyproject.toml)
+#   make claims    the cpu book for a second model family ($(CLAIMS_MODEL)) into _build/$(CLAIMS_MODEL), then the
+#                  Claims page of the main build again, which shows both models side by side
 #   make lab       JupyterLab on chapters/
 #   make clean     remove _build (the model and statistics cache, ~/.cache/factlens, is kept)
 
@@ -14,6 +17,8 @@ PROFILE ?= cpu
 BOOK_ARGS ?=
 # extra arguments for pytest, e.g. make test PYTEST_ARGS='-m "not book"'
 PYTEST_ARGS ?=
+# the second model family of the Claims page
+CLAIMS_MODEL ?= smollm2-135m
 
 # The book, the tests and JupyterLab read local copies of the data sets from ../shared/data
 # when it exists and FACTLENS_DATA_DIR is not set already (otherwise the loaders download).
@@ -24,7 +29,7 @@ DATA_ENV := FACTLENS_DATA_DIR=$(SHARED_DATA)
 endif
 endif
 
-.PHONY: install browser book test lab clean
+.PHONY: install browser book test lint claims lab clean
 
 install: $(STAMP)
 
@@ -47,8 +52,16 @@ browser:
 book: install
 	$(DATA_ENV) $(PY) -m factlens.book --profile $(PROFILE) $(BOOK_ARGS)
 
-test: install browser
+test: install browser lint
 	$(DATA_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+
+claims: install
+	$(DATA_ENV) $(PY) -m factlens.book --profile $(PROFILE) -p model_name=$(CLAIMS_MODEL) \
+		--build-dir _build/$(CLAIMS_MODEL) --no-html $(BOOK_ARGS)
+	$(DATA_ENV) $(PY) -m factlens.book --profile $(PROFILE) --only claims
 
 lab: install
 	cd chapters && $(DATA_ENV) ../$(VENV)/bin/jupyter lab

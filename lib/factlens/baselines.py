@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any
-
 import torch
 from tqdm.auto import tqdm
 
 from factlens import rome
-from factlens.models import view
+from factlens.models import Model, view
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class FTHyperParams:
 _EPSILON: dict[str, float] = {"gpt2-xl": 5e-4, "gemma-3-270m": 5e-4}
 
 
-def default_hparams(model: Any, *, constrained: bool = False) -> FTHyperParams:
+def default_hparams(model: Model, *, constrained: bool = False) -> FTHyperParams:
     """FT (``constrained=False``) or FT+L hyperparameters for ``model``: ROME's code's
     values, at the layer ROME edits on this model."""
     layer = rome.default_hparams(model).layer
@@ -66,7 +64,7 @@ def default_hparams(model: Any, *, constrained: bool = False) -> FTHyperParams:
     return FTHyperParams(layer=layer, norm_constraint=eps)
 
 
-def fine_tune(model: Any, request: rome.EditRequest, *, hparams: FTHyperParams | None = None,
+def fine_tune(model: Model, request: rome.EditRequest, *, hparams: FTHyperParams | None = None,
               layer: int | None = None, progress: bool = False) -> rome.Edit:
     """Fine-tune layer ``hparams.layer``'s MLP output weight ``W`` on ``request``; return the edit.
 
@@ -82,7 +80,7 @@ def fine_tune(model: Any, request: rome.EditRequest, *, hparams: FTHyperParams |
     hp = hparams or default_hparams(model)
     if layer is not None:
         hp = replace(hp, layer=layer)
-    v.key_hook(hp.layer)  # IndexError for a layer out of range, before any work
+    v.check_layer(hp.layer)  # IndexError for a layer out of range, before any work
     v.subject_span(request.text, request.subject)  # same checks as ROME: the subject is in the prompt
     target = v.target_ids(request.target)
     if hp.norm_constraint is not None and hp.norm_constraint <= 0:
@@ -90,53 +88,46 @@ def fine_tune(model: Any, request: rome.EditRequest, *, hparams: FTHyperParams |
 
     start = time.perf_counter()
     prompt = v.token_ids(request.text)
-    ids = torch.tensor([prompt + target], device=model.cfg.device)
+    ids = v.batch([prompt + target]).ids
     positions = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(target), device=ids.device)
     target_t = torch.tensor(target, device=ids.device)
 
     record = rome.Edit(model, hp.layer, hp.method, request)
     weight = v.mlp_out_parameter(hp.layer)
     values = v.mlp_out_weight(hp.layer)  # the same storage, in the [d_mlp, d_model] layout of record.original
-    grads = [p.requires_grad for p in model.parameters()]
     losses: list[float] = []
     try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        weight.requires_grad_(True)
-        optimizer = torch.optim.Adam([weight], lr=hp.lr)
-        for _ in tqdm(range(hp.steps), desc=hp.method, disable=not progress, leave=False):
-            optimizer.zero_grad()
-            hidden = v.final_hidden(ids)[0, positions]
-            logp = v.unembed(hidden[:, None])[:, 0].float().log_softmax(-1)
-            loss = -logp[torch.arange(len(target)), target_t].mean()
-            losses.append(loss.item())
-            if loss.item() < hp.stop_loss:
-                break
-            loss.backward()
-            optimizer.step()
-            if hp.norm_constraint is not None:
-                with torch.no_grad():
-                    eps = hp.norm_constraint
-                    values.copy_(torch.clamp(values, record.original - eps, record.original + eps))
+        with v.frozen_except([weight]):
+            optimizer = torch.optim.Adam([weight], lr=hp.lr)
+            for _ in tqdm(range(hp.steps), desc=hp.method, disable=not progress, leave=False):
+                optimizer.zero_grad()
+                hidden = v.final_hidden(ids)[0, positions]
+                logp = v.unembed(hidden[:, None])[:, 0].float().log_softmax(-1)
+                loss = -logp[torch.arange(len(target)), target_t].mean()
+                losses.append(loss.item())
+                if loss.item() < hp.stop_loss:
+                    break
+                loss.backward()
+                optimizer.step()
+                if hp.norm_constraint is not None:
+                    with torch.no_grad():
+                        eps = hp.norm_constraint
+                        values.copy_(torch.clamp(values, record.original - eps, record.original + eps))
     except BaseException:
         record.undo()
         raise
-    finally:
-        weight.grad = None
-        for p, g in zip(model.parameters(), grads):
-            p.requires_grad_(g)
     record.info.update(losses=losses, target_prob=float(torch.exp(-torch.tensor(losses[-1] * len(target)))),
                        seconds=time.perf_counter() - start, hparams=asdict(hp))
     return record
 
 
-def ft(model: Any, request: rome.EditRequest, *, layer: int | None = None,
+def ft(model: Model, request: rome.EditRequest, *, layer: int | None = None,
        hparams: FTHyperParams | None = None, progress: bool = False) -> rome.Edit:
     """FT: unconstrained fine-tuning of one MLP output weight (:func:`fine_tune`)."""
     return fine_tune(model, request, hparams=hparams or default_hparams(model), layer=layer, progress=progress)
 
 
-def ft_l(model: Any, request: rome.EditRequest, *, layer: int | None = None,
+def ft_l(model: Model, request: rome.EditRequest, *, layer: int | None = None,
          hparams: FTHyperParams | None = None, progress: bool = False) -> rome.Edit:
     """FT+L: fine-tuning under ``‖W − W₀‖_∞ ≤ ε`` (:func:`fine_tune`)."""
     hp = hparams or default_hparams(model, constrained=True)

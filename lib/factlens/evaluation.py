@@ -42,36 +42,26 @@ import torch
 from tqdm.auto import tqdm
 
 from factlens import rome
-from factlens.models import view
+from factlens.claims import paper_table
+from factlens.models import Model, view
 
-Method = Callable[[Any, rome.EditRequest], rome.Edit]
+Method = Callable[[Model, rome.EditRequest], rome.Edit]
 
 COUNTERFACT_METRICS = ("S", "ES", "PS", "NS", "EM", "PM", "NM", "GE")
 ZSRE_METRICS = ("efficacy", "paraphrase", "specificity")
 
-# The paper's numbers on GPT-2 XL, in percent (GE: entropy x 100).
-# CounterFact: Table 4 (RS, the consistency score, needs data we do not have).
+# The paper's numbers on GPT-2 XL (factlens.claims), in percent (GE: entropy × 100), per method:
+# CounterFact, Table 4 (RS, the consistency score, needs data we do not have); zsRE, Table 3.
 PAPER_COUNTERFACT: dict[str, dict[str, float]] = {
-    "unedited": {"S": 30.5, "ES": 22.2, "PS": 24.7, "NS": 78.1, "GE": 626.6},
-    "FT": {"S": 65.1, "ES": 100.0, "PS": 87.9, "NS": 40.4},
-    "FT+L": {"S": 66.9, "ES": 99.1, "PS": 48.7, "NS": 70.3},
-    "ROME": {"S": 89.2, "ES": 100.0, "PS": 96.4, "NS": 75.4, "EM": 97.9, "PM": 62.7, "NM": 4.2,
-             "GE": 621.9, "RS": 41.9},
-}
-# zsRE: Table 3.
-PAPER_ZSRE: dict[str, dict[str, float]] = {
-    "unedited": {"efficacy": 22.2, "paraphrase": 21.3, "specificity": 24.2},
-    "FT": {"efficacy": 99.6, "paraphrase": 82.1, "specificity": 23.2},
-    "FT+L": {"efficacy": 92.3, "paraphrase": 47.2, "specificity": 23.4},
-    "ROME": {"efficacy": 99.8, "paraphrase": 88.1, "specificity": 24.2},
-}
+    m: paper_table(f"rome.counterfact.{m}") for m in ("unedited", "FT", "FT+L", "KN", "ROME")}
+PAPER_ZSRE: dict[str, dict[str, float]] = {m: paper_table(f"rome.zsre.{m}") for m in ("unedited", "FT", "FT+L", "ROME")}
 
 
 # --------------------------------------------------------------------------- teacher forcing
 
 
 @torch.no_grad()
-def _teacher_forced(model: Any, prompts: Sequence[str], targets: Sequence[str],
+def _teacher_forced(model: Model, prompts: Sequence[str], targets: Sequence[str],
                     batch_size: int = 16) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per (prompt, target): the log-probability of each target token and whether it is the
     argmax, given the prompt and the target's previous tokens. Batched, right-padded; only the
@@ -85,7 +75,7 @@ def _teacher_forced(model: Any, prompts: Sequence[str], targets: Sequence[str],
         chunk = list(zip(prompts[start:start + batch_size], targets[start:start + batch_size]))
         heads = [v.token_ids(p) for p, _ in chunk]
         tails = [v.target_ids(t) for _, t in chunk]
-        ids = rome._pad(v, [h + t for h, t in zip(heads, tails)])
+        ids = v.batch([h + t for h, t in zip(heads, tails)]).ids
         hidden = v.final_hidden(ids)
         rows = torch.tensor([i for i, t in enumerate(tails) for _ in t])
         cols = torch.tensor([len(h) - 1 + j for h, t in zip(heads, tails) for j in range(len(t))])
@@ -99,7 +89,7 @@ def _teacher_forced(model: Any, prompts: Sequence[str], targets: Sequence[str],
     return logps, hits
 
 
-def target_log_probs(model: Any, prompts: Sequence[str], targets: Sequence[str],
+def target_log_probs(model: Model, prompts: Sequence[str], targets: Sequence[str],
                      batch_size: int = 16) -> torch.Tensor:
     """``(1/T) Σ_t log P(o_t | prompt, o_<t)`` for each (prompt, target): [n].
 
@@ -109,7 +99,7 @@ def target_log_probs(model: Any, prompts: Sequence[str], targets: Sequence[str],
     return torch.stack([lp.mean() for lp in logps])
 
 
-def target_token_accuracy(model: Any, prompts: Sequence[str], targets: Sequence[str],
+def target_token_accuracy(model: Model, prompts: Sequence[str], targets: Sequence[str],
                           batch_size: int = 16) -> torch.Tensor:
     """``(1/T) Σ_t [argmax P(· | prompt, o_<t) = o_t]`` for each (prompt, target): [n]
     (ROME's zsRE token accuracy, teacher forced)."""
@@ -152,7 +142,7 @@ def rs_available() -> bool:
 # --------------------------------------------------------------------------- one case
 
 
-def counterfact_scores(model: Any, case: Any, *, generate_tokens: int = 0, seed: int = 0) -> dict[str, float]:
+def counterfact_scores(model: Model, case: Any, *, generate_tokens: int = 0, seed: int = 0) -> dict[str, float]:
     """The CounterFact metrics of one case on ``model`` as it is now (edited or not).
 
     Returns ``ES, EM, PS, PM, NS, NM`` (fractions and probability differences, averaged over
@@ -214,7 +204,7 @@ def zsre_edit(record: Any, case_id: int = -1) -> ZsreEdit:
     return ZsreEdit(cid, request, get("rephrase"), get("loc") + "?", get("loc_ans"))
 
 
-def zsre_scores(model: Any, case: ZsreEdit) -> dict[str, float]:
+def zsre_scores(model: Model, case: ZsreEdit) -> dict[str, float]:
     """zsRE token accuracies of one case on ``model`` as it is now: ``efficacy`` (the new
     answer after the question), ``paraphrase`` (after the rephrased question) and
     ``specificity`` (the unrelated question's answer)."""
@@ -227,7 +217,7 @@ def zsre_scores(model: Any, case: ZsreEdit) -> dict[str, float]:
 # --------------------------------------------------------------------------- over cases
 
 
-def _run(model: Any, items: Iterable[tuple[int, rome.EditRequest, Callable[[], dict[str, float]]]],
+def _run(model: Model, items: Iterable[tuple[int, rome.EditRequest, Callable[[], dict[str, float]]]],
          method: Method | None, total: int, desc: str, progress: bool) -> pd.DataFrame:
     rows = []
     for case_id, request, score in tqdm(items, total=total, desc=desc, disable=not progress):
@@ -250,7 +240,7 @@ def method_name(method: Method | None) -> str:
     return getattr(inner, "__name__", type(inner).__name__)
 
 
-def evaluate_counterfact(model: Any, cases: Sequence[Any], method: Method | None = None, *,
+def evaluate_counterfact(model: Model, cases: Sequence[Any], method: Method | None = None, *,
                          generate_tokens: int = 0, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     """Apply ``method`` to each CounterFact case's requested rewrite, score it
     (:func:`counterfact_scores`), undo it; one row per case (``case_id``, the metrics,
@@ -261,7 +251,7 @@ def evaluate_counterfact(model: Any, cases: Sequence[Any], method: Method | None
     return _run(model, items, method, len(cases), f"CounterFact, {method_name(method)}", progress)
 
 
-def evaluate_zsre(model: Any, records: Sequence[Any], method: Method | None = None, *,
+def evaluate_zsre(model: Model, records: Sequence[Any], method: Method | None = None, *,
                   progress: bool = True) -> pd.DataFrame:
     """Apply ``method`` to each zsRE record's edit, score it (:func:`zsre_scores`), undo it;
     one row per record. ``method=None`` scores the unedited model."""

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from factlens import forward
 from factlens.cache import atomic_folder, cache_dir, folder_is_complete
+from factlens.forward import Recording
 
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -257,6 +259,11 @@ class View:
     residual stream h_i^l  ``resid_pre_hook(l)`` / ``resid_post_hook(l)`` [b, t, d_model]
     subject embeddings     ``embed_hook``                                 [b, t, d_model]
     final-normed stream    ``final_hook``                                 [b, t, d_model]
+    one recorded run       ``record(ids)``: block inputs ``.resid[l]``,   [b, t, d_model]
+                           attention ``.keys[l]`` / ``.values[l]``        [b, kv, t, d_head]
+    blocks l.. re-run      ``run_from(rec, l, resid, start=i)``: the      [B, t - i, d_model]
+                           final-normed stream of positions i..
+                           (``run_blocks``: some blocks, not normed)
     =====================  =============================================  ==========
 
     ``value_hook`` is the MLP's down projection, ``W k`` (plus GPT-2's bias): what ROME's
@@ -266,7 +273,9 @@ class View:
 
     Everything that touches the model goes through here: tokens (:meth:`token_ids`,
     :meth:`batch`, :meth:`subject_span`, :meth:`target_ids`), forward passes that stop early
-    (:meth:`capture`, :meth:`final_hidden`, :meth:`logits_at`, :meth:`top_tokens`), weights
+    (:meth:`capture`, :meth:`final_hidden`, :meth:`logits_at`, :meth:`top_tokens`), partial
+    forward passes that re-run the blocks above a change (:meth:`record`, :meth:`run_from`,
+    :meth:`run_blocks`; see :mod:`factlens.forward`), weights
     (:meth:`mlp_out_weight`, :meth:`frozen_except`) and the logit lens (:meth:`to_logits`).
 
     Per-model state lives here too, and only here: :func:`view` keeps one View per model
@@ -443,6 +452,33 @@ class View:
         batch = self.batch(prompts)
         top = self.logits_at(batch.ids, batch.last).topk(k, -1).indices.tolist()
         return [[self.tokenizer.decode([t]) for t in row] for row in top]
+
+    # partial forward passes (factlens.forward) ---------------------------------
+    def record(self, ids: torch.Tensor, *, fwd_hooks: Sequence = (), names: Iterable[str] = (),
+               layers: Iterable[int] | None = None) -> Recording:
+        """Run ``ids`` once (with ``fwd_hooks``) and keep each block's input residual stream, its
+        arguments (masks, rotary embeddings) and its attention's keys and values, so that the
+        blocks above a change can be re-run alone (:meth:`run_from`). ``names``: further hooks
+        to keep; ``layers``: the blocks that may be re-run (default all). No gradients."""
+        return forward.record(self, ids, fwd_hooks=fwd_hooks, names=names, layers=layers)
+
+    def run_from(self, recording: Recording, layer: int, resid: torch.Tensor | None = None, *,
+                 start: int = 0, rows: torch.Tensor | Sequence[int] | None = None,
+                 fwd_hooks: Sequence = (), at: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """Re-run blocks ``layer`` .. L-1 on positions ``start ..`` only, from ``resid`` (the stream
+        entering block ``layer`` at those positions; default the recording's), attending to the
+        recording's keys and values of earlier positions: the final-normed hidden states
+        [B, t - start, d_model], or at the absolute positions ``at`` ([B] or [B, k]). Equal to a
+        full forward pass whenever the change is at layer ≥ ``layer`` and position ≥ ``start``;
+        hooks see positions ``start ..``; gradients flow through the re-run blocks. ``rows``:
+        the recorded row each row continues. Unembed only the positions read (:meth:`unembed`)."""
+        return forward.run_from(self, recording, layer, resid, start=start, rows=rows, fwd_hooks=fwd_hooks, at=at)
+
+    def run_blocks(self, recording: Recording, resid: torch.Tensor, layers: range, *, start: int = 0,
+                   rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = ()) -> torch.Tensor:
+        """Re-run the consecutive blocks ``layers`` as :meth:`run_from` does, and return the residual
+        stream after the last of them (positions ``start ..``, no final norm)."""
+        return forward.run_blocks(self, recording, resid, layers, start=start, rows=rows, fwd_hooks=fwd_hooks)
 
     # to the vocabulary --------------------------------------------------------
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:

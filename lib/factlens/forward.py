@@ -1,0 +1,267 @@
+"""Partial forward passes: record one run of a batch, then re-run the blocks from layer l up.
+
+Two facts of a causal (decoder-only) transformer make most interventions cheap:
+
+* a change at layer ``l`` leaves every block below ``l`` as it was, so the blocks above can be
+  run on their own from the recorded residual stream ``h^(l-1)`` (the input of block ``l``);
+* a change at token position ``i`` or later leaves every position before ``i`` as it was, at
+  every layer: position ``j`` only attends to positions ``≤ j``. The blocks need only be
+  re-run on positions ``≥ i``, their attention reading the keys and values of the positions
+  before ``i`` from the recording.
+
+Causal tracing restores one state ``h_i^(l)`` of a corrupted run (Meng et al. 2022, §2.1), and
+ROME's ``v*`` adds ``δ`` at the subject's last token of layer ``l`` (eq. 4): both change
+positions ``≥ i`` at layers ``≥ l`` only. Fine-tuning one layer's MLP changes every position
+from layer ``l`` up (``start=0``).
+
+:func:`record` runs the model once and keeps, for each block, its input residual stream, the
+arguments it was called with (attention masks, rotary embeddings, position ids: whatever the
+architecture passes) and the keys and values its attention computed (after rotary
+embeddings, before grouped-query heads are repeated). :func:`run_blocks` re-runs blocks on a
+new residual stream for positions ``start ..`` only; the bridge's own blocks do the work, so
+every TransformerLens hook fires (on tensors that cover positions ``start ..``) and gradients
+flow through the re-run part. The keys and values of earlier positions enter through the
+``past_key_values`` argument of TransformerLens' attention bridges, which concatenates them
+before the new positions (``update(k, v, layer_idx)``); the recorded causal (and sliding
+window) mask is cut to the re-run rows, so every query sees exactly the keys it saw before.
+
+Reach these through the View: ``view(model).record(...)``, ``.run_blocks(...)``,
+``.run_from(...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from factlens.models import View
+
+# How each block argument that has a token axis is cut to the re-run positions: name -> axis
+# (counted from the end). Masks keep their key axis: the re-run queries attend to every key.
+_TOKEN_AXIS = {"attention_mask": -2, "position_ids": -1, "cache_position": -1, "position_embeddings": -2}
+_CACHE_NAMES = ("past_key_values", "past_key_value", "layer_past", "cache")
+
+
+@dataclass
+class Recording:
+    """One forward pass of a batch, kept so that blocks can be re-run from any layer.
+
+    ``resid[l]``: the residual stream entering block ``l`` [b, t, d_model] (``resid[L]`` is the
+    last block's output, before the final norm); ``keys[l]`` / ``values[l]``: block ``l``'s
+    attention keys and values [b, kv_heads, t, d_head]; ``block_args[l]``: the keyword
+    arguments block ``l`` received, bar the hidden states and any cache; ``captured``: the
+    activations at the hook names asked for. Layers not recorded (``layers=``) are absent.
+    Everything is detached: gradients flow only through what is re-run.
+    """
+
+    ids: torch.Tensor
+    resid: dict[int, torch.Tensor] = field(default_factory=dict)
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    block_args: dict[int, dict[str, Any]] = field(default_factory=dict)
+    captured: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.ids.shape[1]
+
+
+class _KeyValueRecorder:
+    """Given to the attention bridges as ``past_key_values`` while recording: keeps each layer's
+    keys and values and hands them back unchanged."""
+
+    def __init__(self, recording: Recording, layers: set[int]):
+        self.recording, self.layers = recording, layers
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        if layer_idx in self.layers:
+            self.recording.keys[layer_idx] = keys.detach()
+            self.recording.values[layer_idx] = values.detach()
+        return keys, values
+
+
+class _EarlierPositions:
+    """Given to the attention bridges as ``past_key_values`` when re-running positions ``start ..``:
+    the recorded keys and values of positions ``< start`` come first."""
+
+    def __init__(self, keys: dict[int, torch.Tensor], values: dict[int, torch.Tensor]):
+        self.keys, self.values = keys, values
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        earlier_k, earlier_v = self.keys[layer_idx], self.values[layer_idx]
+        return torch.cat([earlier_k, keys], dim=-2), torch.cat([earlier_v, values], dim=-2)
+
+
+@contextlib.contextmanager
+def _keys_and_values(v: View, caches: dict[int, Any]) -> Iterator[None]:
+    """Within the block, the attention of layer ``l`` reads and extends its keys and values through
+    ``caches[l]``: TransformerLens' attention bridges take a cache as ``past_key_values`` (Hugging
+    Face's decoder layers now pass theirs as ``cache``, which the bridges do not read)."""
+    def give(cache):
+        def hook(module, args, kwargs):
+            return args, {**kwargs, "past_key_values": cache}
+        return hook
+
+    handles = [v.model.blocks[l].attn.register_forward_pre_hook(give(c), with_kwargs=True) for l, c in caches.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _is_cache(value: Any) -> bool:
+    return type(value).__name__.endswith("Cache") or isinstance(value, (_KeyValueRecorder, _EarlierPositions))
+
+
+@torch.no_grad()
+def record(v: View, ids: torch.Tensor, *, fwd_hooks: Sequence = (), names: Iterable[str] = (),
+           layers: Iterable[int] | None = None) -> Recording:
+    """Run the model once on ``ids`` (with ``fwd_hooks``) and keep what a re-run needs.
+
+    ``layers``: the blocks that may be re-run later (default all); the residual stream is kept
+    at their inputs and at the output of the last block, keys and values and arguments for
+    these blocks. ``names``: further hook names whose activations to keep. The run stops before
+    the unembedding.
+    """
+    layers = sorted({v.check_layer(l) for l in (range(v.n_layers) if layers is None else layers)})
+    rec = Recording(ids=ids)
+    recorder = _KeyValueRecorder(rec, set(layers))
+    resid_names = {v.resid_pre_hook(l): l for l in layers}
+    resid_names[v.resid_post_hook(v.n_layers - 1)] = v.n_layers
+    extra = list(dict.fromkeys(names))
+
+    def keep_arguments(layer: int):
+        parameters = inspect.signature(v.model.blocks[layer].original_component.forward).parameters
+        hidden = next(iter(parameters))
+
+        def keep(module, args, kwargs):
+            named = inspect.Signature(list(parameters.values())).bind_partial(*args, **kwargs).arguments
+            for p in parameters.values():
+                if p.kind is inspect.Parameter.VAR_KEYWORD:
+                    named.update(named.pop(p.name, {}))
+            named.pop(hidden, None)
+            rec.block_args[layer] = {k: (None if _is_cache(a) else a) for k, a in named.items()}
+        return keep
+
+    handles = [v.model.blocks[l].register_forward_pre_hook(keep_arguments(l), with_kwargs=True) for l in layers]
+    try:
+        with _keys_and_values(v, {l: recorder for l in layers}):
+            got = v.capture(ids, [*resid_names, *extra, v.final_hook], fwd_hooks=fwd_hooks)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rec.resid = {layer: got[name].detach() for name, layer in resid_names.items()}
+    rec.captured = {name: got[name].detach() for name in extra}
+    missing = [l for l in layers if l not in rec.keys]
+    if missing:
+        raise RuntimeError(f"{v.name}'s attention in layers {missing} did not report its keys and values "
+                           "through past_key_values; the partial forward cannot re-run these blocks")
+    return rec
+
+
+def _cut(name: str, value: Any, rows: torch.Tensor | None, start: int, n_rows: int) -> Any:
+    """One block argument for the re-run rows (``rows`` of the recording) and positions ``start ..``."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cut(name, x, rows, start, n_rows) for x in value)
+    if not isinstance(value, torch.Tensor) or value.ndim == 0:
+        return value
+    if name not in _TOKEN_AXIS:
+        raise NotImplementedError(
+            f"the partial forward does not know how to cut the block argument {name!r} "
+            f"(shape {tuple(value.shape)}) to the re-run positions; add it to factlens.forward._TOKEN_AXIS")
+    if rows is not None and value.ndim >= 2 and value.shape[0] == n_rows and n_rows > 1:
+        value = value[rows]
+    if start and not (name == "attention_mask" and value.ndim < 3):  # a [b, t] padding mask keeps its keys
+        value = value.narrow(_TOKEN_AXIS[name] % value.ndim, start, value.shape[_TOKEN_AXIS[name]] - start)
+    return value
+
+
+def _rows(rec: Recording, rows: torch.Tensor | Sequence[int] | None, n: int) -> torch.Tensor | None:
+    if rows is None:
+        if n != rec.n_rows and rec.n_rows != 1:
+            raise ValueError(f"{n} rows re-run from a recording of {rec.n_rows}: say which recorded row each "
+                             "comes from with rows=")
+        return None if n == rec.n_rows else torch.zeros(n, dtype=torch.long, device=rec.ids.device)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=rec.ids.device)
+    if rows.shape != (n,):
+        raise ValueError(f"rows must give one recorded row per re-run row ({n}), got shape {tuple(rows.shape)}")
+    return rows
+
+
+def _check_recorded(rec: Recording, layers: Iterable[int]) -> None:
+    not_recorded = [l for l in layers if l not in rec.resid]
+    if not_recorded:
+        raise ValueError(f"layers {not_recorded} were not recorded; record them with layers=")
+
+
+def _pick(recorded: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    return recorded if index is None else recorded[index]
+
+
+def run_blocks(v: View, rec: Recording, resid: torch.Tensor, layers: range, *, start: int = 0,
+               rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = ()) -> torch.Tensor:
+    """Blocks ``layers`` (consecutive) on ``resid``, the residual stream entering the first of them
+    at positions ``start ..`` [B, t - start, d_model]; returns the residual stream after the last.
+
+    Row ``r`` of ``resid`` continues row ``rows[r]`` of the recording (default: row ``r``, or row 0
+    of a one-row recording): its positions before ``start`` are that row's, read through the
+    recorded keys and values. ``fwd_hooks`` fire on the re-run blocks' hook points, whose
+    tensors cover positions ``start ..`` (position ``p`` is index ``p - start``).
+    """
+    if not layers:
+        return resid
+    if list(layers) != list(range(layers[0], layers[-1] + 1)):
+        raise ValueError(f"layers must be consecutive, got {list(layers)}")
+    if not 0 <= start < rec.n_tokens:
+        raise ValueError(f"start must be a position of the recording (0..{rec.n_tokens - 1}), got {start}")
+    if resid.ndim != 3 or resid.shape[1] != rec.n_tokens - start:
+        raise ValueError(f"resid must be [rows, {rec.n_tokens - start}, d_model] (positions {start}..), "
+                         f"got {tuple(resid.shape)}")
+    _check_recorded(rec, layers)
+    index = _rows(rec, rows, resid.shape[0])
+    earlier = _EarlierPositions({l: _pick(rec.keys[l][:, :, :start], index) for l in layers},
+                                {l: _pick(rec.values[l][:, :, :start], index) for l in layers}) if start else None
+    x = resid
+    with v.model.hooks(fwd_hooks=list(fwd_hooks)), _keys_and_values(v, {l: earlier for l in layers} if start else {}):
+        for layer in layers:
+            kwargs = {k: _cut(k, a, index, start, rec.n_rows) for k, a in rec.block_args[layer].items()}
+            out = v.model.blocks[layer](x, **kwargs)
+            x = out[0] if isinstance(out, tuple) else out
+    return x
+
+
+def run_from(v: View, rec: Recording, layer: int, resid: torch.Tensor | None = None, *, start: int = 0,
+             rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = (),
+             at: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+    """Blocks ``layer`` .. L-1 and the final norm: the final-normed hidden states of positions
+    ``start ..`` [B, t - start, d_model], or at the positions ``at`` ([B] or [B, k] absolute
+    positions; gives [B, d_model] or [B, k, d_model]). ``resid``: the residual stream entering
+    block ``layer`` at positions ``start ..`` (default: the recording's, for rows ``rows``);
+    ``layer`` may be L (no block runs: the final norm of ``resid``). See :func:`run_blocks`.
+    """
+    if not 0 <= layer <= v.n_layers:
+        raise IndexError(f"layer {layer} is out of range: {v.name} has layers 0..{v.n_layers - 1} (and L = {v.n_layers})")
+    if resid is None:
+        _check_recorded(rec, [layer])
+        resid = _pick(rec.resid[layer][:, start:], None if rows is None else
+                      torch.as_tensor(rows, dtype=torch.long, device=rec.ids.device))
+    x = run_blocks(v, rec, resid, range(layer, v.n_layers), start=start, rows=rows, fwd_hooks=fwd_hooks)
+    if at is None:
+        return v.final_norm(x)
+    where = torch.as_tensor(at, device=x.device).long() - start
+    if (where < 0).any() or (where >= x.shape[1]).any():
+        raise ValueError(f"positions at= must be re-run positions ({start}..{rec.n_tokens - 1})")
+    picked = x.gather(1, where.reshape(x.shape[0], -1, 1).expand(-1, -1, x.shape[-1]))
+    normed = v.final_norm(picked)
+    return normed[:, 0] if where.ndim == 1 else normed

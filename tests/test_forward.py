@@ -1,0 +1,207 @@
+"""The partial forward pass (factlens.forward through the View) equals a full forward pass with the
+same change, on every architecture: GPT-2, Gemma 3 (sliding and full attention, GQA, its norms)
+and Llama (SmolLM2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factlens.models import load_model, view
+
+# longer than tiny-gemma3's sliding window (16 tokens), so that its sliding layers mask keys
+LONG = ("The Eiffel Tower is located in the city of Paris. The Space Needle is in Seattle. "
+        "Danielle Darrieux's mother tongue is French.")
+SHORT = "Dante was born in Florence"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=["tiny-gemma3", "tiny-gpt2"])
+def tiny(request):
+    return load_model(request.param, device="cpu")
+
+
+def _noise(shape, seed=0, scale=1.0):
+    return scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _add_from(start: int, extra: torch.Tensor):
+    """Hook: add ``extra`` [b, t - start, d] to positions ``start ..``."""
+    def add(x, hook):
+        x = x.clone()
+        x[:, start:] += extra
+        return x
+    return add
+
+
+def _check_resid_change(model, text: str, layer: int, start: int, rtol=1e-5, atol=1e-5):
+    v = view(model)
+    ids = v.batch([text]).ids
+    assert ids.shape[1] > start
+    rec = v.record(ids)
+    extra = _noise((1, ids.shape[1] - start, v.d_model), scale=float(rec.resid[layer].std()))
+    with torch.no_grad():
+        full = v.final_hidden(ids, fwd_hooks=[(v.resid_pre_hook(layer), _add_from(start, extra))])
+        partial = v.run_from(rec, layer, rec.resid[layer][:, start:] + extra, start=start)
+        untouched = v.final_hidden(ids)
+    assert partial.shape == (1, ids.shape[1] - start, v.d_model)
+    torch.testing.assert_close(partial, full[:, start:], rtol=rtol, atol=atol)
+    assert (full[:, start:] - untouched[:, start:]).abs().max() > 100 * atol  # the change did change it
+    torch.testing.assert_close(full[:, :start], untouched[:, :start])  # and nothing before it
+
+
+@pytest.mark.parametrize("layer,start", [(0, 0), (1, 5), (2, 20), (1, 0)])
+def test_rerunning_from_a_changed_residual_equals_the_full_forward(tiny, layer, start):
+    _check_resid_change(tiny, LONG, layer, start)
+
+
+def test_the_long_prompt_spans_tiny_gemmas_sliding_window():
+    """So that the tests above re-run sliding-window layers whose masks hide early keys."""
+    model = load_model("tiny-gemma3", device="cpu")
+    v = view(model)
+    rec = v.record(v.batch([LONG]).ids)
+    sliding, full = (rec.block_args[l]["attention_mask"][0, 0] for l in (0, 2))
+    last = len(v.token_ids(LONG)) - 1
+    assert (sliding[last] < -1e30).sum() > (full[last] < -1e30).sum()  # the last query sees fewer keys
+    assert (full[last] == 0).all()
+
+
+def test_last_layer_and_output_positions(tiny):
+    v = view(tiny)
+    ids = v.batch([SHORT]).ids
+    rec = v.record(ids)
+    with torch.no_grad():
+        full = v.final_hidden(ids)
+        torch.testing.assert_close(v.run_from(rec, v.n_layers), full)  # no block runs: the final norm
+        torch.testing.assert_close(v.run_from(rec, 1, start=2), full[:, 2:], rtol=1e-5, atol=1e-5)
+        at = v.run_from(rec, 1, start=2, at=[ids.shape[1] - 1])
+        torch.testing.assert_close(at, full[:, -1], rtol=1e-5, atol=1e-5)
+        two = v.run_from(rec, 1, start=2, at=torch.tensor([[2, 4]]))
+        torch.testing.assert_close(two, full[:, [2, 4]], rtol=1e-5, atol=1e-5)
+
+
+def _add_at_index(delta: torch.Tensor, index: int):
+    def add(x, hook):
+        x = x.clone()
+        x[:, index] += delta
+        return x
+    return add
+
+
+def test_a_rome_style_delta_gives_the_same_loss_and_gradient(tiny):
+    """δ added to the value (MLP output) of layer l at the subject's last token i: only positions
+    ≥ i of layers ≥ l change; logits read at two later positions; gradients reach δ alike."""
+    v = view(tiny)
+    ids = v.batch([LONG]).ids
+    layer, i, read = 1, 6, [9, 12]
+    rec = v.record(ids)
+    targets = ids[0, [r + 1 for r in read]]
+
+    def loss_of(hidden):  # hidden [1, 2, d] at the read positions
+        return torch.nn.functional.cross_entropy(v.unembed(hidden)[0], targets)
+
+    delta_full = (0.5 * _noise((v.d_model,), seed=3)).requires_grad_(True)
+    with v.frozen_except([]):
+        full = v.final_hidden(ids, fwd_hooks=[(v.value_hook(layer), _add_at_index(delta_full, i))])[:, read]
+        loss_full = loss_of(full)
+        loss_full.backward()
+    delta_part = delta_full.detach().clone().requires_grad_(True)
+    with v.frozen_except([]):
+        part = v.run_from(rec, layer, start=i, fwd_hooks=[(v.value_hook(layer), _add_at_index(delta_part, 0))],
+                          at=torch.tensor([read]))
+        loss_part = loss_of(part)
+        loss_part.backward()
+    torch.testing.assert_close(loss_part, loss_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(delta_part.grad, delta_full.grad, rtol=1e-4, atol=1e-6)
+    assert delta_full.grad.abs().max() > 1e-4
+
+
+def test_a_changed_weight_rerun_from_its_layer_gives_the_same_gradient(tiny):
+    """Fine-tuning one MLP: record once, then the forward from layer l (start 0) with the new weight."""
+    v = view(tiny)
+    layer = 1
+    ids = v.batch([SHORT, LONG]).ids  # two rows, right-padded
+    rec = v.record(ids)
+    param = v.mlp_out_parameter(layer)
+    before = param.detach().clone()
+    target = ids[:, 3]
+    try:
+        with torch.no_grad():
+            param.add_(0.05 * _noise(param.shape, seed=4))
+        grads = []
+        for run in (lambda: v.final_hidden(ids)[:, 2], lambda: v.run_from(rec, layer, at=[2, 2])):
+            with v.frozen_except([param]):
+                loss = torch.nn.functional.cross_entropy(v.unembed(run()[:, None])[:, 0], target)
+                loss.backward()
+                grads.append((loss.detach(), param.grad.detach().clone()))
+    finally:
+        with torch.no_grad():
+            param.copy_(before)
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
+
+
+def test_rows_continue_the_recorded_rows_of_a_padded_batch(tiny):
+    v = view(tiny)
+    batch = v.batch([SHORT, LONG])
+    rec = v.record(batch.ids)
+    layer, start = 1, 3
+    rows = torch.tensor([1, 0, 1])
+    extra = _noise((3, batch.ids.shape[1] - start, v.d_model), seed=5, scale=float(rec.resid[layer].std()))
+    with torch.no_grad():
+        partial = v.run_from(rec, layer, rec.resid[layer][rows, start:] + extra, start=start, rows=rows)
+        for r, source in enumerate(rows.tolist()):
+            n = int(batch.lengths[source])
+            ids = batch.ids[source:source + 1, :n]
+            full = v.final_hidden(ids, fwd_hooks=[(v.resid_pre_hook(layer), _add_from(start, extra[r:r + 1, :n - start]))])
+            torch.testing.assert_close(partial[r, :n - start], full[0, start:], rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_in_the_rerun_see_the_rerun_positions(tiny):
+    v = view(tiny)
+    ids = v.batch([SHORT]).ids
+    rec = v.record(ids, names=[v.mlp_out_hook(2)])
+    seen = {}
+
+    def grab(x, hook):
+        seen["x"] = x
+    with torch.no_grad():
+        v.run_from(rec, 1, start=3, fwd_hooks=[(v.mlp_out_hook(2), grab)])
+    torch.testing.assert_close(seen["x"], rec.captured[v.mlp_out_hook(2)][:, 3:], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_requests_are_clear_errors(tiny):
+    v = view(tiny)
+    ids = v.batch([SHORT]).ids
+    rec = v.record(ids, layers=[2])
+    with pytest.raises(ValueError, match="not recorded"):
+        v.run_from(rec, 1)
+    with pytest.raises(ValueError, match=r"resid must be \[rows, 3"):
+        v.run_from(rec, 2, rec.resid[2], start=ids.shape[1] - 3)
+    with pytest.raises(ValueError, match="start must be"):
+        v.run_from(rec, 2, start=ids.shape[1])
+    with pytest.raises(IndexError, match="out of range"):
+        v.run_from(rec, v.n_layers + 1)
+    two = v.record(v.batch([SHORT, LONG]).ids)
+    with pytest.raises(ValueError, match="rows="):
+        v.run_from(two, 1, two.resid[1].repeat(2, 1, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gemma-3-270m", "smollm2-135m"])
+def test_partial_forward_on_the_real_models(name):
+    """Gemma 3 270M beyond its 512-token sliding window, and SmolLM2 (Llama family)."""
+    model = load_model(name, device="cpu")
+    v = view(model)
+    text = " ".join([LONG] * 24)  # about 600 tokens
+    n = len(v.token_ids(text))
+    assert n > 520
+    _check_resid_change(model, text, v.n_layers // 2, n - 8, rtol=1e-4, atol=2e-4)
+    _check_resid_change(model, LONG, 3, 7, rtol=1e-4, atol=2e-4)
