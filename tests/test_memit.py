@@ -118,7 +118,8 @@ def test_memit_moves_the_residual_towards_z(tiny):
 def test_value_changes_write_the_wanted_residual_change(tiny):
     v = view(tiny)
     values = _random(8, 3, v.d_model).float()
-    wanted = 0.05 * values.norm(dim=-1, keepdim=True) * torch.nn.functional.normalize(_random(9, 3, v.d_model).float(), dim=-1)
+    direction = torch.nn.functional.normalize(_random(9, 3, v.d_model).float(), dim=-1)
+    wanted = 0.05 * values.norm(dim=-1, keepdim=True) * direction
     change = memit.value_changes(tiny, 1, values, wanted)
     with torch.no_grad():
         moved = v.mlp_post_norm(1, values + change) - v.mlp_post_norm(1, values)

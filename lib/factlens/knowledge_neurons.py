@@ -62,6 +62,15 @@ class KNHyperParams:
                              f"{self.adaptive_threshold}")
 
 
+def _replace_at(rows: list[int], position: int, values: torch.Tensor):
+    """A hook that writes ``values`` at ``position`` of the batch rows ``rows``."""
+    def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        x = x.clone()
+        x[rows, position] = values.to(x.dtype)
+        return x
+    return hook
+
+
 def attribution(model: Model, prompt: str, answer_id: int, *, steps: int = 20, layers: list[int] | None = None,
                 batch_size: int = 120) -> torch.Tensor:
     """Integrated-gradient attributions of every MLP neuron to ``P(answer | prompt)`` at the prompt's
@@ -84,16 +93,10 @@ def attribution(model: Model, prompt: str, answer_id: int, *, steps: int = 20, l
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
             scaled = torch.stack([alphas[k] * baseline[l] for l, k in chunk]).requires_grad_(True)
-
-            def patch(x: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+            hooks = []
+            for layer in sorted({l for l, _ in chunk}):
                 rows = [i for i, (l, _) in enumerate(chunk) if l == layer]
-                if not rows:
-                    return x
-                x = x.clone()
-                x[rows, last] = scaled[rows].to(x.dtype)
-                return x
-
-            hooks = [(v.key_hook(l), lambda x, hook, l=l: patch(x, hook, l)) for l in {l for l, _ in chunk}]
+                hooks.append((v.key_hook(layer), _replace_at(rows, last, scaled[rows])))
             rows_ids = ids.expand(len(chunk), -1)
             probs = v.logits_at(rows_ids, [last] * len(chunk), fwd_hooks=hooks).float().softmax(-1)[:, answer_id]
             (grad,) = torch.autograd.grad(probs.sum(), scaled)
