@@ -157,15 +157,11 @@ def _proportion(hits: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def measure(model: Model, cases: Sequence[Any], newest: int, yardstick: Yardstick) -> dict[str, dict[str, float]]:
-    """The model's state after editing ``cases`` (CounterFact cases, in edit order), in percent
-    (entropy: ×100, as ROME reports GE): ``{metric: {value, low, high, n}}`` for :data:`METRICS`.
-
-    ``newest`` is how many of the last cases count as the newest edits; the others are the
-    earlier ones (retention). Neighbourhood specificity pools every edited case's neighbourhood
-    prompts.
-    """
-    metrics: dict[str, dict[str, float]] = {}
+def outcomes(model: Model, cases: Sequence[Any], yardstick: Yardstick) -> dict[str, np.ndarray]:
+    """Per item, on the model as it is now: ``edit`` (``[P(o*) > P(o)]`` on each case's prompt, in edit
+    order), ``neighbour`` (``[P(o_n) > P(o*)]`` on each of their neighbourhood prompts), ``lama`` (the
+    yardstick's LAMA facts answered first) and ``entropy`` (×100, per generation prompt)."""
+    out: dict[str, np.ndarray] = {"edit": np.zeros(0, bool), "neighbour": np.zeros(0, bool)}
     if cases:
         rewrite = [c.prompt.format(c.subject) for c in cases]
         neighbours = [(p, c.target_new, true) for c in cases for p, true in c.neighborhood_prompts]
@@ -173,20 +169,33 @@ def measure(model: Model, cases: Sequence[Any], newest: int, yardstick: Yardstic
         targets = [t for c in cases for t in (c.target_new, c.target_true)]
         targets += [t for _, new, true in neighbours for t in (new, true)]
         lp = evaluation.target_log_probs(model, prompts, targets, batch_size=64).view(-1, 2).numpy()
-        success = lp[: len(cases), 0] > lp[: len(cases), 1]
-        metrics["efficacy_newest"] = _proportion(success[len(cases) - newest:])
-        metrics["retention"] = _proportion(success[: len(cases) - newest])
-        metrics["specificity"] = _proportion(lp[len(cases):, 1] > lp[len(cases):, 0])
-    else:
-        for name in ("efficacy_newest", "retention", "specificity"):
-            metrics[name] = _proportion(np.array([]))
+        out["edit"] = lp[: len(cases), 0] > lp[: len(cases), 1]
+        out["neighbour"] = lp[len(cases):, 1] > lp[len(cases):, 0]
     probed = probing.probe(model, yardstick.lama, k=1, progress=False)
-    metrics["lama_p_at_1"] = _proportion((probed.frame["rank"] == 1).to_numpy())
+    out["lama"] = (probed.frame["rank"] == 1).to_numpy()
     texts = rome.generate(model, yardstick.generation_prompts, yardstick.generate_tokens, top_k=5, seed=yardstick.seed)
-    entropy = np.array([100 * evaluation.ngram_entropy(p + t) for p, t in zip(yardstick.generation_prompts, texts)])
-    low, high = bootstrap(entropy, seed=yardstick.seed) if len(entropy) > 1 else (entropy[0], entropy[0])
-    metrics["entropy"] = {"value": float(entropy.mean()), "low": low, "high": high, "n": len(entropy)}
-    return metrics
+    out["entropy"] = np.array([100 * evaluation.ngram_entropy(p + t)
+                               for p, t in zip(yardstick.generation_prompts, texts)])
+    return out
+
+
+def summarize(outcome: dict[str, np.ndarray], newest: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """:data:`METRICS` from :func:`outcomes`, in percent (entropy ×100), each ``{value, low, high, n}``:
+    the last ``newest`` edits are the newest, the others the earlier ones (retention)."""
+    edit = outcome["edit"]
+    entropy = outcome["entropy"]
+    low, high = bootstrap(entropy, seed=seed) if len(entropy) > 1 else (entropy[0], entropy[0])
+    return {"efficacy_newest": _proportion(edit[len(edit) - newest:]),
+            "retention": _proportion(edit[: len(edit) - newest]),
+            "specificity": _proportion(outcome["neighbour"]),
+            "lama_p_at_1": _proportion(outcome["lama"]),
+            "entropy": {"value": float(entropy.mean()), "low": float(low), "high": float(high), "n": len(entropy)}}
+
+
+def measure(model: Model, cases: Sequence[Any], newest: int, yardstick: Yardstick) -> dict[str, dict[str, float]]:
+    """The model's state after editing ``cases`` (CounterFact cases, in edit order): :func:`summarize`
+    of :func:`outcomes`. Neighbourhood specificity pools every edited case's neighbourhood prompts."""
+    return summarize(outcomes(model, cases, yardstick), newest, yardstick.seed)
 
 
 # --------------------------------------------------------------------------- the sequence
@@ -204,6 +213,7 @@ class SequenceRun:
     edit_seconds: list[float] = field(default_factory=list)   # per edit (ROME) or per batch (MEMIT, AlphaEdit)
     measure_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, np.ndarray] = field(default_factory=dict)  # :func:`outcomes` at the last checkpoint
 
     @property
     def n_edits(self) -> int:
@@ -265,7 +275,8 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
 
     rows, forecasts, edit_seconds = [], [], []
     start = time.perf_counter()
-    rows += _rows(0, measure(model, [], 0, yardstick))
+    last = outcomes(model, [], yardstick)
+    rows += _rows(0, summarize(last, 0, yardstick.seed))
     measure_seconds = time.perf_counter() - start
     if on_checkpoint:
         on_checkpoint(pd.DataFrame(rows))
@@ -291,7 +302,8 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
             if done % every == 0 or done == len(cases):
                 tic = time.perf_counter()
                 newest = done - ((done - 1) // every) * every
-                rows += _rows(done, measure(model, cases[:done], newest, yardstick))
+                last = outcomes(model, cases[:done], yardstick)
+                rows += _rows(done, summarize(last, newest, yardstick.seed))
                 measure_seconds += time.perf_counter() - tic
                 if on_checkpoint:
                     on_checkpoint(pd.DataFrame(rows))
@@ -305,7 +317,7 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
     settings = {"method": method, "n_edits": len(cases), "every": every, "batch_size": size,
                 "flag_ratio": flag_ratio, "layers": list(layers)}
     return SequenceRun(method, pd.DataFrame(rows), pd.DataFrame(forecasts), record, edit_seconds,
-                       measure_seconds, settings)
+                       measure_seconds, settings, last)
 
 
 def collapse_point(run: SequenceRun, metric: str = "lama_p_at_1", drop: float = 0.5) -> int | None:
