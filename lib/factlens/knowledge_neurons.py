@@ -48,7 +48,7 @@ class KNHyperParams:
         adaptive_threshold: ``t``: a neuron is a knowledge neuron when its attribution exceeds
             ``t`` times the largest. ROME: 0.2 (the paper: 0.2 to 0.3).
         scale: ``λ₁ = λ₂``, the multiple of the embeddings moved into each value slot. ROME's code: 2.
-        batch_size: rows per forward pass of the attribution (all layers' steps are batched).
+        batch_size: at most this many integrated-gradient steps per re-run.
     """
 
     steps: int = 20
@@ -62,11 +62,11 @@ class KNHyperParams:
                              f"{self.adaptive_threshold}")
 
 
-def _replace_at(rows: list[int], position: int, values: torch.Tensor):
-    """A hook that writes ``values`` at ``position`` of the batch rows ``rows``."""
+def _replace_first(values: torch.Tensor):
+    """A hook that writes ``values`` at the first re-run position of every row."""
     def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
         x = x.clone()
-        x[rows, position] = values.to(x.dtype)
+        x[:, 0] = values.to(x.dtype)
         return x
     return hook
 
@@ -76,34 +76,28 @@ def attribution(model: Model, prompt: str, answer_id: int, *, steps: int = 20, l
     """Integrated-gradient attributions of every MLP neuron to ``P(answer | prompt)`` at the prompt's
     last token (Dai et al., eq. 3-4): ``[n_layers, d_mlp]`` (rows of ``layers`` only; others zero).
 
-    Row ``(l, k)`` of the batched forward passes scales layer ``l``'s activations at the last token by
-    ``α_k`` (``α`` evenly spaced in [0, 1]) and leaves every other layer as it computes.
+    Scaling layer ``l``'s activations at the last token changes nothing below ``l`` and nothing at
+    earlier positions, so the prompt is run once (``View.record``) and each of the ``steps`` rows of
+    layer ``l`` re-runs only the last position from block ``l`` up (``View.run_from``).
     """
     v = view(model)
     layers = list(range(v.n_layers)) if layers is None else [v.check_layer(l) for l in layers]
     ids = v.batch([prompt]).ids
     last = ids.shape[1] - 1
-    with torch.no_grad():
-        got = v.capture(ids, [v.key_hook(l) for l in layers])
-        baseline = {l: got[v.key_hook(l)][0, last].float() for l in layers}
+    recording = v.record(ids, names=[v.key_hook(l) for l in layers], layers=range(min(layers), v.n_layers))
     alphas = torch.linspace(0, 1, steps, device=ids.device)
-    jobs = [(l, k) for l in layers for k in range(steps)]  # one row per (layer, step)
     scores = torch.zeros(v.n_layers, v.d_mlp)
     with v.frozen_except([]):
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            scaled = torch.stack([alphas[k] * baseline[l] for l, k in chunk]).requires_grad_(True)
-            hooks = []
-            for layer in sorted({l for l, _ in chunk}):
-                rows = [i for i, (l, _) in enumerate(chunk) if l == layer]
-                hooks.append((v.key_hook(layer), _replace_at(rows, last, scaled[rows])))
-            rows_ids = ids.expand(len(chunk), -1)
-            probs = v.logits_at(rows_ids, [last] * len(chunk), fwd_hooks=hooks).float().softmax(-1)[:, answer_id]
-            (grad,) = torch.autograd.grad(probs.sum(), scaled)
-            for i, (l, _) in enumerate(chunk):
-                scores[l] += grad[i].detach().cpu()
-    for l in layers:
-        scores[l] *= baseline[l].cpu() / steps
+        for layer in layers:
+            baseline = recording.captured[v.key_hook(layer)][0, last].float()
+            for chunk in alphas.split(batch_size):
+                scaled = (chunk[:, None] * baseline).requires_grad_(True)
+                hidden = v.run_from(recording, layer, start=last, rows=[0] * len(chunk),
+                                    fwd_hooks=[(v.key_hook(layer), _replace_first(scaled))])
+                probs = v.unembed(hidden[:, -1:])[:, 0].float().softmax(-1)[:, answer_id]
+                (grad,) = torch.autograd.grad(probs.sum(), scaled)
+                scores[layer] += grad.sum(0).detach().cpu()
+            scores[layer] *= baseline.cpu() / steps
     return scores
 
 
