@@ -10,7 +10,7 @@ the cost of the sequential runs of the many-edits chapter.
   Seconds per edit = z per fact + update / batch size. AlphaEdit's projectors (once per model) are
   timed apart.
 * MEMIT's keys for a batch: one forward pass over every (request, template) prompt
-  (``memit.keys_and_residuals``) against the straightforward peer, ROME's ``compute_key`` per request.
+  (``memit.read_layer``) against the straightforward peer, ROME's ``compute_key`` per request.
 * The sequential runs: ``sequential.run_sequence`` on ``--sequence`` edits per method, measured every
   ``--every``; seconds per edit and per measurement.
 Every edit is undone; the model is the same at the end.
@@ -98,7 +98,7 @@ def main() -> None:
     # keys: batched against ROME's compute_key per request
     n = min(max(args.batches), len(requests))
     templates = rome.templates_for(model, mhp.z_hparams())
-    _, batched_s = _timed(memit.keys_and_residuals, model, requests[:n], mhp.layers[0], mhp, templates)
+    _, batched_s = _timed(memit.read_layer, model, requests[:n], mhp.layers[0], mhp, templates)
     _, loop_s = _timed(lambda: [rome.compute_key(model, r, mhp.layers[0], templates) for r in requests[:n]])
     print(f"keys of {n} requests: batched {batched_s:.2f} s, per request (rome.compute_key) {loop_s:.2f} s "
           f"({loop_s / batched_s:.1f}x)")

@@ -109,9 +109,9 @@ def test_memit_moves_the_residual_towards_z(tiny):
     hp = FAST
     zs = memit.compute_zs(tiny, REQUESTS, hp)
     templates = rome.templates_for(tiny, hp.z_hparams())
-    _, before = memit.keys_and_residuals(tiny, REQUESTS, hp.layers[-1], hp, templates)
+    before = memit.read_layer(tiny, REQUESTS, hp.layers[-1], hp, templates).residual
     with memit.apply(tiny, REQUESTS, hparams=hp, zs=zs):
-        _, after = memit.keys_and_residuals(tiny, REQUESTS, hp.layers[-1], hp, templates)
+        after = memit.read_layer(tiny, REQUESTS, hp.layers[-1], hp, templates).residual
     assert ((zs - after).norm(dim=-1) < (zs - before).norm(dim=-1)).all()
 
 
@@ -130,16 +130,21 @@ def test_value_changes_write_the_wanted_residual_change(tiny):
 
 
 def test_alphaedit_update_is_in_the_null_space_of_the_statistics(tiny):
-    hp = alphaedit.AlphaEditHyperParams(memit=FAST, nullspace_threshold=1e-3)
+    hp = alphaedit.AlphaEditHyperParams(memit=FAST, nullspace_threshold=1e-3, l2=1.0)
     state = alphaedit.AlphaEditState.create(tiny, hp)
+    projectors = dict(state.projectors)
     with alphaedit.apply(tiny, REQUESTS, hparams=hp, state=state) as record:
-        for layer in hp.layers:
+        for step in record.info["steps"]:
+            layer = step["layer"]
             C = rome.layer_stats(tiny, layer, samples=FAST.mom2_samples, progress=False).double()
             values, vectors = torch.linalg.eigh(C)
             kept = vectors[:, values >= hp.nullspace_threshold]  # where the preserved keys live
-            delta = record.delta(layer).double()
-            assert delta.norm() > 0
-            assert (kept.T @ delta).norm() < 1e-4 * delta.norm()
+            # the first batch of a sequence: no previous edits
+            solved = alphaedit.alphaedit_update(projectors[layer], torch.zeros_like(C), step["K"], step["R"], hp.l2)
+            assert solved.norm() > 0
+            assert (kept.T @ solved).norm() < 1e-10 * solved.norm()  # ΔW K₀ = 0 for keys outside the null space
+            scale = max(record.original[layer].abs().max(), view(tiny).mlp_out_weight(layer).detach().abs().max())
+            torch.testing.assert_close(record.delta(layer).double(), solved, atol=2.0**-22 * float(scale), rtol=0)
     assert state.n_edits == len(REQUESTS)
     assert all(state.previous[layer].trace() > 0 for layer in hp.layers)
 

@@ -157,11 +157,14 @@ class MEMITHyperParams:
 # GPT-J and GPT-2 XL: MEMIT's code. The default model (Gemma 3 270M, 18 layers): four layers ending
 # at ROME's layer 6, as GPT-2 XL's 13-17 end at ROME's 17 (and span about a fifth of the depth, as
 # GPT-J's 3-8 of 28 do); δ's optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes,
-# see factlens.rome), C from 20,000 keys as ROME's.
+# see factlens.rome), C from 20,000 keys as ROME's. λ = 2,000: a typical key's kᵀ(λC)⁻¹k is about
+# d_mlp / λ, so GPT-J's 15,000 for 16,384 keys is about 2,000 for this MLP's 2,048; on the tuning
+# split (8 cases in one batch) λ = 1,000 and 2,000 write every fact (ES 100%), 15,000 none (ES 25%,
+# as unedited).
 _DEFAULTS: dict[str, MEMITHyperParams] = {
     "EleutherAI/gpt-j-6B": MEMITHyperParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15_000.0),
     "gpt2-xl": MEMITHyperParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20_000.0, v_steps=20),
-    "gemma-3-270m": MEMITHyperParams(layers=(3, 4, 5, 6), mom2_update_weight=15_000.0,
+    "gemma-3-270m": MEMITHyperParams(layers=(3, 4, 5, 6), mom2_update_weight=2_000.0,
                                      context_templates=((5, 3), (10, 3)), v_steps=20, clamp_norm_factor=1.0,
                                      mom2_samples=20_000),
 }
@@ -169,15 +172,16 @@ _DEFAULTS: dict[str, MEMITHyperParams] = {
 
 def default_hparams(model: Model) -> MEMITHyperParams:
     """MEMIT's hyperparameters for ``model`` (by its factlens name); other models get four layers
-    ending at ROME's layer and ROME's settings for ``δ`` and ``C``."""
+    ending at ROME's layer, ROME's settings for ``δ`` and ``C``, and GPT-J's λ scaled to the MLP's width."""
     v = view(model)
     known = _DEFAULTS.get(v.name)
     if known is not None and known.layers[-1] < v.n_layers:
         return known
     hp = rome.default_hparams(model)
     layers = tuple(range(max(0, hp.layer - 3), hp.layer + 1))
-    return MEMITHyperParams(layers=layers, context_templates=hp.context_templates,
-                            clamp_norm_factor=hp.clamp_norm_factor, mom2_samples=hp.mom2_samples, v_steps=hp.v_steps)
+    return MEMITHyperParams(layers=layers, mom2_update_weight=15_000.0 * v.d_mlp / 16_384,
+                            context_templates=hp.context_templates, clamp_norm_factor=hp.clamp_norm_factor,
+                            mom2_samples=hp.mom2_samples, v_steps=hp.v_steps)
 
 
 # --------------------------------------------------------------------------- requests
@@ -214,15 +218,25 @@ def _template_groups(hp: MEMITHyperParams) -> list[int]:
     return [1] + [count for _, count in hp.context_templates]
 
 
+@dataclass(frozen=True)
+class LayerReading:
+    """What one forward pass reads for MEMIT at layer ``l`` (one row per request): ``keys`` ``k_i^l``
+    ``[n, d_mlp]``, averaged over the templates; ``values``, the MLP output ``v_i^l`` at the
+    subject's last token of the prompt itself ``[n, d_model]``; ``residual``, ``h_i^L`` there ``[n, d_model]``."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    residual: torch.Tensor
+
+
 @torch.no_grad()
-def keys_and_residuals(model: Model, requests: Sequence[rome.EditRequest], layer: int, hp: MEMITHyperParams,
-                       templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(K, H)``: the keys ``k_i^l`` at layer ``layer`` and the residual ``h_i^L`` at the last critical layer.
+def read_layer(model: Model, requests: Sequence[rome.EditRequest], layer: int, hp: MEMITHyperParams,
+               templates: Sequence[str]) -> LayerReading:
+    """The :class:`LayerReading` of layer ``layer``, in one forward pass over every (request, template) prompt.
 
     ``k_i^l`` is the MLP key at the subject's last token, averaged within each group of templates
     and then over the groups (the prompt alone, each prefix length), as MEMIT's ``compute_ks``
-    does: ``[n, d_mlp]``. ``h_i^L`` is read at the subject's last token of the prompt itself:
-    ``[n, d_model]``. One forward pass over every (request, template) prompt.
+    does; ``v_i^l`` and ``h_i^L`` are read on the prompt itself (template ``"{}"``).
     """
     v = view(model)
     top = hp.layers[-1]
@@ -233,27 +247,27 @@ def keys_and_residuals(model: Model, requests: Sequence[rome.EditRequest], layer
             prompts.append(text)
             last.append(v.subject_span(text, r.subject).last)
     batch = v.batch(prompts)
-    got = v.capture(batch.ids, [v.key_hook(layer), v.resid_post_hook(top)])
+    names = [v.key_hook(layer), v.value_hook(layer), v.resid_post_hook(top)]
+    got = v.capture(batch.ids, names)
     rows = torch.arange(len(prompts), device=batch.ids.device)
     at = torch.tensor(last, device=batch.ids.device)
-    keys = got[v.key_hook(layer)][rows, at].float().view(len(requests), len(templates), -1)
-    resid = got[v.resid_post_hook(top)][rows, at].float().view(len(requests), len(templates), -1)
+    keys, values, resid = (got[n][rows, at].float().view(len(requests), len(templates), -1) for n in names)
     groups = keys.split(_template_groups(hp), dim=1)
     K = torch.stack([g.mean(1) for g in groups], 0).mean(0)
-    return K, resid[:, 0]  # template 0 is the prompt itself ("{}")
+    return LayerReading(K, values[:, 0], resid[:, 0])  # template 0 is the prompt itself ("{}")
 
 
 def value_changes(model: Model, layer: int, values: torch.Tensor, wanted: torch.Tensor,
-                  iterations: int = 30) -> torch.Tensor:
+                  iterations: int = 100) -> torch.Tensor:
     """``Δv`` per row with ``norm(v + Δv) ≈ norm(v) + r``: how layer ``layer``'s MLP output must change
     for the residual stream to change by ``r`` (``wanted``), where ``norm`` is what the block applies
     to the MLP output (``View.mlp_post_norm``). Without a norm (GPT-2, GPT-J, Llama) it is ``r`` itself.
 
     With Gemma's RMSNorm, ``norm(x) = g ⊙ x / rms(x)`` can only rotate the output, so ``Δv`` is the
-    regularized least-squares solution ``argmin ‖norm(v + Δv) − norm(v) − r‖² + ε γ² ‖Δv‖²`` (L-BFGS
-    from ``Δv = 0``; ``γ = ‖norm(v)‖ / ‖v‖`` puts the small ridge ``ε = 10⁻³`` in the output's units, so
-    that of the changes that write ``r`` equally well the smallest is taken: the norm ignores the scale
-    of ``v + Δv``). MEMIT's next layers see and spread whatever part of ``r`` it could not write.
+    least-squares solution ``argmin ‖norm(v + Δv) − norm(v) − r‖²`` (L-BFGS from ``Δv = 0``), scaled
+    so that ``‖v + Δv‖ = ‖v‖``: the norm lets through only the output's direction, and a value that
+    keeps its magnitude turns the same way for every key that ``ΔW`` reaches partly (as ROME's
+    additive ``δ`` does). MEMIT's next layers see and spread whatever part of ``r`` it could not write.
     """
     v = view(model)
     values = values.detach().float()
@@ -263,19 +277,22 @@ def value_changes(model: Model, layer: int, values: torch.Tensor, wanted: torch.
         if torch.equal(normed, values):
             return wanted.clone()
         target = normed + wanted
-        gain = (normed.norm(dim=-1, keepdim=True) / values.norm(dim=-1, keepdim=True).clamp(min=1e-12))
+        scale = target.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # each row's residual in units of its size
     change = torch.zeros_like(values, requires_grad=True)
-    optimizer = torch.optim.LBFGS([change], max_iter=iterations, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([change], max_iter=iterations, tolerance_grad=1e-12, tolerance_change=1e-14,
+                                  history_size=20, line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
         optimizer.zero_grad()
-        value = (v.mlp_post_norm(layer, values + change) - target).pow(2).sum() + 1e-3 * (gain * change).pow(2).sum()
+        value = ((v.mlp_post_norm(layer, values + change) - target) / scale).pow(2).sum()
         value.backward()
         return value
 
     with v.frozen_except([]):
         optimizer.step(loss)
-    return change.detach()
+    with torch.no_grad():
+        moved = values + change
+        return moved * (values.norm(dim=-1, keepdim=True) / moved.norm(dim=-1, keepdim=True)) - values
 
 
 # --------------------------------------------------------------------------- z, the target residual
@@ -339,23 +356,21 @@ def spread(model: Model, requests: Sequence[rome.EditRequest], zs: torch.Tensor,
            solve: Solver, record: BatchEdit, *, progress: bool = False) -> list[dict[str, Any]]:
     """Algorithm 1, step 2: write ``z`` over the critical layers, lowest first.
 
-    At layer ``l`` (the ``i``-th of ``ℛ``): keys ``K`` and residuals ``h^L`` on the model as the lower
-    layers left it (:func:`keys_and_residuals`), ``r = (z − h^L) / (|ℛ| − i)`` (eq. 20), the value
-    changes ``R`` that write ``r`` (:func:`value_changes`), and ``ΔWᵀ = solve(l, K, R)``, added to the
-    weight. ``record`` must cover the layers. Returns per layer its keys, value changes and the
+    At layer ``l`` (the ``i``-th of ``ℛ``): keys ``K``, values ``v^l`` and residuals ``h^L`` on the model
+    as the lower layers left it (:func:`read_layer`), ``r = (z − h^L) / (|ℛ| − i)`` (eq. 20), the value
+    changes ``R`` that write ``r`` from ``v^l`` (:func:`value_changes`), and ``ΔWᵀ = solve(l, K, R)``,
+    added to the weight. ``record`` must cover the layers. Returns per layer its keys, value changes and the
     norm of what was still missing before it.
     """
     v = view(model)
     templates = rome.templates_for(model, hp.z_hparams())
     steps = []
     for i, layer in enumerate(tqdm(hp.layers, desc="MEMIT layers", disable=not progress, leave=False)):
-        K, H = keys_and_residuals(model, requests, layer, hp, templates)
-        gap = zs.to(H) - H
-        weight = v.mlp_out_weight(layer)
-        with torch.no_grad():
-            values = K.to(weight) @ weight  # W k: the layer's values at the averaged keys
-        R = value_changes(model, layer, values, gap / (len(hp.layers) - i))
+        reading = read_layer(model, requests, layer, hp, templates)
+        K, gap = reading.keys, zs.to(reading.residual) - reading.residual
+        R = value_changes(model, layer, reading.values, gap / (len(hp.layers) - i))
         dV = solve(layer, K, R)
+        weight = v.mlp_out_weight(layer)
         with torch.no_grad():
             v.set_mlp_out_weight(layer, weight.detach() + dV.to(weight.dtype))
         steps.append({"layer": layer, "K": K.cpu(), "R": R.cpu(), "gap_norm": float(gap.norm(dim=-1).mean())})
@@ -407,4 +422,4 @@ def apply(model: Model, requests: Sequence[rome.EditRequest], *, hparams: MEMITH
 
 
 __all__ = ["BatchEdit", "MEMITHyperParams", "apply", "check_requests", "compute_z", "compute_zs",
-           "default_hparams", "keys_and_residuals", "memit_update", "spread", "value_changes"]
+           "default_hparams", "LayerReading", "memit_update", "read_layer", "spread", "value_changes"]
