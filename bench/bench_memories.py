@@ -19,15 +19,14 @@ import torch
 
 def brute_force(model, keys: dict[int, list[int]], corpus, k: int, batch_size: int):
     """Store m for every prefix and every sampled key, then top-k: memory grows with the corpus."""
-    from factlens.memories import _capture, _pad
     from factlens.models import view
 
     v = view(model)
     stored = {l: [] for l in keys}
     for s in range(0, len(corpus), batch_size):
         rows = corpus.ids[s : s + batch_size]
-        acts = _capture(model, _pad(rows, v.tokenizer.pad_token_id or 0, model.cfg.device),
-                        [v.key_hook(l) for l in keys])
+        with torch.no_grad():
+            acts = v.capture(v.batch(rows).ids, [v.key_hook(l) for l in keys])
         for l, ks in keys.items():
             for i, r in enumerate(rows):
                 stored[l].append(acts[v.key_hook(l)][i, 1 : len(r), ks])

@@ -19,14 +19,14 @@ import torch
 @torch.no_grad()
 def one_at_a_time(model, facts) -> list[int]:
     """The peer: per fact, the full [1, t, vocab] logits, then the gold token's rank among LAMA's tokens."""
-    from factlens.probing import _fact_cloze, vocabulary_tokens
     from factlens.models import view
+    from factlens.probing import fact_cloze, vocabulary_tokens
 
     v = view(model)
     candidates = torch.tensor(list(vocabulary_tokens(model)))
     ranks = []
     for f in facts:
-        ids = torch.tensor([v.token_ids(_fact_cloze(f).prefix)], device=model.cfg.device)
+        ids = v.batch([fact_cloze(f).prefix]).ids
         logprobs = model(ids)[0, -1].float().log_softmax(-1).cpu()[candidates]
         gold = logprobs[candidates == v.single_token_id(f.object)][0]
         ranks.append(1 + int((logprobs > gold).sum()))
@@ -41,10 +41,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from factlens.models import load_model
-    from factlens.probing import _fact_cloze, lama_facts, probe
+    from factlens.probing import fact_cloze, lama_facts, probe
 
     model = load_model(args.model)
-    pool = [f for f in lama_facts("TREx", per_relation=max(2, args.facts // 20), seed=0) if _fact_cloze(f).final]
+    pool = [f for f in lama_facts("TREx", per_relation=max(2, args.facts // 20), seed=0) if fact_cloze(f).final]
     result = probe(model, pool[: args.facts], progress=False)  # warm-up, and keeps only probed facts
     facts = [f for f in pool[: args.facts] if f not in {s for s, _ in result.skipped}]
 

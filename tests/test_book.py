@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +17,28 @@ import torch
 import yaml
 
 from factlens import book
-from factlens.book import BookError, load_results, save_results
+from factlens.book import BookError
+from factlens.claims import Claim, PaperNumber
+from factlens.results import load_results, save_results
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "factlens.book", "--no-progress", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_the_builder_imports_no_torch():
+    """The builder and the data loaders start fast: neither imports torch (nor TransformerLens)."""
+    code = ("import sys, factlens.book, factlens.book.__main__, factlens.data, factlens.cache; "
+            "print(sorted(m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- parameters
@@ -56,7 +69,8 @@ def test_sidecar_merging_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("smokee: {n: 1}\n", "unknown profile"), ("smoke: [1, 2]\n", "must be a mapping"), ("- 1\n", "expected a mapping")],
+    [("smokee: {n: 1}\n", "unknown profile"), ("smoke: [1, 2]\n", "must be a mapping"),
+     ("- 1\n", "expected a mapping")],
 )
 def test_bad_sidecars_are_errors(tmp_path, content, message):
     nb = tmp_path / "chapter.ipynb"
@@ -70,11 +84,50 @@ def test_parse_overrides_types():
         ["model_name=gpt2-xl", "n=10", "lr=1e-3", "flag=true", "off=False", "x=none", "layers=[1, 2]", "s=a=b", "n=11"]
     )
     assert parsed == {
-        "model_name": "gpt2-xl", "n": 11, "lr": 1e-3, "flag": True, "off": False, "x": None, "layers": [1, 2], "s": "a=b"
+        "model_name": "gpt2-xl", "n": 11, "lr": 1e-3, "flag": True, "off": False, "x": None, "layers": [1, 2],
+        "s": "a=b",
     }
     for bad in ["novalue", "=3", "not a name=1"]:
         with pytest.raises(BookError, match="KEY=VALUE"):
             book.parse_overrides([bad])
+
+
+def _notebook(path: Path, parameters: str) -> Path:
+    cells = [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": parameters, "outputs": []}]
+    path.write_text(json.dumps({"cells": cells}))
+    return path
+
+
+def test_build_parameters_only_for_notebooks_that_declare_them(tmp_path):
+    build = tmp_path / "_build"
+    for name, files in [("smollm2-135m", ["lama.json"]), ("empty", []), ("gpt2", ["claims.json"])]:
+        (build / name / "results").mkdir(parents=True)
+        for f in files:
+            (build / name / "results" / f).write_text("{}")
+    (build / "results").mkdir()
+    claims = _notebook(tmp_path / "claims.ipynb", "model_name = 'x'\nother_results = []  # other builds\n")
+    chapter = _notebook(tmp_path / "lama.ipynb", "model_name = 'x'\nn_facts = 3\n")
+    assert book.declared_parameters(claims) == {"model_name", "other_results"}
+    found = [str((build / "gpt2" / "results").resolve()), str((build / "smollm2-135m" / "results").resolve())]
+    assert book.build_parameters(claims, build) == {"other_results": found}  # sorted, empty folders left out
+    assert book.build_parameters(chapter, build) == {}
+    # -p wins, a relative folder is taken from the working directory
+    given = book.build_parameters(claims, build, {"other_results": ["rel/results"]})
+    assert given == {"other_results": [str(Path("rel/results").resolve())]}
+    assert book.build_parameters(claims, build, {"other_results": []}) == {"other_results": []}
+    with pytest.raises(BookError, match="other_results expects a folder or a JSON list"):
+        book.build_parameters(claims, build, {"other_results": 3})
+    with pytest.raises(BookError, match="parameters cell is not valid Python"):
+        book.declared_parameters(_notebook(tmp_path / "bad.ipynb", "x = = 1"))
+
+
+def test_kernel_environment():
+    env = book.kernel_environment({"PATH": "/bin", "PYTHONPATH": "/elsewhere"})
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # kernels do not spin against each other
+    assert env["PYTHONPATH"].split(":")[0].endswith("lib") and env["PYTHONPATH"].split(":")[1] == "/elsewhere"
+    assert env["JUPYTER_PATH"].split(":")[0] == str(Path(sys.prefix) / "share" / "jupyter")
+    assert book.kernel_environment({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's wins
+    assert book.kernel_environment(env) == env  # idempotent
 
 
 # --------------------------------------------------------------------------- table of contents
@@ -99,7 +152,8 @@ def test_toc_parsing_nested(tmp_path):
             {
                 "caption": "ROME",
                 "chapters": [
-                    {"file": "chapters/rome/index", "sections": [{"file": "chapters/rome/tracing"}, {"file": "chapters/rome/editing.ipynb"}]},
+                    {"file": "chapters/rome/index",
+                     "sections": [{"file": "chapters/rome/tracing"}, {"file": "chapters/rome/editing.ipynb"}]},
                     {"url": "https://example.org", "title": "elsewhere"},
                 ],
             },
@@ -121,8 +175,8 @@ def test_toc_missing_document_is_an_error(tmp_path):
 
 
 def test_only_selection():
-    nbs = [Path(p) for p in ["chapters/lama/lama.ipynb", "chapters/memories/memories.ipynb", "chapters/rome/tracing.ipynb",
-                             "chapters/rome/editing.ipynb", "chapters/playground.ipynb"]]
+    nbs = [Path(p) for p in ["chapters/lama/lama.ipynb", "chapters/memories/memories.ipynb",
+                             "chapters/rome/tracing.ipynb", "chapters/rome/editing.ipynb", "chapters/playground.ipynb"]]
     assert book.select(nbs, None) == nbs
     assert book.select(nbs, ["lama"]) == nbs[:1]
     assert book.select(nbs, ["rome"]) == nbs[2:4]
@@ -186,14 +240,18 @@ def _cell(source, tags=(), outputs=()):
 
 
 def test_for_the_site_shows_one_parameters_cell_with_the_values_used():
-    own = "model_name = 'gemma-3-270m'  # the model\nn_facts = 20  # facts (paper: 1,000)\nresults_dir = '../_build'\nseed = 0"
-    injected = "# Parameters\nmodel_name = \"gpt2\"\nresults_dir = \"/tmp/x/results\"\nn_facts = 3\nextra = [1, 2]\n"
+    own = ("model_name = 'gemma-3-270m'  # the model\nn_facts = 20  # facts (paper: 1,000)\n"
+           "results_dir = '../_build'\nseed = 0")
+    injected = ("# Parameters\nmodel_name = \"gpt2\"\nresults_dir = \"/tmp/x/results\"\nn_facts = 3\nextra = [1, 2]\n"
+                "other_results = [\"/tmp/x/other/results\"]\n")
     bar = {"output_type": "display_data", "data": {
         "application/vnd.jupyter.widget-view+json": {"model_id": "x"},
         "text/plain": "probing (common vocabulary):  40%|####      | 480/1196 [00:05<00:07, 95.1it/s]"}}
-    stderr_bar = {"output_type": "stream", "name": "stderr", "text": "Loading weights: 100%|##| 236/236 [00:00<00:00]\n"}
+    stderr_bar = {"output_type": "stream", "name": "stderr",
+                  "text": "Loading weights: 100%|##| 236/236 [00:00<00:00]\n"}
     kept = [{"output_type": "stream", "name": "stdout", "text": "P@1 40%| of facts\n"},
-            {"output_type": "display_data", "data": {"application/vnd.jupyter.widget-view+json": {}, "text/plain": "VBox(...)"}}]
+            {"output_type": "display_data",
+             "data": {"application/vnd.jupyter.widget-view+json": {}, "text/plain": "VBox(...)"}}]
     nb = {"cells": [_cell(own, ["parameters"]), _cell(injected, ["injected-parameters"]),
                     _cell("run()", outputs=[bar, stderr_bar, *kept])]}
     site = book.for_the_site(nb)
@@ -208,7 +266,8 @@ def test_for_the_site_shows_one_parameters_cell_with_the_values_used():
 
 @pytest.mark.book
 def test_failing_cell_fails_the_build(fixture_book, tmp_path):
-    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "broken", "--build-dir", str(tmp_path / "b"))
+    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "broken",
+                  "--build-dir", str(tmp_path / "b"))
     assert out.returncode != 0
     err = out.stderr
     assert "broken/broken.ipynb" in err
@@ -222,14 +281,16 @@ def test_failing_cell_fails_the_build(fixture_book, tmp_path):
 def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
     build = tmp_path / "b"
     # run from elsewhere: --root decides, and the kernel's cwd is the notebook's folder
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "demo", "-p", "label=from-cli",
-                  "--build-dir", str(build), cwd=tmp_path)
+                  "--build-dir", str(build), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "[1/1] demo/params.ipynb" in out.stdout
     record = load_results("params", build / "results")
     assert record["model"] == "gemma-3-270m" and record["profile"] == "smoke"
     assert record["parameters"] == {"n_facts": 3, "label": "from-cli"}  # sidecar's smoke section, then -p
     assert record["metrics"]["cwd"] == str((fixture_book / "demo").resolve())
+    assert record["metrics"]["omp_wait_policy"] == "PASSIVE"  # set by the builder for its kernels
     executed = build / "executed" / "demo" / "params.ipynb"
     nb = json.loads(executed.read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
@@ -246,6 +307,50 @@ def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
     assert not (fixture_book / "_build").exists()  # sources untouched
 
 
+#: the keys of a claims.json record (issue 12)
+CLAIM_KEYS = {"chapter", "id", "statement", "model", "paper", "ours", "verdict"}
+
+
+def _claim(chapter: str, claim_id: str, model: str, ours: float, ci: tuple[float, float], n: int) -> dict:
+    paper = PaperNumber(0.5, "Meng et al. 2022", "Table 4", "GPT-2 XL")
+    return Claim(chapter, claim_id, f"the {claim_id} claim", model, paper, ours, ci, n, reference=0.0).to_record()
+
+
+def _check_claims_file(path: Path) -> list[dict]:
+    records = json.loads(path.read_text())
+    assert isinstance(records, list)
+    for r in records:
+        assert CLAIM_KEYS <= set(r) and set(r["paper"]) >= {"value", "source"}, r
+        assert set(r["ours"]) >= {"value", "n", "ci"} and len(r["ours"]["ci"]) == 2, r
+    return records
+
+
+@pytest.mark.book
+def test_claims_page_lists_every_claim_and_both_models(fixture_book, tmp_path, repo_root):
+    shutil.copy2(repo_root / "chapters" / "claims.ipynb", fixture_book / "claims.ipynb")
+    toc = yaml.safe_load((fixture_book / "_toc.yml").read_text())
+    (fixture_book / "_toc.yml").write_text(yaml.safe_dump({**toc, "chapters": [*toc["chapters"], {"file": "claims"}]}))
+    build = tmp_path / "b"
+    for folder, model, ours in [(build / "results", "Model A", 0.52), (build / "second" / "results", "Model B", 0.1)]:
+        save_results("tracing", {}, model_name=model, profile="smoke", parameters={}, results_dir=folder,
+                     claims=[_claim("tracing", "aie", model, ours, (ours - 0.05, ours + 0.05), 40)])
+    save_results("lama", {}, model_name="Model A", profile="smoke", parameters={}, results_dir=build / "results",
+                 claims=[_claim("lama", "p_at_1", "Model A", 0.2, (0.19, 0.21), 1000)])
+    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "claims", "--no-html",
+                  "--build-dir", str(build))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "other_results=['" + str((build / "second" / "results").resolve()) + "']" in out.stdout
+    records = _check_claims_file(build / "results" / "claims.json")  # this build's claims only
+    assert [(r["chapter"], r["id"], r["model"], r["verdict"]) for r in records] == [
+        ("lama", "p_at_1", "Model A", "partly"), ("tracing", "aie", "Model A", "reproduced")]
+    nb = json.loads((build / "executed" / "claims.ipynb").read_text())
+    shown = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+                    for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+    assert "2 claims of this build" in shown and "1 from 1 other build(s)" in shown
+    assert "Model A" in shown and "Model B" in shown  # one verdict column per model
+    assert "0.1 [0.05, 0.15]" in shown and "0.52 [0.47, 0.57]" in shown  # B's tracing claim beside A's
+
+
 # --------------------------------------------------------------------------- the real book
 
 
@@ -259,3 +364,6 @@ def test_real_book_smoke_profile(repo_root, smoke_book):
     for nb in book.toc_notebooks(repo_root):
         assert (build / "executed" / nb).is_file(), nb
         assert (smoke_book / nb.with_suffix(".html")).is_file(), nb
+    assert book.toc_notebooks(repo_root)[-1] == Path("chapters/claims.ipynb")  # the Claims page closes the book
+    assert "Claims: what held up" in (smoke_book / "chapters" / "claims.html").read_text()
+    _check_claims_file(build / "results" / "claims.json")

@@ -22,6 +22,7 @@ from factlens.data import (
     MalformedDataError,
     Relation,
     ZsreCase,
+    files,
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -177,12 +178,50 @@ def test_zsre():
 
 
 @needs_data
-def test_wikitext_paragraphs():
-    paragraphs = list(data.corpus("wikitext", "valid"))
-    assert len(paragraphs) == 1_841
-    assert paragraphs[0].startswith("Homarus gammarus , known as the European lobster")
-    assert not any(p.startswith("= ") or p != p.strip() or not p for p in paragraphs)
-    assert len(list(data.corpus(split="test"))) == 2_185
+def test_wikitext_sentences_detokenized_without_unk():
+    sentences = list(data.corpus("wikitext", "valid"))
+    # the file's first paragraph: its first sentence holds <unk> and is dropped, the next two are kept
+    assert sentences[:3] == [
+        "It is closely related to the American lobster, H. americanus.",
+        "It may grow to a length of 60 cm (24 in) and a mass of 6 kilograms (13 lb), and bears a conspicuous "
+        "pair of claws.",
+        'In life, the lobsters are blue, only becoming "lobster red" on cooking.',
+    ]
+    assert len(sentences) == 2_749 and len(list(data.corpus(split="test"))) == 2_795
+    assert not any("<unk>" in s or " @" in s or " , " in s or s.endswith(" .") or s != s.strip() or not s
+                   for s in sentences)
+    assert not any(s.startswith("= ") or s.startswith("==") for s in sentences)
+    assert "Homarus gammarus is found across the north-eastern Atlantic Ocean from northern Norway to the Azores " \
+           "and Morocco, not including the Baltic Sea." in sentences
+
+
+def test_detokenize_hand_made_lines():
+    """The rules of lm-evaluation-harness's wikitext_detokenizer, one or two per line."""
+    cases = {
+        " the north @-@ eastern coast , 1 @,@ 000 km from the sea . \n":
+            " the north-eastern coast, 1,000 km from the sea.\n",
+        " weighs 0 @.@ 7 kg ( 1 @.@ 5 lb ) ; it is blue ! Is it ? Yes : red . \n":
+            " weighs 0.7 kg (1.5 lb); it is blue! Is it? Yes: red.\n",
+        ' the " lobster red " colour of [ cooked ] lobsters and { x } \n':
+            ' the "lobster red" colour of [cooked] lobsters and {x}\n',
+        " the lobster 's claws and the lobsters ' claws \n": " the lobster's claws and the lobsters' claws\n",
+        " 20 ° C at 57 ° N \n": " 20°C at 57°N\n",
+        " = = History = = \n": " == History ==\n",
+    }  # fmt: skip
+    for line, expected in cases.items():
+        assert data.detokenize(line) == expected, line
+
+
+def test_corpus_drops_headings_and_unk_sentences(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTLENS_DATA_DIR", str(tmp_path))
+    (tmp_path / "wikitext-2").mkdir()
+    (tmp_path / "wikitext-2" / "test.txt").write_text(
+        " \n = Lobster = \n \n It is a <unk> lobster . It is blue , not red . Is it big ? \n"
+        " = = Habitat = = \n Found in the U.S. and the north @-@ east . \n <unk> everywhere . \n"
+    )
+    assert list(data.corpus("wikitext", "test")) == [
+        "It is blue, not red.", "Is it big?", "Found in the U.S. and the north-east.",
+    ]
 
 
 # --------------------------------------------------------------------------- formats, no data needed
@@ -193,7 +232,8 @@ def test_original_format_fixture_normalizes():
     assert [c.case_id for c in cases] == [0, 2, 21918]
     first = cases[0]
     assert isinstance(first, CounterFactCase)
-    assert first.prompt == "The mother tongue of {} is" and first.filled_prompt == "The mother tongue of Danielle Darrieux is"
+    assert first.prompt == "The mother tongue of {} is"
+    assert first.filled_prompt == "The mother tongue of Danielle Darrieux is"
     assert (first.subject, first.target_new, first.target_true, first.relation_id) == (
         "Danielle Darrieux", "English", "French", "P103",
     )  # fmt: skip
@@ -257,7 +297,8 @@ def test_malformed_files_name_file_and_line(tmp_path, monkeypatch):
 
 def test_unknown_names_are_value_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTLENS_DATA_DIR", str(tmp_path))
-    with pytest.raises(ValueError, match="unknown LAMA corpus 'Wikidata'; valid names: TREx, Google_RE, Squad, ConceptNet"):
+    with pytest.raises(ValueError,
+                       match="unknown LAMA corpus 'Wikidata'; valid names: TREx, Google_RE, Squad, ConceptNet"):
         data.lama("Wikidata")
     with pytest.raises(ValueError, match="ParaRel has no patterns for relation 'P999'; it has: P1001, P101"):
         data.pararel_patterns("P999")
@@ -301,7 +342,7 @@ class FakeServer:
 def server(tmp_path, monkeypatch) -> FakeServer:
     monkeypatch.delenv("FACTLENS_DATA_DIR", raising=False)
     monkeypatch.setenv("FACTLENS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_verified", {})
+    monkeypatch.setattr(files, "_verified", {})
     fake = FakeServer()
     monkeypatch.setattr(urllib.request, "urlopen", fake)
     return fake
@@ -329,14 +370,14 @@ def test_download_cache_checksum_and_redownload(server, tmp_path):
     assert data.known_facts() == facts and server.calls == [KNOWN_URL]  # read from the cache
     assert not [p for p in cached.parent.iterdir() if "partial" in p.name]
 
-    data._verified.clear()  # a new process
+    files._verified.clear()  # a new process
     cached.write_bytes(cached.read_bytes()[:-5])  # damaged in place
     with pytest.warns(UserWarning, match="known_1000.json is not trusted because its SHA-256 differs"):
         assert data.known_facts() == facts
     assert server.calls == [KNOWN_URL, KNOWN_URL]
 
     sidecar.unlink()  # e.g. killed between the rename and the digest
-    data._verified.clear()
+    files._verified.clear()
     with pytest.warns(UserWarning, match="no recorded SHA-256"):
         assert data.known_facts() == facts
     assert len(server.calls) == 3 and sidecar.is_file()
@@ -406,6 +447,6 @@ def test_wikitext_from_hub_parquet(server):
     pq.write_table(pa.table({"text": lines}), buffer)
     url = "https://huggingface.co/datasets/Salesforce/wikitext/resolve/main/wikitext-2-v1/validation-00000-of-00001.parquet"
     server.files[url] = buffer.getvalue()
-    assert list(data.corpus("wikitext", "validation")) == ["Homarus gammarus is a lobster .", "It is blue ."]
-    assert list(data.corpus()) == ["Homarus gammarus is a lobster .", "It is blue ."]
+    assert list(data.corpus("wikitext", "validation")) == ["Homarus gammarus is a lobster.", "It is blue."]
+    assert list(data.corpus()) == ["Homarus gammarus is a lobster.", "It is blue."]
     assert server.calls == [url]

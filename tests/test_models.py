@@ -250,3 +250,16 @@ def test_top_tokens_are_the_argmax(tiny):
     assert [row[0] for row in v.top_tokens(["Dante was born in", "The capital of France is"])] == \
         [v.tokenizer.decode([t]) for t in best]
     assert v.label == v.name == view(tiny).name
+
+
+def test_importing_factlens_makes_idle_openmp_threads_sleep():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, factlens; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    kept = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True).stdout.strip()
+    assert kept == "ACTIVE"  # the user's choice wins

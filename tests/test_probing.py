@@ -8,8 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-
-from factlens import probing
+from factlens import lama_analysis, probing
 from factlens.data import LamaFact
 from factlens.models import load_model, view
 
@@ -155,18 +154,18 @@ def test_split_object_sample_matches_the_two_kinds_per_relation(tiny):
     """As many one-token as split objects from each relation that has both; others left out."""
     facts = [fact(s, "Paris") for s in ("France", "Gaul", "Lutetia")] + [fact("Danielle", "French"),
              fact("Ana", "Rome", relation="P103"), fact("Bo", "Eiffel Tower", relation="P17")]
-    sample = probing.split_object_sample(tiny, facts, per_relation=5, seed=0)
+    sample = lama_analysis.split_object_sample(tiny, facts, per_relation=5, seed=0)
     assert sorted(f.object for f in sample) == ["French", "Paris"]
     assert {f.relation for f in sample} == {"P36"}
-    assert probing.split_object_sample(tiny, facts, per_relation=5, seed=0) == sample  # seeded
+    assert lama_analysis.split_object_sample(tiny, facts, per_relation=5, seed=0) == sample  # seeded
     with pytest.raises(ValueError, match="per_relation"):
-        probing.split_object_sample(tiny, facts, per_relation=0)
+        lama_analysis.split_object_sample(tiny, facts, per_relation=0)
 
 
 def test_paraphrase_consistency_counts_agreeing_pairs():
     frame = pd.DataFrame({"relation": ["P36"] * 3, "uuid": ["f#0", "f#1", "f#2"], "template": ["a", "b", "c"],
                           "top": [["Paris"], ["Paris"], ["Lyon"]], "rank": [1, 1, 2]})
-    table = probing.consistency(probing.ProbeResult(frame))
+    table = lama_analysis.consistency(probing.ProbeResult(frame))
     assert table.loc["P36", "consistency"] == pytest.approx(100 / 3)  # 1 agreeing pair of 3
     assert table.loc["P36", "p_at_1_mean"] == pytest.approx(200 / 3)
 

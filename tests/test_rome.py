@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from factlens import rome
+from factlens import rome, second_moment
 from factlens.models import SubjectNotFoundError, load_model, view
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
@@ -90,9 +90,8 @@ def test_edit_writes_v_star_at_the_averaged_key(tiny):
         prompts = [t.replace("{}", REQUEST.text) for t in templates]
         last = torch.tensor([v.subject_span(p, REQUEST.subject).last for p in prompts])
         ids = v.batch(prompts).ids
-        hook = f"blocks.{FAST.layer}.mlp.hook_out"
-        _, cache = tiny.run_with_cache(ids, names_filter=lambda n: n == hook)
-        out = cache[hook][torch.arange(len(prompts)), last].mean(0)
+        out = v.capture(ids, [v.value_hook(FAST.layer)])[v.value_hook(FAST.layer)]
+        out = out[torch.arange(len(prompts)), last].mean(0)
         torch.testing.assert_close(out, e.info["v_star"], atol=1e-5, rtol=1e-4)
         assert e.info["delta"].norm() > 0
 
@@ -129,10 +128,9 @@ def test_layer_stats_is_the_second_moment_and_is_cached(tmp_path, monkeypatch):
     torch.testing.assert_close(C, C.T)
     assert torch.linalg.eigvalsh(C.double()).min() > -1e-6  # positive semi-definite
     # by hand: the same keys, from the same chunks (BOS left out)
-    chunks = rome._corpus_chunks(model, "wikitext", 32)
+    chunks = second_moment.corpus_chunks(model, "wikitext", 32)
     rows = [next(chunks) for _ in range(7)]  # 7 x 31 = 217 >= 200 keys
-    _, cache = model.run_with_cache(torch.tensor(rows), names_filter=lambda n: n == v.key_hook(1))
-    K = cache[v.key_hook(1)][:, 1:].reshape(-1, v.d_mlp)[:200].double()
+    K = v.capture(torch.tensor(rows), [v.key_hook(1)])[v.key_hook(1)][:, 1:].reshape(-1, v.d_mlp)[:200].double()
     torch.testing.assert_close(C.double(), K.T @ K / 200, atol=1e-6, rtol=1e-5)
     files = list((tmp_path / "layer_stats").glob("*.safetensors"))
     assert len(files) == 1
@@ -157,10 +155,7 @@ def gemma():
 
 
 def _top(model, prompt: str) -> str:
-    v = view(model)
-    batch = v.batch([prompt])
-    ids, lengths = batch.ids, batch.lengths
-    return v.tokenizer.decode([int(v.logits_at(ids, [int(lengths[0]) - 1])[0].argmax())]).strip()
+    return view(model).top_tokens([prompt])[0][0].strip()
 
 
 @pytest.mark.slow
@@ -178,3 +173,20 @@ def test_rome_rewrites_a_known_fact_and_leaves_an_unrelated_one(gemma):
         assert _top(gemma, unrelated) == before_unrelated
         assert e.info["target_prob"] > 0.5
     assert _top(gemma, request.text) == "Paris"
+
+
+# --------------------------------------------------------------------------- tuning and evaluation split
+
+
+def test_tuning_and_evaluation_cases_partition_counterfact_by_case_id():
+    from factlens import data
+
+    cases = data.counterfact()
+    tune, held = rome.tuning_cases(cases), rome.evaluation_cases(cases)
+    assert len(tune) + len(held) == len(cases)
+    assert {c.case_id for c in tune}.isdisjoint(c.case_id for c in held)
+    assert all(c.case_id % 10 == 0 for c in tune) and len(tune) == len(cases) // 10 + 1  # ids 0..21918
+    # a rule on the id, not a sample: any subset, in any order, splits the same way
+    subset = list(reversed(cases[:50]))
+    assert [c.case_id for c in rome.tuning_cases(subset)] == [c.case_id for c in subset if c.case_id % 10 == 0]
+    assert rome.is_tuning_case(687) is False and rome.is_tuning_case(690) is True

@@ -10,7 +10,15 @@ builder, ``python -m factlens.book``) does not pay for importing torch and Trans
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# Idle OpenMP threads sleep instead of spinning: two PyTorch processes on the same cores (a
+# notebook beside the book's build) then share them in proportion instead of slowing each
+# other several-fold (bench/bench_threads.py). OpenMP reads this once, when torch loads it, so
+# it only takes effect when factlens is imported before torch; the book's kernels and `make lab`
+# set it in their environment. A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
     from factlens.models import load_model

@@ -1,6 +1,10 @@
 """The cache: everything expensive, keyed by what produced it and checked before it is trusted.
 
-Lives under ``$FACTLENS_CACHE_DIR`` (default ``~/.cache/factlens``). Two kinds of entries:
+Lives under ``$FACTLENS_CACHE_DIR`` (default ``~/.cache/factlens``). Every file gets into place
+the same way: written to a temporary file beside it, then renamed onto it in one step
+(:func:`replacing`), so a reader sees the old file or the new one, never half of one;
+:func:`download` fetches a file that way, checking its length, digest and contents first.
+Two kinds of entries:
 
 * folders (a converted model): built in a temporary sibling, stamped with a manifest of
   file sizes and SHA-256 digests, then renamed into place in one step, so a killed build
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -43,6 +48,59 @@ def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+class DownloadError(OSError):
+    """A download failed (no connection, an HTTP error, a short read) or is not the pinned file."""
+
+
+@contextlib.contextmanager
+def replacing(dest: Path) -> Iterator[Path]:
+    """A temporary file beside ``dest`` (created empty), renamed onto ``dest`` when the body
+    succeeds and deleted when it raises (or the process dies: a ``.<name>.*.partial`` file is
+    all that can be left, never a half-written ``dest``)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download(url: str, dest: Path, *, sha256: str | None = None, check: Callable[[Path], object] | None = None,
+             timeout: float = 60) -> str:
+    """Download ``url`` to ``dest`` through :func:`replacing`; returns the file's SHA-256.
+
+    Before the file is renamed into place: its length must be the server's ``Content-Length``,
+    its digest ``sha256`` when one is pinned, and ``check(temporary path)`` must return (it
+    raises to reject the file; its exception propagates). A failure of the transfer or of the
+    digest raises :class:`DownloadError`; either way nothing is left behind and ``dest`` is untouched.
+    """
+    import urllib.request
+
+    with replacing(Path(dest)) as tmp:
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, tmp.open("wb") as out:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+                expected = response.headers.get("Content-Length") if response.headers else None
+            size = tmp.stat().st_size
+            if expected is not None and int(expected) != size:
+                raise DownloadError(f"the download was cut short: {size} of {expected} bytes")
+        except DownloadError:
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            raise DownloadError(str(err)) from err
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise DownloadError(f"SHA-256 {digest.hexdigest()} is not the pinned {sha256}")
+        if check is not None:
+            check(tmp)
     return digest.hexdigest()
 
 
@@ -132,7 +190,6 @@ def cached_tensors(
         path.unlink(missing_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in build().items()}
     meta = {"key": _key_text(key), "digest": _tensor_digest(tensors)}
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return tensors

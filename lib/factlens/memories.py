@@ -12,49 +12,33 @@ matrix. ``factlens.models.View.key_hook`` reads ``m`` for every architecture.
 
 The module follows the paper's sections:
 
-* triggers (section 3): :func:`trigger_search`/:func:`top_triggers` stream a corpus once and keep,
-  per key, the ``k`` prefixes with the highest coefficient; :func:`pattern_scores` replaces
-  the human annotators by two automatic measures (shallow: shared last token / bigram;
-  semantic: similarity of the prefixes in the model's own residual stream, surface-identical
-  pairs removed), each against random prefixes; :func:`removal_drops` removes a token;
+* triggers (section 3.1): :func:`trigger_search`/:func:`top_triggers` stream a corpus once and
+  keep, per key, the ``k`` prefixes with the highest coefficient (what the triggers share, and
+  which token makes a key fire, section 3.2, is in :mod:`factlens.memory_patterns`);
 * values (section 4): :func:`value_logits` projects a value to the vocabulary (the one place
   that decides how), :func:`value_agreement` compares its top token with the next token of
   the key's triggers;
-* aggregation (section 5): :func:`read_layers` reads, per layer, the memories and the
-  residual's predictions; :func:`composition_counts` and :func:`refinement_counts` turn them
-  into the paper's fractions.
+* one prediction: :func:`strongest_memories`, the memories that add the most at a prompt's
+  last token, and what they promote.
+
+Section 5 (aggregating memories: composition within a layer, refinement across layers) is in
+:mod:`factlens.memory_aggregation`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from factlens.cache import cached_tensors
-from factlens.models import view
-
-if TYPE_CHECKING:
-    from transformer_lens.model_bridge import TransformerBridge
-
-# The paper's numbers (Geva et al. 2021, 16-layer LM on WikiText-103, 4,096 memories per layer)
-GEVA2021 = {
-    "patterns_per_key": 3.6,  # human-annotated patterns among a key's top-25 triggers
-    "value_agreement_upper": 0.035,  # top value token == next token of top trigger, layers 11-16
-    "value_agreement_lower": 0.0,  # layers 1-10: almost never
-    "max_precision_at_50": 0.92,
-    "active_fraction": (0.10, 0.50),  # memories with a positive coefficient, per input
-    "composition_min": 0.68,  # layer top prediction differs from every memory's
-    "early_final_fraction": 1 / 3,  # final prediction already on top in the first layers
-}
-
+from factlens.models import Batch, Model, View, view
 
 # --------------------------------------------------------------------------- the corpus
 
@@ -71,7 +55,7 @@ class Corpus:
     name: str = "corpus"
 
     @classmethod
-    def from_texts(cls, model: TransformerBridge, texts: Sequence[str], max_tokens: int = 32, name: str = "corpus") -> Corpus:
+    def from_texts(cls, model: Model, texts: Sequence[str], max_tokens: int = 32, name: str = "corpus") -> Corpus:
         v = view(model)
         texts = [t for t in texts if t.strip()]
         ids = [v.token_ids(t)[:max_tokens] for t in texts]
@@ -114,23 +98,18 @@ class Corpus:
 
 def wikitext_sentences(n: int, name: str = "wikitext", split: str = "valid", min_words: int = 5,
                        seed: int = 0) -> list[str]:
-    """``n`` sentences of a WikiText split (``factlens.data.corpus``), shuffled with ``seed``.
-
-    Geva et al. take prefixes of training-set sentences (WikiText-103 train); headings and
-    sentences under ``min_words`` words are dropped.
+    """``n`` sentences of a WikiText split (``factlens.data.corpus``: detokenized, headings and
+    sentences with ``<unk>`` left out), shuffled with ``seed``; sentences under ``min_words``
+    words are dropped. Geva et al. take prefixes of training-set sentences (WikiText-103 train).
     """
     from factlens.data import corpus
 
-    sentences = []
-    for paragraph in corpus(name, split):  # headings and empty lines are already dropped
-        for s in re.split(r"(?<= \.) ", paragraph):
-            if len(s.split()) >= min_words:
-                sentences.append(s.strip())
+    sentences = [s.strip() for s in corpus(name, split) if len(s.split()) >= min_words]
     random.Random(seed).shuffle(sentences)
     return sentences[:n]
 
 
-def sample_keys(model: TransformerBridge, n_keys: int, layers: Iterable[int] | None = None, seed: int = 0) -> dict[int, list[int]]:
+def sample_keys(model: Model, n_keys: int, layers: Iterable[int] | None = None, seed: int = 0) -> dict[int, list[int]]:
     """``n_keys`` random key indices per layer (the paper samples 10 per layer), seeded."""
     v = view(model)
     rng = random.Random(seed)
@@ -146,7 +125,8 @@ class Triggers:
     """The top-``k`` trigger prefixes of some keys of one layer, best first.
 
     ``coefficient``, ``text``, ``position``: [n_keys, k]; ``representation``: [n_keys, k, d_model],
-    the residual stream after ``representation_layer`` at the prefix's last token.
+    the residual stream after ``representation_layer`` at the prefix's last token ([n_keys, k, 0]
+    when the search kept none).
     """
 
     layer: int
@@ -168,38 +148,8 @@ class TriggerSearch:
     representation_layer: int
 
 
-class _Stop(Exception):
-    pass
-
-
-def _pad(rows: Sequence[Sequence[int]], pad: int, device) -> torch.Tensor:
-    ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    return ids.to(device)
-
-
-def _capture(model: TransformerBridge, ids: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Run ``model`` until every hook in ``names`` has fired (never to the unembedding)."""
-    wanted, got = set(names), {}
-
-    def grabber(name: str):
-        def grab(x, hook):
-            got[name] = x.detach()
-            if len(got) == len(wanted):
-                raise _Stop
-        return grab
-
-    try:
-        with torch.no_grad(), model.hooks(fwd_hooks=[(n, grabber(n)) for n in wanted]):
-            model(ids)
-    except _Stop:
-        pass
-    return got
-
-
 def trigger_search(
-    model: TransformerBridge,
+    model: Model,
     keys: Mapping[int, Sequence[int]],
     corpus: Corpus,
     k: int = 25,
@@ -207,6 +157,7 @@ def trigger_search(
     batch_size: int = 32,
     representation_layer: int | None = None,
     n_random: int = 500,
+    representations: bool = True,
     seed: int = 0,
     progress: bool = True,
 ) -> TriggerSearch:
@@ -214,429 +165,336 @@ def trigger_search(
 
     Geva et al. section 3.1: the trigger examples of key k_i are the training prefixes x
     with the largest m_i = f(x . k_i). The corpus is streamed in batches; per key only a
-    running top-``k`` is kept (with the prefix's representation for :func:`pattern_scores`),
-    so memory does not grow with the corpus. Cached by model, keys, corpus and sizes.
+    running top-``k`` is kept (with the prefix's representation for :func:`pattern_scores`
+    when ``representations``; leave them out to search every key of every layer), so memory
+    does not grow with the corpus. Cached by model, keys, corpus and sizes.
     """
     v = view(model)
     for layer, ks in keys.items():
-        v.key_hook(layer)  # IndexError for a layer out of range
+        v.check_layer(layer)
         if not ks or min(ks) < 0 or max(ks) >= v.d_mlp:
             raise IndexError(f"keys of layer {layer} must be in 0..{v.d_mlp - 1}, got {list(ks)}")
     if k > corpus.n_prefixes:
         raise ValueError(f"k={k} is more than the corpus's {corpus.n_prefixes} prefixes; use a larger corpus")
-    rep_layer = v.n_layers // 2 if representation_layer is None else representation_layer
+    rep_layer = v.n_layers // 2 if representation_layer is None else v.check_layer(representation_layer)
     key = {"model": v.name, "keys": {str(l): list(ks) for l, ks in keys.items()}, "corpus": corpus.digest,
            "k": k, "representation_layer": rep_layer, "n_random": n_random, "seed": seed}
+    if not representations:
+        key["representations"] = False
 
     def build() -> dict[str, torch.Tensor]:
-        return _stream_triggers(model, keys, corpus, k, batch_size, rep_layer, n_random, seed, progress)
+        return _stream_triggers(v, keys, corpus, k=k, batch_size=batch_size, rep_layer=rep_layer,
+                                randoms=corpus.random_prefixes(n_random, seed), keep=representations,
+                                progress=progress)
 
     t = cached_tensors("memories-triggers", key, build)
     triggers = {
         l: Triggers(l, list(ks), t[f"{l}.coefficient"], t[f"{l}.text"], t[f"{l}.position"], t[f"{l}.representation"])
         for l, ks in keys.items()
     }
-    return TriggerSearch(triggers, t["random_prefixes"], t["random_representation"], t["mean_representation"], rep_layer)
+    return TriggerSearch(triggers, t["random_prefixes"], t["random_representation"], t["mean_representation"],
+                         rep_layer)
 
 
-def top_triggers(model: TransformerBridge, layer: int, keys: Sequence[int], corpus: Corpus, k: int = 25, **kwargs) -> Triggers:
+def top_triggers(model: Model, layer: int, keys: Sequence[int], corpus: Corpus, k: int = 25, **kwargs) -> Triggers:
     """The top-``k`` triggers of ``keys`` in one layer (see :func:`trigger_search`)."""
     return trigger_search(model, {layer: keys}, corpus, k, **kwargs).triggers[layer]
 
 
-def _stream_triggers(model: TransformerBridge, keys, corpus, k, batch_size, rep_layer, n_random, seed, progress):
-    v = view(model)
-    device = model.cfg.device
-    pad = v.tokenizer.pad_token_id or 0
+@dataclass
+class _BatchPrefixes:
+    """The prefixes of one batch of corpus texts, flattened to rows ``i * t + position``.
+
+    ``valid`` [b*t]: the row is a prefix (a real token after BOS); ``where`` [b*t, 2]: its
+    (text, position) in the corpus.
+    """
+
+    valid: torch.Tensor
+    where: torch.Tensor
+
+    @classmethod
+    def of(cls, batch: Batch, first_text: int) -> _BatchPrefixes:
+        b, t = batch.ids.shape
+        device = batch.ids.device
+        pos = torch.arange(t, device=device)
+        lengths = batch.lengths.to(device)
+        valid = (pos[None] >= 1) & (pos[None] < lengths[:, None])
+        texts = (first_text + torch.arange(b, device=device))[:, None].expand(b, t)
+        return cls(valid.reshape(-1), torch.stack([texts, pos[None].expand(b, t)], -1).reshape(-1, 2))
+
+    def rows_of(self, prefixes: torch.Tensor, first_text: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which of ``prefixes`` ([n, 2] (text, position)) fall in this batch, and their flattened rows."""
+        n_texts = len(self.valid) // width
+        inside = (prefixes[:, 0] >= first_text) & (prefixes[:, 0] < first_text + n_texts)
+        return inside, (prefixes[inside, 0] - first_text) * width + prefixes[inside, 1]
+
+
+@dataclass
+class _RunningTop:
+    """The ``k`` best prefixes seen so far for each key of one layer, best first.
+
+    ``coefficient`` [n_keys, k]; ``where`` [n_keys, k, 2] (text, position); ``representation``
+    [n_keys, k, d_model].
+    """
+
+    coefficient: torch.Tensor
+    where: torch.Tensor
+    representation: torch.Tensor
+
+    @classmethod
+    def empty(cls, n_keys: int, k: int, d_model: int, device: torch.device) -> _RunningTop:
+        return cls(torch.full((n_keys, k), -torch.inf, device=device),
+                   torch.full((n_keys, k, 2), -1, dtype=torch.long, device=device),
+                   torch.zeros(n_keys, k, d_model, device=device))
+
+    def update(self, m: torch.Tensor, where: torch.Tensor, representation: torch.Tensor) -> None:
+        """Merge a batch: ``m`` [n_keys, n] the coefficients of its ``n`` prefixes (-inf where no
+        prefix), ``where`` [n, 2] and ``representation`` [n, d_model] of those prefixes."""
+        k = self.coefficient.shape[1]
+        values = torch.cat([self.coefficient, m], 1)
+        top = values.topk(k, dim=1).indices  # < k: a prefix kept from before; >= k: prefix top - k of the batch
+        self.coefficient = values.gather(1, top)
+        self.where = _kept_or_new(self.where, where, top)
+        self.representation = _kept_or_new(self.representation, representation, top)
+
+
+def _kept_or_new(kept: torch.Tensor, new: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """Row ``top[i, j]`` of the concatenation [kept[i], new] for every key i and rank j, without
+    building the concatenation (``new`` is shared by every key): kept [n_keys, k, ...], new [n, ...]."""
+    k = kept.shape[1]
+    is_kept = (top < k).reshape(*top.shape, *([1] * (kept.dim() - 2)))
+    old = top.clamp(max=k - 1).reshape(*top.shape, *([1] * (kept.dim() - 2))).expand(-1, -1, *kept.shape[2:])
+    return torch.where(is_kept, kept.gather(1, old), new[(top - k).clamp(min=0)])
+
+
+@torch.no_grad()
+def _stream_triggers(v: View, keys: Mapping[int, Sequence[int]], corpus: Corpus, *, k: int, batch_size: int,
+                     rep_layer: int, randoms: torch.Tensor, keep: bool, progress: bool) -> dict[str, torch.Tensor]:
+    """One pass over ``corpus``: each key's running top-``k`` (:class:`_RunningTop`, with the
+    triggers' representations when ``keep``), the representation of the ``randoms`` prefixes,
+    and the mean representation of all prefixes."""
     rep_hook = v.resid_post_hook(rep_layer)
-    names = [v.key_hook(l) for l in keys] + [rep_hook]
-    index = {l: torch.tensor(ks, device=device) for l, ks in keys.items()}
-    best = {l: torch.full((len(ks), k), -torch.inf, device=device) for l, ks in keys.items()}
-    where = {l: torch.full((len(ks), k, 2), -1, dtype=torch.long, device=device) for l, ks in keys.items()}
-    reps = {l: torch.zeros(len(ks), k, v.d_model, device=device) for l, ks in keys.items()}
-    randoms = corpus.random_prefixes(n_random, seed)
+    hooks = {l: v.key_hook(l) for l in keys}
+    index = {l: torch.tensor(ks, device=v.device) for l, ks in keys.items()}
+    kept_width = v.d_model if keep else 0
+    tops = {l: _RunningTop.empty(len(ks), k, kept_width, v.device) for l, ks in keys.items()}
     random_rep = torch.zeros(len(randoms), v.d_model)
-    rep_sum, n_seen = torch.zeros(v.d_model, device=device), 0
+    rep_sum, n_seen = torch.zeros(v.d_model, device=v.device), 0
 
     for start in tqdm(range(0, len(corpus), batch_size), desc="trigger search", disable=not progress):
-        rows = corpus.ids[start : start + batch_size]
-        ids = _pad(rows, pad, device)
-        b, t = ids.shape
-        lengths = torch.tensor([len(r) for r in rows], device=device)
-        pos = torch.arange(t, device=device)
-        valid = ((pos[None] >= 1) & (pos[None] < lengths[:, None])).reshape(-1)  # [b*t]
-        # (text, position) of each flattened prefix
-        here = torch.stack([(start + torch.arange(b, device=device))[:, None].expand(b, t), pos[None].expand(b, t)], -1)
-        here = here.reshape(-1, 2)
-        acts = _capture(model, ids, names)
-        rep = acts[rep_hook].reshape(b * t, -1)
-        rep_sum += rep[valid].sum(0)
-        n_seen += int(valid.sum())
-        in_batch = (randoms[:, 0] >= start) & (randoms[:, 0] < start + b)
-        rows_here = (randoms[in_batch, 0] - start) * t + randoms[in_batch, 1]
-        random_rep[in_batch] = rep[rows_here.to(device)].cpu()
-        for l in keys:
-            m = acts[v.key_hook(l)][..., index[l]].reshape(b * t, -1).T  # [n_keys, b*t]
-            m = m.masked_fill(~valid[None], -torch.inf)
-            values = torch.cat([best[l], m], 1)
-            top = values.topk(k, dim=1).indices  # [n_keys, k]; < k: a kept trigger, >= k: a new prefix
-            kept, new = top < k, (top - k).clamp(min=0)
-            old = top.clamp(max=k - 1)
-            best[l] = values.gather(1, top)
-            where[l] = torch.where(kept[..., None], where[l].gather(1, old[..., None].expand(-1, -1, 2)), here[new])
-            reps[l] = torch.where(kept[..., None], reps[l].gather(1, old[..., None].expand(-1, -1, v.d_model)), rep[new])
+        batch = v.batch(corpus.ids[start : start + batch_size])
+        prefixes = _BatchPrefixes.of(batch, start)
+        acts = v.capture(batch.ids, [*hooks.values(), rep_hook])
+        rep = acts[rep_hook].reshape(prefixes.valid.shape[0], -1)
+        rep_sum += rep[prefixes.valid].sum(0)
+        n_seen += int(prefixes.valid.sum())
+        inside, rows = prefixes.rows_of(randoms, start, batch.ids.shape[1])
+        random_rep[inside] = rep[rows.to(v.device)].cpu()
+        for l, hook in hooks.items():
+            m = acts[hook][..., index[l]].reshape(len(prefixes.valid), -1).T  # [n_keys, b*t]
+            tops[l].update(m.masked_fill(~prefixes.valid[None], -torch.inf), prefixes.where, rep[:, :kept_width])
 
     out = {"random_prefixes": randoms, "random_representation": random_rep,
            "mean_representation": (rep_sum / max(n_seen, 1)).cpu()}
-    for l in keys:
-        out[f"{l}.coefficient"] = best[l].cpu()
-        out[f"{l}.text"] = where[l][..., 0].cpu()
-        out[f"{l}.position"] = where[l][..., 1].cpu()
-        out[f"{l}.representation"] = reps[l].cpu()
+    for l, top in tops.items():
+        out[f"{l}.coefficient"] = top.coefficient.cpu()
+        out[f"{l}.text"] = top.where[..., 0].cpu()
+        out[f"{l}.position"] = top.where[..., 1].cpu()
+        out[f"{l}.representation"] = top.representation.cpu()
     return out
 
 
-def key_coefficients(model: TransformerBridge, layer: int, key: int, ids: Sequence[int]) -> torch.Tensor:
+@torch.no_grad()
+def key_coefficients(model: Model, layer: int, key: int, ids: Sequence[int]) -> torch.Tensor:
     """The coefficient m_key at every position of one token sequence: [t]."""
     v = view(model)
-    x = torch.tensor([list(ids)], device=model.cfg.device)
-    return _capture(model, x, [v.key_hook(layer)])[v.key_hook(layer)][0, :, key].cpu()
+    hook = v.key_hook(layer)
+    return v.capture(v.batch([ids]).ids, [hook])[hook][0, :, key].cpu()
 
 
-# --------------------------------------------------------------------------- patterns
+# --------------------------------------------------------------------------- layers
 
 
-def _pair_agreement(labels: Sequence) -> float:
-    """P(two distinct members share a label) = sum_c n_c (n_c - 1) / (n (n - 1))."""
-    n = len(labels)
-    counts = Counter(labels).values()
-    return sum(c * (c - 1) for c in counts) / (n * (n - 1)) if n > 1 else float("nan")
+def nanmean(xs: Sequence[float]) -> float:
+    """The mean of ``xs`` with NaN left out (NaN when nothing is left)."""
+    return float(torch.tensor(list(xs), dtype=torch.float64).nanmean())
 
 
-def _mean_pair_cosine(reps: torch.Tensor, last: Sequence[int], mean: torch.Tensor) -> float:
-    """Mean cosine of the centered representations over pairs whose last tokens differ."""
-    x = torch.nn.functional.normalize(reps.float() - mean, dim=-1)
-    cos = x @ x.T
-    last_t = torch.tensor(list(last))
-    differ = last_t[:, None] != last_t[None, :]
-    return float(cos[differ].mean()) if differ.any() else float("nan")
+def layer_mean(series: Mapping[int, float]) -> float:
+    """The mean of a ``{layer: value}`` series over its layers, NaN layers left out (NaN if all are)."""
+    return nanmean(list(series.values()))
 
 
-def _surface(corpus: Corpus, prefixes: Iterable[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
-    last, bigram = [], []
-    for text, p in prefixes:
-        row = corpus.ids[text]
-        last.append(row[p])
-        bigram.append((row[p - 1], row[p]))
-    return last, bigram
+def paper_layer_split(n_layers: int, paper_first_upper: int, paper_layers: int = 16) -> int:
+    """The first upper layer (0-based) of an ``n_layers`` model for a split that Geva et al. make at
+    layer ``paper_first_upper`` (1-based) of their 16: the same relative depth,
+    ``round((paper_first_upper - 1) / paper_layers * n_layers)``. Their value agreement counts
+    layers 11-16 as upper (``paper_first_upper=11``: layer 11 of 18, 0-based); their patterns
+    are shallow in layers 1-9 and semantic in 10-16 (``paper_first_upper=10``)."""
+    if not 1 <= paper_first_upper <= paper_layers:
+        raise ValueError(f"paper_first_upper must be in 1..{paper_layers}, got {paper_first_upper}")
+    return round((paper_first_upper - 1) / paper_layers * n_layers)
 
 
-def pattern_scores(search: TriggerSearch, corpus: Corpus) -> dict[str, dict[int, float]]:
-    """Automatic stand-ins for the paper's annotators (section 3.2), per layer, with a null.
-
-    * shallow: the probability that two of a key's triggers end in the same token
-      (``shallow_last``) or the same two tokens (``shallow_bigram``),
-      sum_c n_c (n_c - 1) / (k (k - 1));
-    * semantic: the mean cosine similarity of two triggers' representations (residual stream
-      after ``search.representation_layer`` at the last token, minus its corpus mean),
-      over pairs whose last tokens differ, so that surface-identical pairs do not count.
-
-    The ``null_*`` entries apply the same measures to groups of ``k`` random prefixes.
-    """
-    out: dict[str, dict[int, float]] = {n: {} for n in ("shallow_last", "shallow_bigram", "semantic")}
-    mean = search.mean_representation
-    for l, tr in search.triggers.items():
-        last_s, bigram_s, sem_s = [], [], []
-        for i in range(len(tr.keys)):
-            last, bigram = _surface(corpus, zip(tr.text[i].tolist(), tr.position[i].tolist()))
-            last_s.append(_pair_agreement(last))
-            bigram_s.append(_pair_agreement(bigram))
-            sem_s.append(_mean_pair_cosine(tr.representation[i], last, mean))
-        out["shallow_last"][l] = _nanmean(last_s)
-        out["shallow_bigram"][l] = _nanmean(bigram_s)
-        out["semantic"][l] = _nanmean(sem_s)
-    k = next(iter(search.triggers.values())).coefficient.shape[1]
-    last, bigram = _surface(corpus, search.random_prefixes.tolist())
-    groups = range(0, len(last) - k + 1, k)
-    out["null"] = {
-        "shallow_last": _nanmean([_pair_agreement(last[g : g + k]) for g in groups]),
-        "shallow_bigram": _nanmean([_pair_agreement(bigram[g : g + k]) for g in groups]),
-        "semantic": _nanmean([_mean_pair_cosine(search.random_representation[g : g + k], last[g : g + k], mean)
-                              for g in groups]),
-    }
-    return out
+def lower_upper(series: Mapping[int, float], n_layers: int, first_upper: int | None = None) -> tuple[float, float]:
+    """The mean of a ``{layer: value}`` series over the lower layers and over the upper ones
+    (``first_upper`` and above; default: the upper half, ``n_layers // 2``), NaN left out."""
+    split = n_layers // 2 if first_upper is None else first_upper
+    return (layer_mean({l: x for l, x in series.items() if l < split}),
+            layer_mean({l: x for l, x in series.items() if l >= split}))
 
 
-def _nanmean(xs: Sequence[float]) -> float:
-    t = torch.tensor(xs, dtype=torch.float64)
-    return float(t[~t.isnan()].mean()) if (~t.isnan()).any() else float("nan")
-
-
-def pattern_table(model: TransformerBridge, search: TriggerSearch, corpus: Corpus, per_layer: int = 1, n_triggers: int = 3) -> list[dict]:
-    """Example keys as in the paper's Table 1: key, the automatic pattern, top triggers.
-
-    The pattern is the most common last token (shallow) when it ends at least a third of the
-    triggers, otherwise "no shared surface" (a candidate semantic pattern).
-    """
-    v = view(model)
-    rows = []
-    for l, tr in search.triggers.items():
-        order = sorted(range(len(tr.keys)), key=lambda i: -float(tr.coefficient[i, 0]))[:per_layer]
-        for i in order:
-            last, _ = _surface(corpus, zip(tr.text[i].tolist(), tr.position[i].tolist()))
-            token, count = Counter(last).most_common(1)[0]
-            share = count / len(last)
-            pattern = (f"ends in {v.tokenizer.decode([token])!r} ({share:.0%})" if share >= 1 / 3
-                       else "no shared surface")
-            triggers = [prefix_text(model, corpus, int(tr.text[i, j]), int(tr.position[i, j]))
-                        for j in range(n_triggers)]
-            rows.append({"key": f"k{tr.keys[i]} (layer {l})", "pattern": pattern, "triggers": triggers})
-    return rows
-
-
-def prefix_text(model: TransformerBridge, corpus: Corpus, text: int, position: int) -> str:
+def prefix_text(model: Model, corpus: Corpus, text: int, position: int) -> str:
     """A prefix as text, cut to its last 60 characters (the trigger is at its end)."""
     words = view(model).tokenizer.decode(corpus.ids[text][1 : position + 1])
     return "…" + words[-60:] if len(words) > 60 else words
 
 
-# --------------------------------------------------------------------------- token removal
-
-
-def remove_token(prefix: Sequence[int], which: str, rng: random.Random | None = None) -> list[int]:
-    """``prefix`` (BOS first) without its first, last or a random real token (section 3.2).
-
-    A prefix of one real token has nothing left to compare: it is refused.
-    """
-    if len(prefix) < 3:
-        raise ValueError(
-            f"token removal needs a prefix of at least two tokens after BOS, got {len(prefix) - 1}; "
-            "skip one-token prefixes"
-        )
-    n = len(prefix) - 1
-    drop = {"first": 1, "last": n}.get(which)
-    if drop is None:
-        if which != "random":
-            raise ValueError(f"which must be 'first', 'last' or 'random', got {which!r}")
-        drop = (rng or random.Random(0)).randint(1, n)
-    return [t for i, t in enumerate(prefix) if i != drop]
-
-
-def removal_drops(
-    model: TransformerBridge, search: TriggerSearch, corpus: Corpus, n_triggers: int = 5, seed: int = 0,
-    batch_size: int = 64, progress: bool = True,
-) -> dict[str, dict[int, float]]:
-    """Mean relative drop (m - m') / m of a key's coefficient when a token is removed from each
-    of its top ``n_triggers`` triggers, per layer, for ``first``, ``last`` and ``random``.
-
-    One-token triggers are skipped (see :func:`remove_token`).
-    """
-    v = view(model)
-    rng = random.Random(seed)
-    pad = v.tokenizer.pad_token_id or 0
-    jobs = []  # (layer, which, key, original coefficient, ids), in layer order
-    for l, tr in search.triggers.items():
-        for i, key in enumerate(tr.keys):
-            for j in range(min(n_triggers, tr.coefficient.shape[1])):
-                prefix = corpus.prefix(int(tr.text[i, j]), int(tr.position[i, j]))
-                m = float(tr.coefficient[i, j])
-                if len(prefix) >= 3 and m > 0:
-                    jobs += [(l, which, key, m, remove_token(prefix, which, rng)) for which in ("first", "last", "random")]
-    jobs.sort(key=lambda job: job[0])  # a batch then runs only up to its deepest layer
-    drops: dict[str, dict[int, list[float]]] = {w: {l: [] for l in search.triggers} for w in ("first", "last", "random")}
-    for s in tqdm(range(0, len(jobs), batch_size), desc="token removal", disable=not progress):
-        chunk = jobs[s : s + batch_size]
-        ids = _pad([job[4] for job in chunk], pad, model.cfg.device)
-        acts = _capture(model, ids, sorted({v.key_hook(job[0]) for job in chunk}))
-        for row, (l, which, key, m, p) in enumerate(chunk):
-            drops[which][l].append((m - float(acts[v.key_hook(l)][row, len(p) - 1, key])) / m)
-    return {which: {l: _nanmean(d) for l, d in per_layer.items()} for which, per_layer in drops.items()}
-
-
 # --------------------------------------------------------------------------- values
 
 
-def value_logits(model: TransformerBridge, layer: int, keys: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+def value_logits(model: Model, layer: int, keys: Sequence[int] | torch.Tensor | None = None, *,
+                 normed: bool = False) -> torch.Tensor:
     """Each value vector projected to the vocabulary: [n_keys, d_vocab] logits.
 
-    Geva et al. section 4 compute p_i = softmax(v_i E). We apply what the model applies to
-    a memory's contribution when it is the only one: the block's post-feedforward norm
-    (Gemma; identity for GPT-2 and Llama) to the value alone, then the final norm and the
-    unembedding: ``unembed(final_norm(mlp_post_norm(v_i)))``. Both norms rescale the
-    vector, so a positive coefficient m_i does not change the ranking of the tokens.
+    Geva et al. section 4: ``p_i = softmax(v_i E)``, the value times the output embedding
+    and nothing else: that is the default, and the projection every comparison with the
+    paper uses. ``normed=True`` is a labelled variant: what the model would make of the
+    value if it were the only thing in the residual stream, ``unembed(final_norm(
+    mlp_post_norm(v_i)))`` (Gemma's post-feedforward norm; identity for GPT-2 and Llama).
+    RMSNorm and LayerNorm do not only rescale: their per-dimension gains (and LayerNorm's
+    centring) change the direction of the vector, so the variant can rank tokens differently.
     """
     v = view(model)
     values = v.mlp_out_weight(layer)
     values = values if keys is None else values[torch.as_tensor(keys, device=values.device)]
     with torch.no_grad():
-        return v.to_logits(v.mlp_post_norm(layer, values[:, None]))[:, 0]
-
-
-def value_top_tokens(model: TransformerBridge, layer: int, top: int = 1, chunk: int = 256) -> torch.Tensor:
-    """The ``top`` tokens of every value of ``layer`` ([d_mlp, top]), cached per model and layer."""
-    v = view(model)
-
-    def build() -> dict[str, torch.Tensor]:
-        parts = [value_logits(model, layer, range(s, min(s + chunk, v.d_mlp))).topk(top, -1).indices
-                 for s in range(0, v.d_mlp, chunk)]
-        return {"top": torch.cat(parts)}
-
-    return cached_tensors("memories-values", {"model": v.name, "layer": layer, "top": top}, build)["top"]
-
-
-def value_agreement(model: TransformerBridge, search: TriggerSearch, corpus: Corpus) -> dict[str, dict]:
-    """Per layer: how often the value's top token is the next token of the key's top trigger
-    (``agreement``, the paper's Figure 4), the chance of that for a random next token of the
-    corpus (``baseline``), and per key the precision@k: the share of its ``k`` triggers whose
-    next token is the value's top token (the paper's Table 2 uses k = 50).
-    """
-    freq = corpus.next_token_frequency()
-    total = sum(freq.values())
-    out: dict[str, dict] = {"agreement": {}, "baseline": {}, "precision": {}, "top_token": {}}
-    for l, tr in search.triggers.items():
-        tops = value_logits(model, l, tr.keys).argmax(-1).tolist()
-        agree, base, prec = [], [], []
-        for i, top in enumerate(tops):
-            nexts = [corpus.next_token(int(t), int(p)) for t, p in zip(tr.text[i], tr.position[i])]
-            if nexts[0] is not None:
-                agree.append(float(nexts[0] == top))
-            base.append(freq[top] / total)
-            known = [n for n in nexts if n is not None]
-            prec.append(sum(n == top for n in known) / len(known) if known else float("nan"))
-        out["agreement"][l] = _nanmean(agree)
-        out["baseline"][l] = _nanmean(base)
-        out["precision"][l] = prec
-        out["top_token"][l] = tops
-    return out
-
-
-# --------------------------------------------------------------------------- aggregation
+        if normed:
+            return v.to_logits(v.mlp_post_norm(layer, values[:, None]))[:, 0]
+        return v.unembed(values[:, None])[:, 0]
 
 
 @dataclass
-class LayerReadout:
-    """Per example and layer, what section 5 needs (all [n_examples, n_layers] unless noted).
+class ValueTokens:
+    """The token each value of a layer promotes, by the sign of its coefficient ([d_mlp, top] each).
 
-    ``coefficients``: [n, n_layers, d_mlp]; ``ff_top``: top token of the FF output (as added
-    to the residual) through the final norm and unembedding; ``before_top``/``before_second``:
-    the residual's top two tokens before the FF (after attention); ``after_top``: after it;
-    ``final_top``: [n], the model's prediction.
+    A memory adds ``m_i v_i``: with m_i > 0 it promotes ``argmax(v_i E)`` (``positive``); in a
+    gated MLP m_i can be negative, and then it adds ``-|m_i| v_i`` and promotes
+    ``argmax(-v_i E)``, the value's bottom token (``negative``).
     """
 
-    coefficients: torch.Tensor
-    ff_top: torch.Tensor
-    before_top: torch.Tensor
-    before_second: torch.Tensor
-    after_top: torch.Tensor
-    final_top: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+    def promoted(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """The top token each memory promotes under ``coefficients`` ([..., d_mlp]): by the sign of m_i."""
+        return torch.where(coefficients >= 0, self.positive[:, 0], self.negative[:, 0])
 
 
-def read_layers(model: TransformerBridge, corpus: Corpus, prefixes: torch.Tensor, batch_size: int = 16,
-                progress: bool = True) -> LayerReadout:
-    """Run each prefix and read, at its last token, every layer's memories and predictions."""
+def value_tokens(model: Model, layer: int, top: int = 1, *, normed: bool = False, chunk: int = 256) -> ValueTokens:
+    """The ``top`` tokens of every value of ``layer`` and of its negation (:class:`ValueTokens`), by
+    :func:`value_logits`; one pass over the values, cached per model, layer, ``top`` and projection.
+
+    This is the expensive step of the chapter on a CPU: a [d_mlp, d_model] x [d_model, d_vocab]
+    product per layer (about 0.7 TFLOP for Gemma 3 270M's 2,048 values and 262,144 tokens).
+    """
     v = view(model)
-    pad = v.tokenizer.pad_token_id or 0
-    names = [h for l in range(v.n_layers) for h in (v.key_hook(l), v.mlp_out_hook(l), v.resid_post_hook(l))]
-    parts: dict[str, list] = {n: [] for n in ("m", "ff", "b1", "b2", "a1")}
-    for s in tqdm(range(0, len(prefixes), batch_size), desc="reading layers", disable=not progress):
-        rows = [corpus.prefix(t, p) for t, p in prefixes[s : s + batch_size].tolist()]
-        ids = _pad(rows, pad, model.cfg.device)
-        at = torch.tensor([len(r) - 1 for r in rows], device=ids.device)
-        acts = _capture(model, ids, names)
-        pick = lambda name: acts[name][torch.arange(len(rows)), at]  # noqa: E731
-        m = torch.stack([pick(v.key_hook(l)) for l in range(v.n_layers)], 1)
-        ff = torch.stack([pick(v.mlp_out_hook(l)) for l in range(v.n_layers)], 1)
-        after = torch.stack([pick(v.resid_post_hook(l)) for l in range(v.n_layers)], 1)
-        with torch.no_grad():
-            before2 = v.to_logits(after - ff).topk(2, -1).indices
-            parts["b1"].append(before2[..., 0].cpu())
-            parts["b2"].append(before2[..., 1].cpu())
-            parts["ff"].append(v.to_logits(ff).argmax(-1).cpu())
-            parts["a1"].append(v.to_logits(after).argmax(-1).cpu())
-        parts["m"].append(m.cpu())
-    after_top = torch.cat(parts["a1"])
-    return LayerReadout(torch.cat(parts["m"]), torch.cat(parts["ff"]), torch.cat(parts["b1"]),
-                        torch.cat(parts["b2"]), after_top, after_top[:, -1])
+    v.check_layer(layer)
+
+    def build() -> dict[str, torch.Tensor]:
+        pos, neg = [], []
+        for s in range(0, v.d_mlp, chunk):
+            logits = value_logits(model, layer, range(s, min(s + chunk, v.d_mlp)), normed=normed)
+            pos.append(logits.topk(top, -1).indices)
+            neg.append((-logits).topk(top, -1).indices)
+        return {"positive": torch.cat(pos), "negative": torch.cat(neg)}
+
+    key = {"model": v.name, "layer": layer, "top": top, "projection": "normed" if normed else "geva"}
+    t = cached_tensors("memories-value-tokens", key, build)
+    return ValueTokens(t["positive"], t["negative"])
 
 
-def composition_counts(coefficients: torch.Tensor, layer_top: torch.Tensor, memory_top: torch.Tensor) -> dict:
-    """Section 5.1 for one layer: ``coefficients`` [n, d_mlp], ``layer_top`` [n] (the FF output's
-    top token), ``memory_top`` [d_mlp] (each value's top token).
+@dataclass
+class ValueAgreement:
+    """Section 4 for the keys of a :class:`TriggerSearch`, per layer ``{layer: [per key]}``.
 
-    A memory is active when m_i > 0 (it adds its value). ``composed``: the fraction of
-    examples whose layer top token is the top token of no active memory; ``single``: the rest
-    (settled by one memory), with ``single_tokens`` counting which tokens those are.
+    ``agrees``: the value's top token is the next token of the key's top trigger (1/0; NaN when
+    the top trigger ends its text); ``chance``: the probability of that for the corpus's next
+    tokens (the top token's share of them); ``precision``: the share of the key's triggers whose
+    next token is the value's top token (the paper's Table 2 reads it at k = 50); ``top_token``.
     """
-    active = coefficients > 0
-    matches = active & (memory_top[None, :] == layer_top[:, None])
-    single = matches.any(1)
-    return {
-        "active_fraction": float(active.float().mean()),
-        "composed": float((~single).float().mean()),
-        "single": float(single.float().mean()),
-        "single_tokens": Counter(layer_top[single].tolist()),
-    }
+
+    agrees: dict[int, list[float]]
+    chance: dict[int, list[float]]
+    precision: dict[int, list[float]]
+    top_token: dict[int, list[int]]
+
+    @property
+    def agreement(self) -> dict[int, float]:
+        """Per layer, the share of keys whose value agrees (the paper's Figure 4)."""
+        return {l: nanmean(a) for l, a in self.agrees.items()}
+
+    @property
+    def baseline(self) -> dict[int, float]:
+        """Per layer, the mean chance of agreeing."""
+        return {l: nanmean(c) for l, c in self.chance.items()}
+
+    def flags(self, layers: Iterable[int]) -> list[float]:
+        """``agrees`` (1/0) of every key of ``layers`` whose top trigger has a next token."""
+        return [a for l in layers for a in self.agrees[l] if not math.isnan(a)]
 
 
-def refinement_counts(before_top: torch.Tensor, before_second: torch.Tensor, after_top: torch.Tensor,
-                      ff_top: torch.Tensor, final_top: torch.Tensor) -> dict[str, float]:
-    """Section 5.2 for one layer, all tensors [n]:
+def value_agreement(model: Model, search: TriggerSearch, corpus: Corpus, *, normed: bool = False) -> ValueAgreement:
+    """How often each key's value predicts the next token of its top trigger (Geva et al. section 4).
 
-    ``final``: fraction whose residual top token (after the layer) is already the model's
-    final prediction; ``changed``: fraction where the FF changes the residual's top token;
-    among those, the new top is the FF's own top (``to_ff_top``), the residual's runner-up
-    before the FF (``to_runner_up``; the "veto"), or another token (``to_other``); the three
-    sum to 1 (the FF's top wins when it is also the runner-up).
+    The value's top token is ``argmax(v_i E)`` (:func:`value_logits`; ``normed`` for the labelled
+    variant); from :func:`value_tokens` (every value of the layer, cached) when the search holds
+    most of a layer's keys, else from the search's keys alone.
     """
-    changed = after_top != before_top
-    n_changed = int(changed.sum())
-    to_ff = changed & (after_top == ff_top)
-    to_second = changed & ~to_ff & (after_top == before_second)
-    frac = (lambda mask: float(mask.sum()) / n_changed) if n_changed else (lambda mask: float("nan"))
-    return {
-        "final": float((after_top == final_top).float().mean()),
-        "changed": float(changed.float().mean()),
-        "to_ff_top": frac(to_ff),
-        "to_runner_up": frac(to_second),
-        "to_other": frac(changed & ~to_ff & ~to_second),
-    }
-
-
-def aggregation(model: TransformerBridge, readout: LayerReadout, composition_layers: Iterable[int] | None = None,
-                progress: bool = True) -> dict[str, dict]:
-    """:func:`refinement_counts` for every layer, :func:`composition_counts` for
-    ``composition_layers`` (default: all).
-
-    Composition needs the top token of all the layer's values (:func:`value_top_tokens`,
-    cached): a [d_mlp, d_model] x [d_model, d_vocab] product, the costly part on a CPU.
-    """
-    n_layers = view(model).n_layers
-    out: dict[str, dict] = {}
-    for l in range(n_layers):
-        ref = refinement_counts(readout.before_top[:, l], readout.before_second[:, l], readout.after_top[:, l],
-                                readout.ff_top[:, l], readout.final_top)
-        for name, value in ref.items():
-            out.setdefault(name, {})[l] = value
-    layers = range(n_layers) if composition_layers is None else composition_layers
-    for l in tqdm(list(layers), desc="value tokens", disable=not progress):
-        comp = composition_counts(readout.coefficients[:, l], readout.ff_top[:, l], value_top_tokens(model, l)[:, 0])
-        for name, value in comp.items():
-            out.setdefault(name, {})[l] = value
+    v = view(model)
+    freq = corpus.next_token_frequency()
+    total = sum(freq.values())
+    out = ValueAgreement({}, {}, {}, {})
+    for l, tr in search.triggers.items():
+        if len(tr.keys) > v.d_mlp // 4:
+            tops = value_tokens(model, l, normed=normed).positive[tr.keys, 0].tolist()
+        else:
+            tops = value_logits(model, l, tr.keys, normed=normed).argmax(-1).tolist()
+        agrees, prec = [], []
+        for i, top in enumerate(tops):
+            nexts = [corpus.next_token(int(t), int(p)) for t, p in zip(tr.text[i], tr.position[i])]
+            agrees.append(math.nan if nexts[0] is None else float(nexts[0] == top))
+            known = [n for n in nexts if n is not None]
+            prec.append(sum(n == top for n in known) / len(known) if known else math.nan)
+        out.agrees[l], out.precision[l], out.top_token[l] = agrees, prec, tops
+        out.chance[l] = [freq[top] / total for top in tops]
     return out
 
 
-def strongest_memories(model: TransformerBridge, prompt: str, top: int = 3, n_tokens: int = 5) -> list[dict]:
-    """Per layer, the ``top`` memories with the highest coefficient at the prompt's last token
-    and the tokens their values promote (LM-Debugger's view of one prediction)."""
+# --------------------------------------------------------------------------- one prediction
+
+
+@torch.no_grad()
+def strongest_memories(model: Model, prompt: str, top: int = 3, n_tokens: int = 5, *,
+                       normed: bool = False) -> list[dict]:
+    """Per layer, the ``top`` memories that add the most at the prompt's last token, ranked by the
+    size of their contribution ``|m_i| ||v_i||`` (LM-Debugger's view of one prediction), with the
+    signed coefficient and the tokens the memory promotes: the top of ``v_i E`` when m_i > 0, of
+    ``-v_i E`` when m_i < 0 (:func:`value_logits`; ``normed`` for the labelled variant)."""
+    if not prompt or not prompt.strip():
+        raise ValueError("the prompt is empty: write the text whose next token the memories predict")
+    if top < 1 or n_tokens < 1:
+        raise ValueError(f"top and n_tokens must be at least 1, got {top} and {n_tokens}")
     v = view(model)
-    ids = torch.tensor([v.token_ids(prompt)], device=model.cfg.device)
-    acts = _capture(model, ids, [v.key_hook(l) for l in range(v.n_layers)])
+    acts = v.capture(v.batch([prompt]).ids, [v.key_hook(l) for l in range(v.n_layers)])
     rows = []
     for l in range(v.n_layers):
         m = acts[v.key_hook(l)][0, -1]
-        best = m.topk(top)
-        tokens = value_logits(model, l, best.indices).topk(n_tokens, -1).indices
-        for key, coef, toks in zip(best.indices.tolist(), best.values.tolist(), tokens.tolist()):
-            rows.append({"layer": l, "key": key, "coefficient": coef,
+        size = m.abs() * v.mlp_out_weight(l).norm(dim=-1).to(m.device)
+        best = size.topk(min(top, len(size))).indices
+        logits = value_logits(model, l, best, normed=normed) * m[best].sign()[:, None]
+        tokens = logits.topk(n_tokens, -1).indices
+        for key, toks in zip(best.tolist(), tokens.tolist()):
+            rows.append({"layer": l, "key": key, "coefficient": float(m[key]),
                          "promotes": [v.tokenizer.decode([t]) for t in toks]})
     return rows

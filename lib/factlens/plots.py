@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: F401  (used by every section)
 # --- LAMA (chapter 1) ---------------------------------------------------------------------
 
 
-def plot_lama_comparison(ours: dict, paper: dict, model_label: str = "ours", paper_label: str = "BERT-large") -> "plt.Figure":
+def plot_lama_comparison(ours: dict, paper: dict, model_label: str = "ours",
+                         paper_label: str = "BERT-large") -> "plt.Figure":
     """P@1 per row of the paper's table: our bar beside the paper's (``{row: P@1 %}``; rows
     missing on either side are left empty)."""
     import numpy as np
@@ -95,7 +96,8 @@ def plot_trigger_patterns(scores: dict) -> "plt.Figure":
     a.set_title("shallow: triggers share their ending")
     a.set_ylabel("P(two triggers share it)")
     a.legend(fontsize=8)
-    _memory_layer_lines(b, {"triggers (different last tokens)": scores["semantic"]}, {"triggers (different last tokens)": {"c": "C2"}})
+    _memory_layer_lines(b, {"triggers (different last tokens)": scores["semantic"]},
+                        {"triggers (different last tokens)": {"c": "C2"}})
     b.axhline(null["semantic"], ls="--", c="C2", lw=1, label="random prefixes")
     b.set_title("semantic: similar in the model's residual stream")
     b.set_ylabel("mean cosine (centered)")
@@ -116,33 +118,37 @@ def plot_removal_drops(drops: dict) -> "plt.Figure":
     return fig
 
 
-def plot_value_agreement(agreement: dict, baseline: dict, paper_upper: float = 0.035) -> "plt.Figure":
+def plot_value_agreement(agreement: dict, baseline: dict, paper_upper: float) -> "plt.Figure":
     """Share of keys whose value's top token is the next token of the key's top trigger,
-    per layer, against chance and the paper's upper-layer level."""
+    per layer, against chance and the paper's upper-layer level (``factlens.memories.value_agreement``)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    _memory_layer_lines(ax, {"value top token = next token of top trigger": agreement, "chance (corpus frequency)": baseline},
-                 {"chance (corpus frequency)": {"ls": "--"}})
-    ax.axhline(paper_upper, c="k", ls=":", lw=1, label="Geva et al., upper layers (~3.5%)")
+    _memory_layer_lines(ax, {"value top token = next token of top trigger": agreement,
+                             "chance (corpus frequency)": baseline}, {"chance (corpus frequency)": {"ls": "--"}})
+    ax.axhline(paper_upper, c="k", ls=":", lw=1, label=f"Geva et al., upper layers (~{paper_upper:.1%})")
     ax.set_ylabel("agreement")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_memory_aggregation(agg: dict, paper_active: tuple = (0.10, 0.50), paper_composed: float = 0.68) -> "plt.Figure":
-    """Left: active memories and composed predictions per layer; right: the residual's
-    refinement (already final) and, when the FF changes the top token, what it becomes."""
+def plot_memory_aggregation(agg: dict, paper_active: tuple[float, float], paper_composed: float) -> "plt.Figure":
+    """Left: active memories (m_i != 0), negative ones, the share carrying 90% of the output and
+    composed predictions per layer; right: the residual's refinement (already final) and, when
+    the FF changes the top token, what it becomes (``factlens.memory_aggregation.aggregation``)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
-    _memory_layer_lines(a, {"active memories (m_i > 0)": agg["active_fraction"],
-                     "top differs from every memory's": agg["composed"]})
-    a.axhspan(*paper_active, color="C0", alpha=0.1, label="Geva: active 10-50%")
-    a.axhline(paper_composed, c="C1", ls=":", label="Geva: composed >= 68%")
-    a.set_ylim(0, 1)
+    _memory_layer_lines(a, {"active memories (m_i != 0)": agg["active_fraction"],
+                            "negative coefficients (m_i < 0)": agg["negative_fraction"],
+                            "memories carrying 90% of the output": agg["mass_fraction"],
+                            "top differs from every memory's": agg["composed"]})
+    a.axhspan(*paper_active, color="C0", alpha=0.1, label=f"Geva: active {paper_active[0]:.0%}-{paper_active[1]:.0%}")
+    a.axhline(paper_composed, c="C3", ls=":", label=f"Geva: composed >= {paper_composed:.0%}")
+    a.set_ylim(0, 1.02)
     a.set_title("composition")
     a.legend(fontsize=7)
     _memory_layer_lines(b, {"residual top = final prediction": agg["final"], "FF changes the top": agg["changed"],
-                     "... to the FF's own top": agg["to_ff_top"], "... to the runner-up (veto)": agg["to_runner_up"],
-                     "... to another token": agg["to_other"]})
+                            "... to the FF's own top": agg["to_ff_top"],
+                            "... to the runner-up (veto)": agg["to_runner_up"],
+                            "... to another token": agg["to_other"]})
     b.set_ylim(0, 1)
     b.set_title("refinement of the residual")
     b.legend(fontsize=7)

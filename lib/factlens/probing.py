@@ -33,11 +33,10 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import string
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -48,25 +47,7 @@ from tqdm.auto import tqdm
 
 from factlens import data
 from factlens.data import LamaFact
-from factlens.models import View, view
-
-#: Petroni et al. 2019, Table 2 (P@1, %). ``None`` where the paper has no number.
-PAPER_P_AT_1: dict[str, dict[str, float]] = {
-    "BERT-large": {"T-REx 1-1": 74.5, "T-REx N-1": 34.2, "T-REx N-M": 24.3, "T-REx": 32.3,
-                   "Google-RE place_of_birth": 16.1, "Google-RE date_of_birth": 1.4,
-                   "Google-RE place_of_death": 14.0, "Google-RE": 10.5, "ConceptNet": 19.2, "SQuAD": 17.4},
-    "BERT-base": {"T-REx 1-1": 68.0, "T-REx N-1": 32.4, "T-REx N-M": 24.7, "T-REx": 31.1, "Google-RE": 9.8,
-                  "ConceptNet": 15.6, "SQuAD": 14.1},
-    "Transformer-XL": {"T-REx": 18.3},
-    "fconv": {"T-REx": 8.9},
-    "ELMo": {"T-REx": 4.7},
-    "ELMo 5.5B": {"T-REx": 7.1},
-    "Freq": {"T-REx 1-1": 1.78, "T-REx N-1": 23.85, "T-REx N-M": 21.95, "T-REx": 22.0,
-             "Google-RE place_of_birth": 4.6, "Google-RE date_of_birth": 1.9,
-             "Google-RE place_of_death": 6.8, "Google-RE": 4.4},
-    "RE_o": {"T-REx": 33.8, "Google-RE": 7.6},
-    "DrQA": {"SQuAD": 37.5},
-}
+from factlens.models import Model, View, view
 
 #: Corpora whose "template" is a masked sentence with no subject slot.
 SENTENCE_CORPORA = ("Squad", "ConceptNet")
@@ -113,14 +94,15 @@ def cloze(template: str, subject: str = "", *, needs_subject: bool = True) -> Cl
     return Cloze(prefix=head.rstrip(), space=head != head.rstrip() or not head, suffix=suffix)
 
 
-def _fact_cloze(fact: LamaFact) -> Cloze:
+def fact_cloze(fact: LamaFact) -> Cloze:
+    """A LAMA fact's cloze statement (SQuAD's and ConceptNet's masked sentences have no subject slot)."""
     return cloze(fact.template, fact.subject, needs_subject=fact.corpus not in SENTENCE_CORPORA)
 
 
 # --------------------------------------------------------------------------- candidates
 
 
-def vocabulary_tokens(model: Any, words: Sequence[str] | None = None, *, space: bool = True) -> dict[int, str]:
+def vocabulary_tokens(model: Model, words: Sequence[str] | None = None, *, space: bool = True) -> dict[int, str]:
     """LAMA's common vocabulary (or ``words``) mapped to single tokens of the model.
 
     A word survives when it is one token as a continuation (``' Paris'`` with ``space``);
@@ -167,19 +149,11 @@ class _Candidates:
 # --------------------------------------------------------------------------- scoring
 
 
-def _pad(rows: list[list[int]], pad: int, device) -> torch.Tensor:
-    ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    return ids.to(device)
-
-
 @torch.no_grad()
 def _next_token_logprobs(v: View, prefixes: list[list[int]]) -> torch.Tensor:
     """log P(. | prefix) over the full vocabulary at each prefix's last position: [b, vocab]."""
-    ids = _pad(prefixes, v.tokenizer.pad_token_id or 0, v.model.cfg.device)
-    last = torch.tensor([len(p) - 1 for p in prefixes])
-    return v.logits_at(ids, last).float().log_softmax(-1)
+    batch = v.batch(prefixes)
+    return v.logits_at(batch.ids, batch.last).float().log_softmax(-1)
 
 
 @torch.no_grad()
@@ -190,7 +164,7 @@ def _continuation_logprobs(v: View, prefixes: list[list[int]], continuations: li
     Logits are computed only at the positions that predict a continuation token.
     """
     rows = [p + c for p, c in zip(prefixes, continuations)]
-    hidden = v.final_hidden(_pad(rows, v.tokenizer.pad_token_id or 0, v.model.cfg.device))
+    hidden = v.final_hidden(v.batch(rows).ids)
     seq, pos, tgt = [], [], []
     for i, (p, c) in enumerate(zip(prefixes, continuations)):
         for t, token in enumerate(c):
@@ -253,7 +227,7 @@ def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, 
     """Rank each fact's candidates (see :func:`probe`). Facts of every template share a batch,
     sorted by prompt length so that batches carry little padding; the next-token logits are
     read at each prefix's last position only, and a re-scored continuation's at its own tokens."""
-    clozes = {id(f): _fact_cloze(f) for f in facts}
+    clozes = {id(f): fact_cloze(f) for f in facts}
     prefix_ids = {id(f): v.token_ids(clozes[id(f)].prefix) for f in facts}
     ordered = sorted(facts, key=lambda f: len(prefix_ids[id(f)]))
     out = []
@@ -364,7 +338,7 @@ class ProbeResult:
     def paper_rows(self) -> pd.Series:
         """P@1 (%) in the rows of the paper's Table 2: T-REx by relation type and in total,
         Google-RE by relation and in total, ConceptNet, SQuAD (NaN where there are no facts);
-        the keys of :data:`PAPER_P_AT_1`'s rows."""
+        the rows of ``factlens.claims.paper_table("lama.p_at_1.BERT-large")``."""
         rows: dict[str, float] = {}
         trex = self.frame[self.frame["corpus"] == "TREx"]  # Google-RE's relations are typed N-1 too
         types = ProbeResult(trex).by("relation_type")["p_at_1"] if len(trex) else pd.Series(dtype=float)
@@ -439,7 +413,7 @@ def _check_facts(facts: Sequence[LamaFact], k: int = 1, rescore: int = 1) -> lis
         raise ValueError("no facts to probe: pass a non-empty list of LamaFact (e.g. factlens.data.lama('TREx'))")
     types = relation_types()
     for f in facts:
-        _fact_cloze(f)
+        fact_cloze(f)
         _type_of(f, types)
     return facts
 
@@ -447,7 +421,7 @@ def _check_facts(facts: Sequence[LamaFact], k: int = 1, rescore: int = 1) -> lis
 # --------------------------------------------------------------------------- probing
 
 
-def probe(model: Any, facts: Sequence[LamaFact], k: int = 10, vocab: str = "common", *, rescore: int = 10,
+def probe(model: Model, facts: Sequence[LamaFact], k: int = 10, vocab: str = "common", *, rescore: int = 10,
           suffix_tokens: int | None = 8, batch_size: int = 32, progress: bool = True) -> ProbeResult:
     """LAMA's probe on a causal LM: rank every candidate token as the object of each fact.
 
@@ -471,7 +445,7 @@ def probe(model: Any, facts: Sequence[LamaFact], k: int = 10, vocab: str = "comm
     v = view(model)
     types = relation_types()
     spaced: dict[bool, _Candidates] = {}
-    for space in {_fact_cloze(f).space for f in facts}:
+    for space in {fact_cloze(f).space for f in facts}:
         if vocab == "common":
             spaced[space] = _Candidates.of_tokens(vocabulary_tokens(model, space=space))
         else:
@@ -481,7 +455,7 @@ def probe(model: Any, facts: Sequence[LamaFact], k: int = 10, vocab: str = "comm
     skipped: list[tuple[LamaFact, str]] = []
     keep = []
     for f in facts:
-        space = _fact_cloze(f).space
+        space = fact_cloze(f).space
         ids = v.tokenizer((" " if space else "") + f.object, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             skipped.append((f, f"object split into {len(ids)} tokens"))
@@ -507,7 +481,7 @@ def relation_objects(facts: Iterable[LamaFact]) -> dict[str, list[str]]:
     return {r: [o for o, _ in sorted(c.items(), key=lambda x: (-x[1], x[0]))] for r, c in counts.items()}
 
 
-def probe_objects(model: Any, facts: Sequence[LamaFact], k: int = 10, *, objects: dict[str, list[str]] | None = None,
+def probe_objects(model: Model, facts: Sequence[LamaFact], k: int = 10, *, objects: dict[str, list[str]] | None = None,
                   rescore: int = 10, suffix_tokens: int | None = 8, batch_size: int = 32,
                   progress: bool = True) -> ProbeResult:
     """Rank each fact's relation's candidate objects by their whole token sequence.
@@ -539,30 +513,6 @@ def probe_objects(model: Any, facts: Sequence[LamaFact], k: int = 10, *, objects
         return len(v.target_ids(f.object)) == 1
 
     return ProbeResult(_frame(ranked, types, single, facts), method="probe_objects")
-
-
-def split_object_sample(model: Any, facts: Iterable[LamaFact], per_relation: int, seed: int = 0) -> list[LamaFact]:
-    """Matched facts for comparing single-token with multi-token objects under :func:`probe_objects`.
-
-    For each relation with objects that the model's tokenizer splits: ``n`` facts whose object
-    is one token and ``n`` whose object is several, ``n = min(per_relation, available of each)``,
-    drawn with ``seed``. Both kinds then come from the same relations in the same numbers, so
-    the difference between their P@1 is about the objects, not about which relations have
-    split objects (most of Google-RE's, for instance, are birth years).
-    """
-    if per_relation < 1:
-        raise ValueError(f"per_relation must be at least 1, got {per_relation}")
-    v = view(model)
-    kinds: dict[str, dict[bool, list[LamaFact]]] = defaultdict(lambda: {True: [], False: []})
-    for f in facts:
-        kinds[f.relation][len(v.target_ids(f.object)) == 1].append(f)
-    rng = random.Random(seed)
-    sample: list[LamaFact] = []
-    for relation in sorted(kinds):
-        single, split = kinds[relation][True], kinds[relation][False]
-        n = min(per_relation, len(single), len(split))
-        sample += rng.sample(single, n) + rng.sample(split, n)
-    return sample
 
 
 # --------------------------------------------------------------------------- facts and baselines
@@ -610,135 +560,7 @@ def freq_baseline(facts: Sequence[LamaFact], reference: Sequence[LamaFact] | Non
     return ProbeResult(_frame(ranked, types, lambda f: True), method="Freq")
 
 
-def evidence_facts(facts: Iterable[LamaFact]) -> list[LamaFact]:
-    """The facts re-posed as their first evidence sentence that names the subject, object masked.
-
-    A stand-in for the paper's oracle relation extractor (RE_o), which reads the sentences
-    that express the fact: here the model reads such a sentence (``[X]`` where the subject is
-    written, ``[Y]`` where the object was) and fills in the object. Unlike RE_o it never sees
-    the object; it measures how much the fact's real context helps. Facts without such a
-    sentence are left out.
-    """
-    out = []
-    for f in facts:
-        for sentence in f.evidences:
-            if "[MASK]" in sentence and f.subject and f.subject in sentence:
-                template = sentence.replace(f.subject, "[X]", 1).replace("[MASK]", "[Y]")
-                out.append(replace(f, template=template, evidences=()))
-                break
-    return out
-
-
-# --------------------------------------------------------------------------- analyses
-
-
-def reliability(result: ProbeResult, bins: int = 10) -> pd.DataFrame:
-    """P@1 against the model's confidence (the probability of its top prediction), in equal-count
-    bins: a reliability table (a calibrated model has P@1 = 100 * confidence in every bin)."""
-    f = result.frame
-    q = pd.qcut(f["confidence"].rank(method="first"), min(bins, len(f)), labels=False)
-    table = f.assign(bin=q, correct=(f["rank"] == 1) * 100.0).groupby("bin").agg(
-        confidence=("confidence", "mean"), p_at_1=("correct", "mean"), n=("rank", "size"))
-    return table
-
-
-def correlation(result: ProbeResult, values: pd.Series | Sequence[float]) -> dict[str, float]:
-    """Spearman's rank correlation between a per-fact quantity and being right (rank 1)."""
-    from scipy.stats import spearmanr
-
-    values = np.asarray(values, dtype=float)
-    correct = (result.frame["rank"].to_numpy() == 1).astype(float)
-    ok = np.isfinite(values)
-    if ok.sum() < 3 or correct[ok].std() == 0 or values[ok].std() == 0:
-        return {"spearman": math.nan, "p_value": math.nan, "n": int(ok.sum())}
-    rho, p = spearmanr(values[ok], correct[ok])
-    return {"spearman": float(rho), "p_value": float(p), "n": int(ok.sum())}
-
-
-def binned_p_at_1(result: ProbeResult, values: pd.Series | Sequence[float], bins: int = 5) -> pd.DataFrame:
-    """P@1 per equal-count bin of a per-fact quantity (object frequency, similarity, ...)."""
-    f = result.frame.assign(value=np.asarray(values, dtype=float), correct=(result.frame["rank"] == 1) * 100.0)
-    f = f[np.isfinite(f["value"])]
-    q = pd.qcut(f["value"].rank(method="first"), min(bins, len(f)), labels=False)
-    return f.assign(bin=q).groupby("bin").agg(value=("value", "mean"), low=("value", "min"), high=("value", "max"),
-                                              p_at_1=("correct", "mean"), n=("rank", "size"))
-
-
-def object_frequency(objects: Iterable[str], texts: Iterable[str], max_words: int = 3) -> dict[str, int]:
-    """How often each object is mentioned in a text corpus (whole words, case-sensitive).
-
-    The paper counts mentions in the models' training corpus; we count them in the texts
-    given (the book uses WikiText). Objects longer than ``max_words`` words count 0.
-    """
-    wanted = {o for o in objects}
-    counts: Counter = Counter()
-    for text in texts:
-        words = re.findall(r"\w+|[^\w\s]", text)
-        for n in range(1, max_words + 1):
-            for i in range(len(words) - n + 1):
-                gram = " ".join(words[i : i + n])
-                if gram in wanted:
-                    counts[gram] += 1
-    tokenized = {o: " ".join(re.findall(r"\w+|[^\w\s]", o)) for o in wanted}
-    return {o: counts[t] for o, t in tokenized.items()}
-
-
-@torch.no_grad()
-def subject_object_similarity(model: Any, result: ProbeResult) -> np.ndarray:
-    """Cosine similarity of the subject's and the object's input embeddings (each the mean over
-    its tokens), per fact of ``result``; NaN for facts without a subject (SQuAD)."""
-    v = view(model)
-    table = model.original_model.get_input_embeddings().weight
-
-    def vec(text: str) -> torch.Tensor:
-        return table[torch.tensor(v.target_ids(text), device=table.device)].float().mean(0)
-
-    sims = []
-    for subject, obj in zip(result.frame["subject"], result.frame["object"]):
-        sims.append(float(torch.cosine_similarity(vec(subject), vec(obj), dim=0)) if subject.strip() else math.nan)
-    return np.array(sims)
-
-
-def paraphrase_facts(facts: Iterable[LamaFact], patterns: dict[str, list[str]] | None = None) -> list[LamaFact]:
-    """Each fact asked with each of its relation's ParaRel patterns (uuid ``<uuid>#<pattern index>``).
-
-    ``patterns`` defaults to :func:`factlens.data.pararel_patterns` for the relations ParaRel has.
-    """
-    out = []
-    for f in facts:
-        if patterns is not None:
-            mine = patterns.get(f.relation, [])
-        else:
-            mine = data.pararel_patterns(f.relation) if f.relation in data.PARAREL_RELATIONS else []
-        out += [replace(f, template=p, uuid=f"{f.uuid}#{j}") for j, p in enumerate(mine)]
-    return out
-
-
-def consistency(result: ProbeResult) -> pd.DataFrame:
-    """ParaRel's consistency per relation: the share of pattern pairs that give the same top-1
-    answer for the same fact (Elazar et al. 2021), beside the mean and spread of P@1 over patterns.
-
-    ``result`` is a probe of :func:`paraphrase_facts`.
-    """
-    f = result.frame.assign(fact=result.frame["uuid"].str.rsplit("#", n=1).str[0],
-                            answer=result.frame["top"].str[0], correct=result.frame["rank"] == 1)
-    rows = []
-    for relation, g in f.groupby("relation"):
-        agree, pairs = 0, 0
-        for _, answers in g.groupby("fact")["answer"]:
-            counts = Counter(answers)
-            n = len(answers)
-            agree += sum(c * (c - 1) // 2 for c in counts.values())
-            pairs += n * (n - 1) // 2
-        per_pattern = g.groupby("template")["correct"].mean() * 100
-        rows.append({"relation": relation, "patterns": g["template"].nunique(), "facts": g["fact"].nunique(),
-                     "consistency": 100.0 * agree / pairs if pairs else math.nan,
-                     "p_at_1_mean": per_pattern.mean(), "p_at_1_min": per_pattern.min(),
-                     "p_at_1_max": per_pattern.max()})
-    return pd.DataFrame(rows).set_index("relation")
-
-
-def query(model: Any, template: str, subject: str = "", k: int = 10, vocab: str = "common",
+def query(model: Model, template: str, subject: str = "", k: int = 10, vocab: str = "common",
           relation: str | None = None, rescore: int = 20) -> pd.DataFrame:
     """The top-k answers for one cloze (``[X]`` the subject, ``[Y]`` the object) with probabilities,
     scored as :func:`probe` does (an inner ``[Y]``: the ``rescore`` best first tokens, filled in).
@@ -759,7 +581,7 @@ def query(model: Any, template: str, subject: str = "", k: int = 10, vocab: str 
         cands = _Candidates([v.tokenizer.decode([t]).strip() for t in range(n)], [[t] for t in range(n)],
                             torch.arange(n), {})
     with torch.no_grad():
-        bound = _next_token_logprobs(v, [v.token_ids(c.prefix)])[0, cands.first.to(v.model.cfg.device)].cpu()
+        bound = _next_token_logprobs(v, [v.token_ids(c.prefix)])[0, cands.first.to(v.device)].cpu()
     if c.final:
         top = bound.topk(k)
         words, lps = [cands.words[i] for i in top.indices.tolist()], top.values.tolist()
@@ -771,4 +593,5 @@ def query(model: Any, template: str, subject: str = "", k: int = 10, vocab: str 
         lps_all = _continuation_logprobs(v, [prefix] * len(best), [cands.ids[j] + t for j, t in zip(best, tails)])
         order = lps_all.argsort(descending=True)[:k].tolist()
         words, lps = [cands.words[best[i]] for i in order], [float(lps_all[i]) for i in order]
-    return pd.DataFrame({"answer": words, "log_prob": lps, "prob": np.exp(lps)}, index=pd.RangeIndex(1, len(words) + 1, name="rank"))
+    return pd.DataFrame({"answer": words, "log_prob": lps, "prob": np.exp(lps)},
+                        index=pd.RangeIndex(1, len(words) + 1, name="rank"))

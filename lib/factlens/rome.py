@@ -2,7 +2,7 @@
 
 The output matrix ``W`` of a middle-layer MLP is read as a linear associative memory
 that maps keys ``k`` (the MLP's hidden activations, ``view.key_hook``) to values ``v``
-(what the down projection writes, ``blocks.{l}.mlp.hook_out``), with ``W K ≈ V``.
+(what the down projection writes, ``view.value_hook``), with ``W K ≈ V``.
 ROME writes one new association ``(k*, v*)`` with the least change to the others
 (paper eq. 2)::
 
@@ -11,11 +11,14 @@ ROME writes one new association ``(k*, v*)`` with the least change to the others
 so that ``Ŵ k* = v*`` while every key orthogonal to ``C⁻¹ k*`` is mapped as before.
 
 * :func:`layer_stats` estimates ``C`` (the uncentred second moment of the keys) from a
-  text corpus, streamed and cached;
+  text corpus, streamed and cached (``factlens.second_moment``);
 * :func:`compute_key` is ``k*``, the key at the subject's last token averaged over random
   text prefixes (eq. 3);
 * :func:`compute_value` is ``v*``, optimized so the model says the new object (eq. 4);
 * :func:`rank_one_update` is eq. 2.
+
+Hyperparameters are chosen on CounterFact's tuning split (:func:`tuning_cases`, every tenth
+case id); numbers are reported on the rest (:func:`evaluation_cases`).
 
 :func:`apply` runs the three steps and returns an :class:`Edit`, the record of one change
 of a layer's MLP output weight that can be undone bit for bit; ``with edit(model, request)``
@@ -29,16 +32,23 @@ per row, ``view.mlp_out_weight``); ROME's ``W`` is its transpose ([d_model, d_ml
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from factlens.cache import cached_tensors
-from factlens.models import View, view
+from factlens.models import Model, view
+from factlens.second_moment import (  # noqa: F401  (ROME's statistics, re-exported: rome.layer_stats)
+    collect_layer_stats,
+    layer_stats,
+    layer_stats_seconds,
+    precompute_layer_stats,
+)
+
+if TYPE_CHECKING:
+    from factlens.data import CounterFactCase
 
 # --------------------------------------------------------------------------- requests and edits
 
@@ -73,7 +83,7 @@ class EditRequest:
         return self.prompt.replace("{}", self.subject)
 
     @classmethod
-    def from_counterfact(cls, case: Any) -> EditRequest:
+    def from_counterfact(cls, case: CounterFactCase) -> EditRequest:
         """The requested rewrite of a ``factlens.data.CounterFactCase`` (its ``target_new``)."""
         return cls(prompt=case.prompt, subject=case.subject, target=case.target_new)
 
@@ -87,7 +97,7 @@ class Edit:
     Stacked edits of one layer must be undone in reverse order (each restores the weight it saw).
     """
 
-    def __init__(self, model: Any, layer: int, method: str, request: EditRequest | None,
+    def __init__(self, model: Model, layer: int, method: str, request: EditRequest | None,
                  info: dict[str, Any] | None = None):
         self.model = model
         self.layer = layer
@@ -180,7 +190,7 @@ _DEFAULTS: dict[str, ROMEHyperParams] = {
 }
 
 
-def default_hparams(model: Any) -> ROMEHyperParams:
+def default_hparams(model: Model) -> ROMEHyperParams:
     """The hyperparameters for ``model`` (its factlens name); unknown models get the paper's
     values at the layer a third of the way up (where tracing usually peaks)."""
     v = view(model)
@@ -190,134 +200,32 @@ def default_hparams(model: Any) -> ROMEHyperParams:
     return ROMEHyperParams(layer=max(0, v.n_layers // 3), mom2_samples=min(100_000, 20 * v.d_mlp))
 
 
-def _pad(v: View, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Right-padded [b, t] ids of token rows of different lengths (read row i at len(row i) - 1)."""
-    pad = v.tokenizer.pad_token_id if v.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    return ids.to(v.model.cfg.device)
+# --------------------------------------------------------------------------- tuning and evaluation cases
+
+#: CounterFact cases whose ``case_id`` is a multiple of this are the tuning split (2,192 of the
+#: 21,919 cases): the default model's hyperparameters (layer, clamp) are chosen on them, and no
+#: reported number is measured on them. Every other case is for evaluation.
+TUNING_STRIDE = 10
 
 
-# --------------------------------------------------------------------------- C = K Kᵀ
+def is_tuning_case(case_id: int) -> bool:
+    """Whether the CounterFact case ``case_id`` belongs to the tuning split (``case_id % 10 == 0``)."""
+    return int(case_id) % TUNING_STRIDE == 0
 
 
-def _value_hook(v: View, layer: int) -> str:
-    """The output of the MLP's down projection: ``W k (+ bias)``, before Gemma's post-FF norm."""
-    v.key_hook(layer)  # checks the layer
-    return f"blocks.{layer}.mlp.hook_out"
+def tuning_cases(cases: Iterable[CounterFactCase]) -> list[CounterFactCase]:
+    """The cases hyperparameters are chosen on (:data:`TUNING_STRIDE`), in their order.
 
-
-def _corpus_chunks(model: Any, corpus: str, length: int) -> Iterator[list[int]]:
-    """Token chunks of ``length`` tokens (BOS first) cut from the corpus, in order."""
-    from factlens import data
-
-    v = view(model)
-    buffer: list[int] = []
-    for text in data.corpus(corpus):
-        if not text.strip():
-            continue
-        buffer += v.tokenizer(text, add_special_tokens=False)["input_ids"]
-        while len(buffer) >= length - len(v.bos):
-            yield v.bos + buffer[: length - len(v.bos)]
-            buffer = buffer[length - len(v.bos):]
-
-
-@torch.no_grad()
-def collect_layer_stats(model: Any, layers: Sequence[int], *, corpus: str = "wikitext",
-                        samples: int = 20_000, chunk_tokens: int = 128, batch_size: int = 8,
-                        progress: bool = True) -> dict[int, torch.Tensor]:
-    """``C = K Kᵀ / n`` for several layers in one pass over the corpus (see :func:`layer_stats`)."""
-    v = view(model)
-    layers = sorted({int(l) for l in layers})
-    if samples < 1:
-        raise ValueError(f"samples must be a positive number of keys, got {samples}")
-    sums = {l: torch.zeros(v.d_mlp, v.d_mlp, dtype=torch.float64) for l in layers}
-    seen = 0
-    bar = tqdm(total=samples, desc=f"C = KKᵀ at layers {layers}", unit="key", disable=not progress)
-    chunks = _corpus_chunks(model, corpus, chunk_tokens)
-    offset = len(v.bos)  # the BOS position is never an edited key: left out
-    while seen < samples:
-        rows = [c for _, c in zip(range(batch_size), chunks)]
-        if not rows:
-            raise ValueError(f"corpus {corpus!r} has fewer than {samples} keys of {chunk_tokens}-token "
-                             f"chunks ({seen} read); ask for fewer samples")
-        ids = torch.tensor(rows, device=model.cfg.device)
-        take = min(samples - seen, ids.numel() - offset * len(rows))
-
-        def grab(x: torch.Tensor, hook: Any, layer: int) -> None:
-            keys = x[:, offset:].reshape(-1, x.shape[-1])[:take].float()
-            sums[layer] += (keys.T @ keys).double().cpu()  # float32 products, float64 running sum
-
-        model.run_with_hooks(ids, fwd_hooks=[(v.key_hook(l), partial(grab, layer=l)) for l in layers],
-                             stop_at_layer=max(layers) + 1)
-        seen += take
-        bar.update(take)
-    bar.close()
-    return {l: (s / seen).float() for l, s in sums.items()}
-
-
-def _stats_key(model: Any, layer: int, corpus: str, samples: int, chunk_tokens: int) -> dict:
-    return {"model": view(model).name, "layer": layer, "corpus": corpus, "samples": samples,
-            "chunk_tokens": chunk_tokens, "what": "uncentred second moment of mlp.hook_post, seconds"}
-
-
-def _gather(model: Any, layers: Sequence[int], corpus: str, samples: int, chunk_tokens: int,
-            progress: bool) -> dict[int, dict[str, torch.Tensor]]:
-    """Cache entries ``{"C", "seconds"}`` for ``layers`` from one pass over the corpus; each layer
-    records its equal share of the pass's wall time."""
-    start = time.perf_counter()
-    stats = collect_layer_stats(model, layers, corpus=corpus, samples=samples, chunk_tokens=chunk_tokens,
-                                progress=progress)
-    share = torch.tensor([(time.perf_counter() - start) / len(stats)], dtype=torch.float64)
-    return {l: {"C": C, "seconds": share} for l, C in stats.items()}
-
-
-def _stats_entry(model: Any, layer: int, corpus: str, samples: int, chunk_tokens: int,
-                 progress: bool) -> dict[str, torch.Tensor]:
-    """The cached ``{"C", "seconds"}`` of one layer, gathered when it is missing."""
-    view(model).key_hook(layer)  # a clear IndexError before any work
-    build = lambda: _gather(model, [layer], corpus, samples, chunk_tokens, progress)[layer]  # noqa: E731
-    return cached_tensors("layer_stats", _stats_key(model, layer, corpus, samples, chunk_tokens), build)
-
-
-def layer_stats(model: Any, layer: int, *, corpus: str = "wikitext", samples: int = 20_000,
-                chunk_tokens: int = 128, progress: bool = True) -> torch.Tensor:
-    """The second moment of layer ``layer``'s MLP keys, ``C = K Kᵀ / n`` ([d_mlp, d_mlp]).
-
-    ``K`` holds ``samples`` keys (``view.key_hook``): every token position but the BOS of
-    consecutive ``chunk_tokens``-token chunks of the corpus (``factlens.data.corpus``). The
-    paper estimates C on 100,000 Wikipedia articles; the scale of C cancels in eq. 2, only its
-    shape matters. Cached by model, layer, corpus and sample count
-    (``factlens.cache.cached_tensors``); :func:`precompute_layer_stats` fills several layers in
-    one pass.
+    The split is a rule on the case id, not a sample, so it is the same for every subset,
+    file format and order of CounterFact; :func:`evaluation_cases` is its complement.
     """
-    return _stats_entry(model, layer, corpus, samples, chunk_tokens, progress)["C"].to(model.cfg.device)
+    return [c for c in cases if is_tuning_case(c.case_id)]
 
 
-def layer_stats_seconds(model: Any, layer: int, *, corpus: str = "wikitext", samples: int = 20_000,
-                        chunk_tokens: int = 128) -> float:
-    """Wall seconds that gathering :func:`layer_stats` took when it was computed.
-
-    The cache keeps the time beside ``C``, so a report made from a warm cache still shows the
-    cost of the statistics rather than the cost of reading a file. A layer filled by
-    :func:`precompute_layer_stats` records its equal share of the one pass over the corpus.
-    """
-    return float(_stats_entry(model, layer, corpus, samples, chunk_tokens, progress=False)["seconds"][0])
-
-
-def precompute_layer_stats(model: Any, layers: Sequence[int], *, corpus: str = "wikitext",
-                           samples: int = 20_000, chunk_tokens: int = 128,
-                           progress: bool = True) -> None:
-    """Fill the cache of :func:`layer_stats` for ``layers`` in one pass over the corpus."""
-    from factlens.cache import tensor_file
-
-    missing = [l for l in layers
-               if not tensor_file("layer_stats", _stats_key(model, l, corpus, samples, chunk_tokens)).exists()]
-    if not missing:
-        return
-    for l, entry in _gather(model, missing, corpus, samples, chunk_tokens, progress).items():
-        cached_tensors("layer_stats", _stats_key(model, l, corpus, samples, chunk_tokens), lambda e=entry: e)
+def evaluation_cases(cases: Iterable[CounterFactCase]) -> list[CounterFactCase]:
+    """The cases reported numbers are measured on: every case not in :func:`tuning_cases`, in
+    their order. Draw evaluation samples from these (``random.Random(seed).sample(...)``)."""
+    return [c for c in cases if not is_tuning_case(c.case_id)]
 
 
 # --------------------------------------------------------------------------- the key k*
@@ -327,22 +235,22 @@ _PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 
 
 @torch.no_grad()
-def context_templates(model: Any, spec: Sequence[tuple[int, int]] = ((5, 10), (10, 10)),
+def context_templates(model: Model, spec: Sequence[tuple[int, int]] = ((5, 10), (10, 10)),
                       seed: int = 0) -> list[str]:
     """``["{}", "<prefix 1>. {}", ...]``: random text prefixes sampled from the model itself.
 
-    As in ROME's code: for each ``(length, count)``, ``count`` continuations of the words
-    "The", "Therefore", "Because", "I", "You" in turn, ``length`` tokens each, sampled from
-    the model's top 5 next tokens (seeded).
+    For each ``(length, count)``, ``count`` continuations of the words "The", "Therefore",
+    "Because", "I", "You" in turn, ``length`` tokens each, sampled from the model's top 5
+    next tokens (seeded), as MEMIT's code samples them.
     """
     v = view(model)
     generator = torch.Generator().manual_seed(seed)
     templates = ["{}"]
     for length, count in spec:
-        starts = [_PREFIX_STARTS[i % len(_PREFIX_STARTS)] for i in range(count)]
-        rows = [v.token_ids(s) for s in starts]
+        rows = [v.token_ids(_PREFIX_STARTS[i % len(_PREFIX_STARTS)]) for i in range(count)]
         for _ in range(length):
-            logits = v.logits_at(_pad(v, rows), [len(r) - 1 for r in rows]).float().cpu()
+            batch = v.batch(rows)
+            logits = v.logits_at(batch.ids, batch.last).float().cpu()
             top = logits.topk(5, dim=-1)
             picks = torch.multinomial(top.values.softmax(-1), 1, generator=generator)[:, 0]
             for i, r in enumerate(rows):
@@ -353,7 +261,7 @@ def context_templates(model: Any, spec: Sequence[tuple[int, int]] = ((5, 10), (1
     return templates
 
 
-def templates_for(model: Any, hp: ROMEHyperParams) -> list[str]:
+def templates_for(model: Model, hp: ROMEHyperParams) -> list[str]:
     """The prefix templates of ``hp`` (:func:`context_templates`), sampled once per model and spec."""
     memo = view(model).memo
     key = ("rome.context_templates", tuple(map(tuple, hp.context_templates)), hp.seed)
@@ -362,25 +270,90 @@ def templates_for(model: Any, hp: ROMEHyperParams) -> list[str]:
     return memo[key]
 
 
-def _prefixed(request: EditRequest, templates: Sequence[str]) -> list[str]:
-    return [t.replace("{}", request.prompt) for t in templates]
+def _prefixed_texts(request: EditRequest, templates: Sequence[str]) -> list[str]:
+    """``x_j + p`` with the subject filled in: each template around the request's prompt."""
+    return [t.replace("{}", request.prompt).replace("{}", request.subject) for t in templates]
 
 
 @torch.no_grad()
-def compute_key(model: Any, request: EditRequest, layer: int, templates: Sequence[str] = ("{}",)) -> torch.Tensor:
+def compute_key(model: Model, request: EditRequest, layer: int, templates: Sequence[str] = ("{}",)) -> torch.Tensor:
     """``k* = (1/N) Σ_j k(x_j + s)`` (paper eq. 3): the MLP key at the subject's last token,
     averaged over the prompts ``x_j + s`` (each prefix template filled with the request's prompt)."""
     v = view(model)
-    prompts = [p.replace("{}", request.subject) for p in _prefixed(request, templates)]
-    last = [v.subject_span(p, request.subject).last for p in prompts]
-    ids = v.batch(prompts).ids
-    _, cache = model.run_with_cache(ids, names_filter=lambda n: n == v.key_hook(layer),
-                                    stop_at_layer=layer + 1)
-    keys = cache[v.key_hook(layer)][torch.arange(len(prompts)), torch.tensor(last)]
-    return keys.mean(0)
+    prompts = _prefixed_texts(request, templates)
+    last = torch.tensor([v.subject_span(p, request.subject).last for p in prompts])
+    keys = v.capture(v.batch(prompts).ids, [v.key_hook(layer)])[v.key_hook(layer)]
+    return keys[torch.arange(len(prompts)), last].mean(0)
 
 
 # --------------------------------------------------------------------------- the value v*
+
+
+@dataclass(frozen=True)
+class RewritePrompts:
+    """The prompts of eq. 4 in one right-padded batch, and where the loss reads them.
+
+    Rows ``0 … N−1`` are the rewriting prompts ``x_j + p`` followed by the new object's tokens
+    ``o*`` (teacher forced: ``o*_t`` is scored at the position before it); row ``N`` is the
+    essence prompt ``p'`` ("{subject} is a"). ``z = v + δ`` is written at ``subject_last``
+    in every row.
+    """
+
+    ids: torch.Tensor               # [N + 1, t]
+    subject_last: torch.Tensor      # [N + 1]: the subject's last token in each row
+    target: torch.Tensor            # [T]: o*'s token ids
+    target_rows: torch.Tensor       # [N·T]: the row of each scored position
+    target_positions: torch.Tensor  # [N·T]: the position whose next token must be o*_t
+    essence_position: int           # where the KL term reads P[x | p']
+    n: int                          # N, the number of rewriting prompts
+
+    @classmethod
+    def build(cls, model: Model, request: EditRequest, templates: Sequence[str],
+              essence_prompt: str) -> RewritePrompts:
+        v = view(model)
+        target = v.target_ids(request.target)
+        rewriting = _prefixed_texts(request, templates)
+        essence = essence_prompt.replace("{}", request.subject)
+        # each prompt's ids followed by the target's ids exactly (no retokenization)
+        heads = [v.token_ids(p) for p in rewriting]
+        rows = [h + target for h in heads] + [v.token_ids(essence)]
+        last = [v.subject_span(p, request.subject).last for p in [*rewriting, essence]]
+        t = len(target)
+        return cls(
+            ids=v.batch(rows).ids,
+            subject_last=torch.tensor(last, device=v.device),
+            target=torch.tensor(target, device=v.device),
+            target_rows=torch.arange(len(heads)).repeat_interleave(t),
+            target_positions=torch.tensor([len(h) - 1 + j for h in heads for j in range(t)]),
+            essence_position=len(rows[-1]) - 1,
+            n=len(heads),
+        )
+
+    def log_probs(self, model: Model, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the final-normed hidden states [N + 1, t, d]: ``log P[o*_t | x_j + p, o*_<t]``
+        as [N, T], and ``log P[x | p']`` as [1, d_vocab] (only these positions are unembedded)."""
+        v = view(model)
+        new = v.unembed(hidden[self.target_rows, self.target_positions][:, None])[:, 0].float().log_softmax(-1)
+        new = new[torch.arange(len(self.target_rows)), self.target.repeat(self.n)].view(self.n, -1)
+        essence = v.unembed(hidden[-1:, self.essence_position][:, None])[:, 0].float().log_softmax(-1)
+        return new, essence
+
+
+def _write_at(rows: torch.Tensor, positions: torch.Tensor, delta: torch.Tensor):
+    """A hook that adds ``δ`` to the value at ``(rows[i], positions[i])``: ``z = v + δ``."""
+    def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        x = x.clone()
+        x[rows, positions] = x[rows, positions] + delta
+        return x
+    return hook
+
+
+@torch.no_grad()
+def _values_before(model: Model, prompts: RewritePrompts, layer: int) -> torch.Tensor:
+    """``v``: the value at the subject's last token of each row before any change, [N + 1, d_model]."""
+    v = view(model)
+    values = v.capture(prompts.ids, [v.value_hook(layer)])[v.value_hook(layer)]
+    return values[torch.arange(len(prompts.subject_last), device=values.device), prompts.subject_last]
 
 
 @dataclass
@@ -394,7 +367,7 @@ class ValueResult:
     target_prob: float = 0.0      # mean P(target) over the prompts at the last step
 
 
-def compute_value(model: Any, request: EditRequest, layer: int, hp: ROMEHyperParams,
+def compute_value(model: Model, request: EditRequest, layer: int, hp: ROMEHyperParams,
                   templates: Sequence[str] = ("{}",), progress: bool = False) -> ValueResult:
     """``v* = argmin_z  (1/N) Σ_j −log P_G(m_i:=z)[o* | x_j + p]  +  kl · D_KL(P_G[x | p'] ‖ P_G(m_i:=z)[x | p'])``
     (paper eq. 4), plus ``weight_decay · ‖δ‖ / ‖v‖²``.
@@ -407,57 +380,27 @@ def compute_value(model: Any, request: EditRequest, layer: int, hp: ROMEHyperPar
     small models the decay term alone stays above that). The model's weights do not change here.
     """
     v = view(model)
-    target = v.target_ids(request.target)
-    rewrite = [p.replace("{}", request.subject) for p in _prefixed(request, templates)]
-    essence = hp.essence_prompt.replace("{}", request.subject)
-    # each prompt's ids followed by the target's ids exactly (no retokenization), then the essence prompt
-    rows = [v.token_ids(p) + target for p in rewrite] + [v.token_ids(essence)]
-    lookup = [v.subject_span(p, request.subject).last for p in [*rewrite, essence]]
-    n = len(rewrite)
-    device = model.cfg.device
-    ids = _pad(v, rows)
-    # positions whose next-token logits score the target: the prompt's last token onwards
-    t = len(target)
-    prompt_len = [len(r) - t for r in rows[:n]]
-    score_rows = torch.arange(n).repeat_interleave(t)
-    score_pos = torch.tensor([p - 1 + j for p in prompt_len for j in range(t)])
-    score_tok = torch.tensor(target * n, device=device)
-    essence_pos = len(rows[-1]) - 1
-    rows_idx = torch.arange(len(rows), device=device)
-    lookup_t = torch.tensor(lookup, device=device)
-
-    delta = torch.zeros(v.d_model, device=device, requires_grad=True)
-    state: dict[str, torch.Tensor] = {}
-
-    def insert(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        if "v" not in state:
-            state["v"] = x[rows_idx, lookup_t].detach().clone()
-        x = x.clone()
-        x[rows_idx, lookup_t] = x[rows_idx, lookup_t] + delta
-        return x
-
+    prompts = RewritePrompts.build(model, request, templates, hp.essence_prompt)
+    rows = torch.arange(prompts.n + 1, device=v.device)
+    v_before = _values_before(model, prompts, layer)[:prompts.n].mean(0)
+    v_norm = v_before.norm()
+    delta = torch.zeros(v.d_model, device=v.device, requires_grad=True)
+    hooks = [(v.value_hook(layer), _write_at(rows, prompts.subject_last, delta))]
     optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
     losses: list[dict[str, float]] = []
-    kl_init: torch.Tensor | None = None
+    essence_before: torch.Tensor | None = None  # log P_G[x | p'], the unedited model's
     target_prob = 0.0
-    grads = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        for step in tqdm(range(hp.v_steps), desc="v*", disable=not progress, leave=False):
+    with v.frozen_except([]):
+        for _ in tqdm(range(hp.v_steps), desc="v*", disable=not progress, leave=False):
             optimizer.zero_grad()
-            hidden = v.final_hidden(ids, fwd_hooks=[(_value_hook(v, layer), insert)])
-            logp = v.unembed(hidden[score_rows, score_pos][:, None])[:, 0].float().log_softmax(-1)
-            token_logp = logp[torch.arange(len(score_tok)), score_tok].view(n, t)
-            nll = -token_logp.mean(1).mean()
-            kl_logp = v.unembed(hidden[-1:, essence_pos][:, None])[:, 0].float().log_softmax(-1)
-            if kl_init is None:
-                kl_init = kl_logp.detach().clone()
-            kl = torch.nn.functional.kl_div(kl_logp, kl_init, log_target=True, reduction="batchmean")
-            v_norm = state["v"][:n].mean(0).norm()
+            log_p_new, log_p_essence = prompts.log_probs(model, v.final_hidden(prompts.ids, fwd_hooks=hooks))
+            if essence_before is None:
+                essence_before = log_p_essence.detach().clone()
+            nll = -log_p_new.mean(1).mean()
+            kl = torch.nn.functional.kl_div(log_p_essence, essence_before, log_target=True, reduction="batchmean")
             decay = hp.weight_decay * delta.norm() / v_norm**2
             loss = nll + hp.kl_factor * kl + decay
-            target_prob = token_logp.detach().sum(1).exp().mean().item()
+            target_prob = log_p_new.detach().sum(1).exp().mean().item()
             losses.append({k: x.item() for k, x in (("nll", nll), ("kl", kl), ("decay", decay), ("total", loss))})
             if (nll + hp.kl_factor * kl).item() < 5e-2:  # the fact is written; the decay term alone never gets there
                 break
@@ -467,10 +410,6 @@ def compute_value(model: Any, request: EditRequest, layer: int, hp: ROMEHyperPar
                 max_norm = hp.clamp_norm_factor * v_norm
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
-    finally:
-        for p, g in zip(model.parameters(), grads):
-            p.requires_grad_(g)
-    v_before = state["v"][:n].mean(0)
     d = delta.detach().clone()
     return ValueResult(v_star=v_before + d, v=v_before, delta=d, losses=losses, target_prob=target_prob)
 
@@ -507,7 +446,7 @@ def rank_one_update(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, v_st
 # --------------------------------------------------------------------------- apply / edit
 
 
-def apply(model: Any, request: EditRequest, *, layer: int | None = None,
+def apply(model: Model, request: EditRequest, *, layer: int | None = None,
           hparams: ROMEHyperParams | None = None, stats: torch.Tensor | None = None,
           progress: bool = False) -> Edit:
     """Write ``request`` into ``model`` with ROME; return the :class:`Edit` (``.undo()`` reverts).
@@ -522,7 +461,7 @@ def apply(model: Any, request: EditRequest, *, layer: int | None = None,
     hp = hparams or default_hparams(model)
     if layer is not None:
         hp = replace(hp, layer=layer)
-    v.key_hook(hp.layer)  # IndexError for a layer out of range, before any work
+    v.check_layer(hp.layer)  # IndexError for a layer out of range, before any work
     for prompt in (request.text, hp.essence_prompt.replace("{}", request.subject)):
         v.subject_span(prompt, request.subject)  # SubjectNotFoundError early
     v.target_ids(request.target)
@@ -544,7 +483,7 @@ def apply(model: Any, request: EditRequest, *, layer: int | None = None,
     return record
 
 
-def edit(model: Any, request: EditRequest, **kwargs: Any) -> Edit:
+def edit(model: Model, request: EditRequest, **kwargs: Any) -> Edit:
     """``with edit(model, request) as e:`` ROME applied for the body, undone on exit (also
     when the body raises). Same arguments as :func:`apply`."""
     return apply(model, request, **kwargs)
@@ -554,7 +493,7 @@ def edit(model: Any, request: EditRequest, **kwargs: Any) -> Edit:
 
 
 @torch.no_grad()
-def generate(model: Any, prompts: Iterable[str], max_new_tokens: int = 30, *,
+def generate(model: Model, prompts: Iterable[str], max_new_tokens: int = 30, *,
              top_k: int | None = None, seed: int = 0) -> list[str]:
     """Continue each prompt by ``max_new_tokens`` tokens: greedy, or sampled from the top
     ``top_k`` tokens with a seeded generator. Returns the continuations (prompt not included)."""
@@ -564,7 +503,8 @@ def generate(model: Any, prompts: Iterable[str], max_new_tokens: int = 30, *,
     rows = [v.token_ids(p) for p in prompts]
     start = [len(r) for r in rows]
     for _ in range(max_new_tokens):
-        logits = v.logits_at(_pad(v, rows), [len(r) - 1 for r in rows]).float().cpu()
+        batch = v.batch(rows)
+        logits = v.logits_at(batch.ids, batch.last).float().cpu()
         if top_k is None:
             nxt = logits.argmax(-1)
         else:
@@ -573,3 +513,4 @@ def generate(model: Any, prompts: Iterable[str], max_new_tokens: int = 30, *,
         for r, t in zip(rows, nxt.tolist()):
             r.append(t)
     return [v.tokenizer.decode(r[s:], skip_special_tokens=True) for r, s in zip(rows, start)]
+

@@ -1,65 +1,254 @@
 """Widgets that let a reader tweak prompts, facts and edits (ipywidgets).
 
-Every widget function shows a rendered default before any interaction, so the static book,
-which has no kernel, still shows a result; with a kernel the controls re-run the experiment.
-Each chapter keeps its widgets in its own section below.
+Every widget shows a rendered default when it is created, as ordinary output, so the static
+book (no kernel) still shows a result; with a kernel its controls redraw that output in place.
+They all behave alike (``_Panel``):
+
+- a status line under the controls says what runs ("edit 2: optimizing v*…"), what came out
+  ("trace 2: ' Paris': p 0.93 clean, 0.08 corrupted, 4.1 s") or, for a request that cannot be
+  answered (an empty subject, a subject not in the prompt, a target the tokenizer cannot
+  read as text, an unknown relation), one line saying what was wrong (:func:`problem`):
+  never a traceback, and the widget keeps working;
+- long work shows progress: its stage in the status line, tqdm bars (ROME's statistics, v*)
+  in a small area under it;
+- one run at a time: the controls are disabled while a run goes, and a second click that the
+  browser sent while the run of the first was going (before the button looked disabled) is
+  dropped when it reaches the kernel (:class:`_Button`).
+
+The controls carry CSS classes (``factlens-<widget>`` on the box, ``factlens-<field>`` on each
+control, ``factlens-status``) and the outputs ``factlens-result``: the live browser test
+(tests/test_widgets_live.py) finds them by these. What a widget shows is computed by plain
+functions of the model and the inputs (:func:`cloze_table`, :func:`memory_key_html`,
+:func:`memory_prompt_html`, :func:`edit_comparison`, :func:`case_html`), usable without a
+kernel (tests, bench/bench_widgets.py). Each chapter keeps its widgets in its own section below.
 """
 
 from __future__ import annotations
 
-# --- LAMA (chapter 1) ---------------------------------------------------------------------
+import contextlib
+import html
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import ipywidgets as w
+import pandas as pd
+from IPython.display import HTML, display
+
+from factlens import data, rome
+from factlens.memories import key_coefficients, strongest_memories, value_logits
+from factlens.models import Model, view
+from factlens.probing import UnknownRelationError, query
+from factlens.tracing import KINDS, Trace, trace
+
+if TYPE_CHECKING:
+    from pandas.io.formats.style import Styler
+
+    from factlens.memories import Corpus, TriggerSearch
+
+_MESSAGE_CHARS = 300
+_RESULT = 'class="factlens-result"'
 
 
-def cloze_explorer(model, subject: str = "France", relation: str = "P36", k: int = 10) -> None:
+# --- what every widget shares ------------------------------------------------------------------
+
+
+def problem(err: BaseException) -> str:
+    """The one line a widget shows for a request it cannot answer.
+
+    The error's own message (factlens's errors say what was wrong and what to do), on one line,
+    at most 300 characters. An error that is not about the request (not a ``ValueError`` or
+    ``LookupError``) is prefixed with its type, so that a bug is not taken for bad input.
+    """
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(text.split()) or "no message"
+    if not isinstance(err, ValueError | LookupError):
+        text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+
+
+def check_text(model: Model, text: str, what: str, example: str) -> str:
+    """``text`` if the model can read it as text, else a ``ValueError`` saying why not: it is
+    empty, it is not valid Unicode, or it holds one of the tokenizer's special tokens
+    (``<eos>``, ``<pad>``...), which the tokenizer reads as control tokens, not as text."""
+    if not text or not text.strip():
+        raise ValueError(f"the {what} is empty: write one, e.g. {example!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"the {what} {text!r} is not valid Unicode text: write it again") from err
+    v = view(model)
+    special = [s for s in v.tokenizer.all_special_tokens if s and s in text]
+    if special:
+        raise ValueError(f"the {what} {text!r} holds {special[0]!r}, a special token of {v.name}'s tokenizer, "
+                         f"which it does not read as text: write plain text, e.g. {example!r}")
+    return text
+
+
+def _sent(value: object) -> datetime | None:
+    """A message header's date as a datetime (jupyter_client parses it; some frontends send none)."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return value if isinstance(value, datetime) else None
+
+
+class _Button(w.Button):
+    """A button that keeps the time the browser sent its latest click (the comm message's date).
+
+    The kernel handles widget events one after another, so a second click made while the first
+    one's run was going waits in the queue and arrives after the run; by then the run is over
+    and nothing in the kernel tells it apart from a new click. Its sending time does, in the
+    browser's own clock: :meth:`_Panel.click` drops a click sent before ``first click's sending
+    time + the run's duration``, which is before the run could have ended in the browser's view.
+    """
+
+    sent: datetime | None = None
+
+    def _handle_msg(self, msg: dict) -> None:
+        self.sent = _sent(msg.get("header", {}).get("date"))
+        super()._handle_msg(msg)
+
+
+class _Panel:
+    """A widget's frame: its rows of controls, a status line, an area for progress bars, and
+    the rule of one run at a time.
+
+    :meth:`run` disables the controls, shows "<verb> n: working…" (:meth:`stage` updates it),
+    calls the job, then shows the job's summary and the seconds it took, or its problem in one
+    line; work inside :meth:`bars` shows its tqdm.auto bars under the status line.
+    :meth:`click` runs a job for a button's click, unless the browser sent that click while the
+    last click's run was going (a second click, queued behind the first).
+    """
+
+    def __init__(self, name: str, verb: str, rows: Sequence[w.Widget], controls: Sequence[w.Widget]):
+        self.verb = verb
+        self.controls = list(controls)
+        self.status = w.HTML().add_class("factlens-status")
+        self.progress = w.Output()
+        self.box = w.VBox([*rows, self.status, self.progress]).add_class(f"factlens-{name}")
+        self.runs = 0
+        self._busy = False
+        # in the browser's clock: the earliest time the last click's run can have ended
+        self._clicks_until: datetime | None = None
+
+    def stage(self, text: str) -> None:
+        self.status.value = html.escape(f"{self.verb} {self.runs}: {text}…")
+
+    @contextlib.contextmanager
+    def bars(self) -> Iterator[None]:
+        """Progress bars (tqdm.auto) of the work inside appear in the progress area, cleared after.
+
+        Only the bars: the Output widget would swallow the updates of the widget's outputs, and
+        show an error as a traceback, so an error is re-raised outside it."""
+        error = None
+        with self.progress:
+            try:
+                yield
+            except Exception as err:
+                error = err
+        self.progress.clear_output()
+        if error is not None:
+            raise error
+
+    def click(self, button: _Button, job: Callable[[], str]) -> bool:
+        """:meth:`run` ``job`` for a click on ``button``; a click sent during the last click's run is dropped."""
+        sent, button.sent = button.sent, None  # this click's date, not kept for a click with none
+        if sent is not None and self._clicks_until is not None and sent < self._clicks_until:
+            return False
+        start = time.perf_counter()
+        ran = self.run(job)
+        if sent is not None:
+            self._clicks_until = sent + timedelta(seconds=time.perf_counter() - start)
+        return ran
+
+    def run(self, job: Callable[[], str]) -> bool:
+        """Run ``job`` (it returns a one-line summary); False if it failed, or if a run is going
+        (a change the job itself makes to a control does not start another)."""
+        if self._busy:
+            return False
+        self._busy, self.runs = True, self.runs + 1
+        for control in self.controls:
+            control.disabled = True
+        self.stage("working")
+        start, summary, failure = time.perf_counter(), "", None
+        try:
+            summary = job()
+        except Exception as err:  # the reader sees one line, never a traceback
+            failure = problem(err)
+        finally:
+            for control in self.controls:
+                control.disabled = False
+            self._busy = False
+        if failure is not None:
+            self.status.value = f'<span class="factlens-problem" style="color:#b00020">⚠ {html.escape(failure)}</span>'
+            return False
+        done = f"{self.verb} {self.runs}: {summary + ', ' if summary else ''}{time.perf_counter() - start:.1f} s"
+        self.status.value = html.escape(done)
+        return True
+
+
+def _text(description: str, value: str, name: str, wide: bool = False) -> w.Text:
+    """A text field whose value changes when the reader presses Enter or leaves it."""
+    layout = w.Layout(width="60%") if wide else w.Layout()
+    return w.Text(value=value, description=description, layout=layout,
+                  continuous_update=False).add_class(f"factlens-{name}")
+
+
+# --- LAMA (chapter 1) ---------------------------------------------------------------------------
+
+
+def cloze_table(model: Model, template: str, subject: str, k: int = 10) -> Styler:
+    """What the cloze explorer shows: the top-``k`` answers of the cloze ``template`` with
+    ``subject`` in place of ``[X]`` (``factlens.probing.query``), with their probabilities,
+    captioned with the filled cloze."""
+    if "[X]" in template:
+        check_text(model, subject, "subject", "France")
+    table = query(model, template, subject, k=k)
+    return (table.style.format({"log_prob": "{:.2f}", "prob": "{:.3f}"}).bar(subset=["prob"], color="#8ab")
+            .set_caption(html.escape(template.replace("[X]", subject))).set_table_attributes(_RESULT))
+
+
+def cloze_explorer(model: Model, subject: str = "France", relation: str = "P36", k: int = 10) -> None:
     """LAMA in one query (chapter 1): pick a relation and write a subject, or write your own
     cloze with [X] and [Y]; shows the top-k answers with their probabilities
-    (``factlens.probing.query``). The default query is displayed at once (the static book)."""
-    import html
-
-    import ipywidgets as w
-    from IPython.display import HTML, display
-
-    from factlens import data
-    from factlens.probing import query
-
+    (:func:`cloze_table`). The default query is displayed at once (the static book)."""
     relations = data.lama_relations()
-    rel = w.Dropdown(options=[(f"{r.id}: {r.label}", r.id) for r in relations.values()], value=relation,
-                     description="relation")
-    subj = w.Text(value=subject, description="subject [X]")
-    template = w.Text(value=relations[relation].template, description="cloze", layout=w.Layout(width="60%"))
+    known = relation in relations
+    rel = w.Dropdown(options=[(f"{r.id}: {r.label}", r.id) for r in relations.values()],
+                     value=relation if known else None, description="relation").add_class("factlens-relation")
+    subj = _text("subject [X]", subject, "subject")
+    template = _text("cloze", relations[relation].template if known else "", "template", wide=True)
+    panel = _Panel("cloze", "query", [w.HBox([rel, subj]), template], [rel, subj, template])
+    display(panel.box)
+    result = display(HTML(""), display_id=True)
 
-    def render():
-        try:
-            table = query(model, template.value, subj.value, k=k)
-        except ValueError as err:
-            return HTML(f"<b>{html.escape(str(err))}</b>")
-        caption = html.escape(template.value.replace("[X]", subj.value))
-        return table.style.format({"log_prob": "{:.2f}", "prob": "{:.3f}"}).bar(subset=["prob"], color="#8ab") \
-            .set_caption(caption)
+    def show() -> str:
+        if not template.value and rel.value is None:
+            raise UnknownRelationError(f"unknown relation {relation!r}: choose one in the list "
+                                       f"(LAMA has {', '.join(relations)})")
+        table = cloze_table(model, template.value, subj.value, k)
+        result.update(table)
+        best = table.data.iloc[0]
+        return f"{best['answer']!r} ({best['prob']:.2f})"
 
-    display(w.VBox([w.HBox([rel, subj]), template]))
-    result = display(render(), display_id=True)
-
-    def on_relation(change) -> None:
-        template.value = relations[change["new"]].template
-        result.update(render())
-
-    rel.observe(on_relation, names="value")
-    subj.on_submit(lambda _: result.update(render()))
-    template.on_submit(lambda _: result.update(render()))
+    panel.run(show)
+    rel.observe(lambda change: setattr(template, "value", relations[change["new"]].template), names="value")
+    for field in (subj, template):  # a new relation sets the template, which runs the query
+        field.observe(lambda _: panel.run(show), names="value")
 
 
-# --- key-value memories (chapter 2) -------------------------------------------------------
+# --- key-value memories (chapter 2) -------------------------------------------------------------
 
 
-def _memory_trigger_html(model, search, corpus, layer: int, key_index: int, n_triggers: int = 5,
-                         n_tokens: int = 10) -> str:
-    """A key's top triggers, each token shaded by the key's coefficient there, and its value's top tokens."""
-    import html
-
-    from factlens.memories import key_coefficients, value_logits
-    from factlens.models import view
-
+def memory_key_html(model: Model, search: TriggerSearch, corpus: Corpus, layer: int, key_index: int,
+                    n_triggers: int = 5, n_tokens: int = 10) -> str:
+    """A key's top triggers, each token shaded by the key's coefficient m there, and the top
+    tokens its value promotes (``key_index``: the key's place in ``search.triggers[layer].keys``)."""
     v = view(model)
     tr = search.triggers[layer]
     key = tr.keys[key_index]
@@ -73,181 +262,210 @@ def _memory_trigger_html(model, search, corpus, layer: int, key_index: int, n_tr
         lines.append(f"<li>{''.join(spans)} &nbsp;<small>m = {float(m[-1]):.2f}</small></li>")
     promoted = value_logits(model, layer, [key]).topk(n_tokens, -1).indices[0].tolist()
     tokens = ", ".join(html.escape(repr(v.tokenizer.decode([t]))) for t in promoted)
-    return (f"<b>layer {layer}, key {key}</b>: top triggers (shade = coefficient, last token = the trigger)"
-            f"<ol>{''.join(lines)}</ol><b>value's top tokens:</b> {tokens}")
+    return (f"<div {_RESULT}><b>layer {layer}, key {key}</b>: top triggers (shade = coefficient, last token = "
+            f"the trigger)<ol>{''.join(lines)}</ol><b>value's top tokens:</b> "
+            f'<span class="factlens-promoted">{tokens}</span></div>')
 
 
-def _memory_prompt_html(model, prompt: str, top: int = 2) -> str:
-    """Per layer, the strongest memories at the prompt's last token and what their values promote."""
-    import html
-
-    from factlens.memories import strongest_memories
-
-    rows = strongest_memories(model, prompt, top=top)
+def memory_prompt_html(model: Model, prompt: str, top: int = 2) -> str:
+    """Per layer, the strongest memories at the prompt's last token and what their values
+    promote (``factlens.memories.strongest_memories``)."""
+    rows = strongest_memories(model, check_text(model, prompt, "prompt", "The capital of France is"), top=top)
     body = "".join(
         f"<tr><td>{r['layer']}</td><td>{r['key']}</td><td>{r['coefficient']:.2f}</td>"
         f"<td>{html.escape(', '.join(repr(t) for t in r['promotes']))}</td></tr>" for r in rows
     )
-    return (f"<b>{html.escape(prompt)}</b> …<table><tr><th>layer</th><th>key</th><th>m</th>"
-            f"<th>value promotes</th></tr>{body}</table>")
+    return (f"<div {_RESULT}><b>{html.escape(prompt)}</b> …<table><tr><th>layer</th><th>key</th><th>m</th>"
+            f"<th>value promotes</th></tr>{body}</table></div>")
 
 
-def memory_explorer(model, search, corpus, prompt: str = "The Eiffel Tower is located in the city of") -> None:
+def memory_explorer(model: Model, search: TriggerSearch, corpus: Corpus,
+                    prompt: str = "The Eiffel Tower is located in the city of") -> None:
     """LM-Debugger in miniature (chapter 2): pick a layer and a key to see its triggers and the
-    tokens its value promotes; write a prompt to see each layer's strongest memories.
-
-    The default view is displayed at once as ordinary output (the static book shows it);
-    with a kernel the controls redraw it in place.
-    """
-    import ipywidgets as w
-    from IPython.display import HTML, display
-
+    tokens its value promotes (:func:`memory_key_html`); write a prompt to see each layer's
+    strongest memories (:func:`memory_prompt_html`). Both are displayed at once (the static book)."""
     layers = sorted(search.triggers)
-    layer = w.Dropdown(options=layers, value=layers[-1], description="layer")
-    key = w.Dropdown(options=[(str(k), i) for i, k in enumerate(search.triggers[layers[-1]].keys)],
-                     description="key")
-    text = w.Text(value=prompt, description="prompt", layout=w.Layout(width="60%"))
-    display(w.HBox([layer, key]))
-    key_view = display(HTML(_memory_trigger_html(model, search, corpus, layer.value, key.value)), display_id=True)
-    display(text)
-    prompt_view = display(HTML(_memory_prompt_html(model, text.value)), display_id=True)
 
-    def on_layer(change) -> None:
-        key.options = [(str(k), i) for i, k in enumerate(search.triggers[change["new"]].keys)]
+    def key_options(layer: int) -> list[tuple[str, tuple[int, int]]]:
+        return [(str(k), (layer, i)) for i, k in enumerate(search.triggers[layer].keys)]
 
-    def on_key(change) -> None:
-        if change["new"] is not None:
-            key_view.update(HTML(_memory_trigger_html(model, search, corpus, layer.value, key.value)))
+    layer = w.Dropdown(options=layers, value=layers[-1], description="layer").add_class("factlens-layer")
+    key = w.Dropdown(options=key_options(layers[-1]), description="key").add_class("factlens-key")
+    text = _text("prompt", prompt, "prompt", wide=True)
+    panel = _Panel("memory", "view", [w.HBox([layer, key]), text], [layer, key, text])
+    display(panel.box)
+    key_view = display(HTML(""), display_id=True)
+    prompt_view = display(HTML(""), display_id=True)
 
-    layer.observe(on_layer, names="value")
-    key.observe(on_key, names="value")
-    text.on_submit(lambda _: prompt_view.update(HTML(_memory_prompt_html(model, text.value))))
+    def show_key() -> str:
+        at, index = key.value
+        key_view.update(HTML(memory_key_html(model, search, corpus, at, index)))
+        return f"layer {at}, key {search.triggers[at].keys[index]}"
+
+    def show_prompt() -> str:
+        prompt_view.update(HTML(memory_prompt_html(model, text.value)))
+        return f"the strongest memories after {text.value!r}"
+
+    panel.run(lambda: f"{show_key()}; {show_prompt()}")
+    # a new layer gives new key values, (layer, index), so the key view redraws once
+    layer.observe(lambda change: setattr(key, "options", key_options(change["new"])), names="value")
+    key.observe(lambda _: panel.run(show_key), names="value")
+    text.observe(lambda _: panel.run(show_prompt), names="value")
 
 
-# --- causal tracing (chapter 3a) ----------------------------------------------------------
+# --- causal tracing (chapter 3a) ----------------------------------------------------------------
 
 
-def trace_explorer(model, prompt: str = "The Space Needle is located in the city of",
+def trace_explorer(model: Model, prompt: str = "The Space Needle is located in the city of",
                    subject: str = "The Space Needle", kind: str = "hidden", samples: int = 3,
-                   noise: float = 3.0, window: int = 10, initial=None) -> None:
+                   noise: float = 3.0, window: int = 10, initial: Trace | None = None) -> None:
     """Causal tracing of any prompt (chapter 3a): write a prompt and its subject, choose the
     kind of state restored, the noise samples, the noise (× the embeddings' std) and the window;
-    press "trace" to see the heatmap (``factlens.tracing.trace``). The default is shown at once
-    (``initial``: a trace of the default already computed, shown instead of tracing it again)."""
-    import html
-
-    import ipywidgets as w
+    press "trace" to see the heatmap (``factlens.tracing.trace``). The default is shown
+    at once (``initial``: a trace of the default already computed, shown instead of tracing it again)."""
     import matplotlib.pyplot as plt
-    from IPython.display import HTML, display
 
     from factlens.plots import plot_trace
-    from factlens.tracing import KINDS, trace
 
-    text = w.Text(value=prompt, description="prompt", layout=w.Layout(width="60%"))
-    subj = w.Text(value=subject, description="subject")
-    kinds = w.Dropdown(options=list(KINDS), value=kind, description="restore")
-    n = w.IntSlider(value=samples, min=1, max=20, description="samples")
-    scale = w.FloatSlider(value=noise, min=0.0, max=10.0, step=0.5, description="noise × σ")
-    width = w.IntSlider(value=window, min=1, max=model.cfg.n_layers, description="window")
-    go = w.Button(description="trace")
+    text = _text("prompt", prompt, "prompt", wide=True)
+    subj = _text("subject", subject, "subject")
+    kinds = w.Dropdown(options=list(KINDS), value=kind, description="restore").add_class("factlens-kind")
+    n = w.IntSlider(value=samples, min=1, max=20, description="samples").add_class("factlens-samples")
+    scale = w.FloatSlider(value=noise, min=0.0, max=10.0, step=0.5, description="noise × σ").add_class("factlens-noise")
+    width = w.IntSlider(value=window, min=1, max=view(model).n_layers,
+                        description="window").add_class("factlens-window")
+    go = _Button(description="trace").add_class("factlens-go")
+    controls = [text, subj, kinds, n, scale, width, go]
+    panel = _Panel("trace", "trace", [w.HBox([text, subj]), w.HBox([kinds, n]), w.HBox([scale, width, go])], controls)
+    display(panel.box)
+    result = display(HTML(""), display_id=True)
 
-    def render(t=None):
-        try:
-            t = t or trace(model, text.value, subj.value, kinds.value, samples=n.value, noise=scale.value,
-                           window=width.value)
-        except ValueError as err:
-            return HTML(f"<b>{html.escape(str(err))}</b>")
+    def show(t: Trace) -> str:
         fig = plot_trace(t)
         plt.close(fig)
-        return fig
+        result.update(fig)
+        return f"{t.answer!r}: p {t.clean_prob:.2f} clean, {t.corrupted_prob:.2f} corrupted"
 
-    display(w.VBox([w.HBox([text, subj]), w.HBox([kinds, n]), w.HBox([scale, width, go])]))
-    result = display(render(initial), display_id=True)
-    go.on_click(lambda _: result.update(render()))
+    def traced() -> str:
+        check_text(model, subj.value, "subject", "The Space Needle")
+        panel.stage(f"tracing {len(view(model).token_ids(text.value))} tokens × {view(model).n_layers} layers")
+        return show(trace(model, text.value, subj.value, kinds.value, samples=n.value, noise=scale.value,
+                          window=width.value))
+
+    panel.run(traced if initial is None else lambda: show(initial))
+    go.on_click(lambda _: panel.click(go, traced))
 
 
-# --- editing and evaluation (chapter 3b) --------------------------------------------------
+# --- editing and evaluation (chapter 3b) --------------------------------------------------------
+
+_BEFORE = "before: [top token] greedy text"
 
 
-def edit_case_browser(frames: dict, cases: list) -> None:
+def case_html(frames: Mapping[str, pd.DataFrame], case: data.CounterFactCase) -> str:
+    """One CounterFact case evaluated by ``factlens.evaluation.evaluate_counterfact``: its request,
+    a paraphrase and a neighbour, and per method its scores (``frames``: ``{method: DataFrame}``)."""
+    rows = {m: f[f["case_id"] == case.case_id].drop(columns=["case_id"]).iloc[0] for m, f in frames.items()}
+    request = f"{case.prompt.replace('{}', case.subject)} [{case.target_true} → {case.target_new}]"
+    return (f"<div {_RESULT}><b>{html.escape(request)}</b><br>paraphrase: "
+            f"{html.escape(repr(case.paraphrase_prompts[0]))}; neighbour: "
+            f"{html.escape(repr(case.neighborhood_prompts[0][0]))}{pd.DataFrame(rows).T.round(3).to_html()}</div>")
+
+
+def edit_case_browser(frames: Mapping[str, pd.DataFrame], cases: Sequence[data.CounterFactCase]) -> None:
     """Pick a CounterFact case evaluated by ``factlens.evaluation.evaluate_counterfact``: shows
-    its request and, per method, the case's scores (``frames``: ``{method: DataFrame}``).
-    Needs no model: the static book shows the first case."""
-    import ipywidgets as w
-    import pandas as pd
-    from IPython.display import display
-
+    its request and, per method, the case's scores (:func:`case_html`). Needs no model: the
+    static book shows the first case."""
     by_id = {c.case_id: c for c in cases}
     ids = [i for i in frames[next(iter(frames))]["case_id"] if i in by_id]
     if not ids:
         raise ValueError("the frames hold none of the given cases; pass the cases that were evaluated")
-    out = w.Output()
+    pick = w.Dropdown(options=ids, value=ids[0], description="case").add_class("factlens-case")
+    panel = _Panel("cases", "case", [pick], [pick])
+    display(panel.box)
+    result = display(HTML(""), display_id=True)
 
-    def render(case_id: int) -> None:
-        case = by_id[case_id]
-        rows = {m: f[f["case_id"] == case_id].drop(columns=["case_id"]).iloc[0] for m, f in frames.items()}
-        print(f"{case.prompt.replace('{}', case.subject)} [{case.target_true} -> {case.target_new}]")
-        print(f"paraphrase: {case.paraphrase_prompts[0]!r}; neighbour: {case.neighborhood_prompts[0][0]!r}")
-        display(pd.DataFrame(rows).T.round(3))
+    def show() -> str:
+        result.update(HTML(case_html(frames, by_id[pick.value])))
+        return f"case {pick.value}"
 
-    def show(case_id: int) -> None:
-        out.clear_output(wait=True)
-        with out:
-            render(case_id)
-
-    render(ids[0])  # a plain output: the static book shows it
-    pick = w.Dropdown(options=ids, value=ids[0], description="case")
-    pick.observe(lambda change: show(change["new"]), names="value")
-    display(w.VBox([pick, out]))
+    panel.run(show)
+    pick.observe(lambda _: panel.run(show), names="value")
 
 
-def rome_editor(model, prompt: str = "{} is located in the city of", subject: str = "The Eiffel Tower",
-                target: str = "Rome", probes: tuple[str, ...] = (), layer: int | None = None,
-                max_new_tokens: int = 20) -> None:
-    """Edit one fact with ROME and compare the model before and after: the top next token
-    and a greedy continuation of the edited prompt and of each probe prompt. Shows the
-    default edit when created (the static book); with a kernel, change the fields and press
-    "edit". The edit is undone after each rendering."""
-    import ipywidgets as w
-    import pandas as pd
-    from IPython.display import display
+def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+    """Each prompt's top next token and greedy continuation (``rome.generate``), as "[top] text"."""
+    top = [row[0] for row in view(model).top_tokens(list(prompts))]
+    texts = rome.generate(model, prompts, max_new_tokens)
+    return [f"[{t.strip()}] {s.strip()}" for t, s in zip(top, texts)]
 
-    from factlens import rome
-    from factlens.models import view
 
-    v = view(model)
-    out = w.Output()
+def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[str] = (), *,
+                    hparams: rome.ROMEHyperParams | None = None, max_new_tokens: int = 20,
+                    progress: bool = False) -> pd.DataFrame:
+    """What the ROME editor shows after a click: for the edited prompt and each probe, the top
+    next token and greedy continuation (:func:`answers`) before and after ``request`` is written
+    with ROME (``rome.edit``, undone before this returns). ``attrs["edit"]`` holds the layer,
+    P(target) reached by v* and the edit's seconds (C excluded, see ``rome.apply``)."""
+    prompts = [request.text, *probes]
+    before = answers(model, prompts, max_new_tokens)
+    with rome.edit(model, request, hparams=hparams, progress=progress) as e:
+        after = answers(model, prompts, max_new_tokens)
+    frame = pd.DataFrame({"prompt": prompts, _BEFORE: before, "after": after})
+    frame.attrs["edit"] = {"layer": e.layer, "target_prob": e.info["target_prob"], "seconds": e.info["seconds"]}
+    return frame
 
-    def table(prompts: list[str]) -> list[str]:
-        top = [row[0] for row in v.top_tokens(prompts)]
-        texts = rome.generate(model, prompts, max_new_tokens)
-        return [f"[{t.strip()}] {s.strip()}" for t, s in zip(top, texts)]
 
-    def render(prompt: str, subject: str, target: str, layer: int | None) -> None:
-        request = rome.EditRequest(prompt, subject, target)
-        prompts = [request.text, *probes]
-        before = table(prompts)
-        with rome.edit(model, request, layer=layer) as e:
-            after = table(prompts)
-        print(f"{request.text} -> {target!r} at layer {e.layer}: P(target) {e.info['target_prob']:.2f} "
-              f"after optimizing v*, {e.info['seconds']:.1f} s")
-        display(pd.DataFrame({"prompt": prompts, "before [top token] greedy text": before,
-                              "after": after}).style.hide(axis="index"))
+def rome_editor(model: Model, prompt: str = "{} is located in the city of", subject: str = "The Eiffel Tower",
+                target: str = "Rome", probes: Sequence[str] = (), layer: int | None = None,
+                max_new_tokens: int = 20, *, hparams: rome.ROMEHyperParams | None = None,
+                initial: pd.DataFrame | None = None) -> None:
+    """Edit one fact with ROME and compare the model before and after (:func:`edit_comparison`):
+    the top next token and a greedy continuation of the edited prompt and of each probe. Change
+    the fields and press "edit"; the edit is undone after each comparison.
 
-    render(prompt, subject, target, layer)  # a plain output: the static book shows it
-    fields = [w.Text(value=prompt, description="prompt"), w.Text(value=subject, description="subject"),
-              w.Text(value=target, description="target"),
-              w.IntSlider(value=rome.default_hparams(model).layer if layer is None else layer,
-                          min=0, max=v.n_layers - 1, description="layer")]
-    button = w.Button(description="edit")
+    Creating it costs no edit: it shows the model before (the static book), or ``initial``, a
+    comparison the notebook already computed. The first edit at a layer gathers that layer's
+    statistics C (cached afterwards); ``hparams`` defaults to ``rome.default_hparams(model)``,
+    ``layer`` overrides its layer.
+    """
+    hp = hparams or rome.default_hparams(model)
+    fields = [_text("prompt", prompt, "prompt", wide=True), _text("subject", subject, "subject"),
+              _text("target", target, "target"),
+              w.IntSlider(value=hp.layer if layer is None else layer, min=0, max=view(model).n_layers - 1,
+                          description="layer").add_class("factlens-layer")]
+    go = _Button(description="edit").add_class("factlens-go")
+    panel = _Panel("rome", "edit", [*fields, go], [*fields, go])
+    display(panel.box)
+    result = display(HTML(""), display_id=True)
 
-    def run(_: object) -> None:
-        out.clear_output(wait=True)
-        with out:
-            try:
-                render(*(f.value for f in fields))
-            except ValueError as err:  # bad request: say what was wrong
-                print(err)
+    def request() -> rome.EditRequest:
+        check_text(model, fields[1].value, "subject", "The Eiffel Tower")
+        check_text(model, fields[2].value, "target", "Rome")
+        return rome.EditRequest(fields[0].value, fields[1].value, fields[2].value)
 
-    button.on_click(run)
-    display(w.VBox([*fields, button, out]))
+    def show(frame: pd.DataFrame) -> None:
+        result.update(frame.style.hide(axis="index").set_table_attributes(_RESULT))
+
+    def before() -> str:
+        r = request()
+        prompts = [r.text, *probes]
+        show(pd.DataFrame({"prompt": prompts, _BEFORE: answers(model, prompts, max_new_tokens),
+                           "after": 'press "edit"'}))
+        return "the model before an edit"
+
+    def edited() -> str:
+        panel.stage(f"writing {fields[2].value!r} at layer {fields[3].value} (C is gathered once per layer), "
+                    "then generating")
+        with panel.bars():
+            frame = edit_comparison(model, request(), probes, hparams=replace(hp, layer=fields[3].value),
+                                    max_new_tokens=max_new_tokens, progress=True)
+        show(frame)
+        info = frame.attrs["edit"]
+        return f"layer {info['layer']}, P(target) {info['target_prob']:.2f} after optimizing v*"
+
+    def precomputed() -> str:
+        show(initial)
+        return "the comparison the notebook computed"
+
+    panel.run(before if initial is None else precomputed)
+    go.on_click(lambda _: panel.click(go, edited))
