@@ -158,7 +158,8 @@ def plot_memory_aggregation(agg: dict, paper_active: tuple[float, float], paper_
 
 # --- causal tracing (chapter 3a) ----------------------------------------------------------
 _TRACE_COLORS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
-_TRACE_TITLES = {"hidden": "single restored layer", "mlp": "restored MLP (window)", "attn": "restored attention (window)"}
+_TRACE_TITLES = {"hidden": "single restored layer", "mlp": "restored MLP (window)",
+                 "attn": "restored attention (window)"}
 
 
 def plot_trace(trace, ax=None) -> "plt.Figure":
@@ -214,7 +215,8 @@ def plot_average_effects(effects: dict, model_label: str, paper: str = "") -> "p
     ax.set_xlabel("layer")
     ax.set_title("AIE at the last subject token (95% band)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.suptitle(f"{model_label}, {effects[kinds[0]].n_facts} known facts" + (f"\n{paper}" if paper else ""), fontsize=9)
+    title = f"{model_label}, {effects[kinds[0]].n_facts} known facts"
+    fig.suptitle(title + (f"\n{paper}" if paper else ""), fontsize=9)
     fig.tight_layout()
     return fig
 
