@@ -471,3 +471,58 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
 
     panel.run(before if initial is None else precomputed)
     go.on_click(lambda _: panel.click(go, edited))
+
+
+# --- many edits (chapter 3d) --------------------------------------------------------------------
+
+
+def many_edits_explorer(model: Model, cases: Sequence[data.CounterFactCase], yardstick, *,
+                        initial: Mapping[str, pd.DataFrame] | None = None, zs=None, every: int = 10,
+                        max_edits: int = 100, alphaedit_hparams=None, rome_hparams=None) -> None:
+    """Choose an editing method and a number of edits, press "edit", and watch the measurements of
+    ``factlens.sequential`` grow every ``every`` edits beside the chapter's curves (``initial``,
+    ``{method: curve}``; shown alone until the first run). ``cases`` are edited in order; ``zs``
+    (one per case) are MEMIT's and AlphaEdit's cached targets. The model is restored bit for bit
+    after every run. ``yardstick`` is a :class:`factlens.sequential.Yardstick`."""
+    import matplotlib.pyplot as plt
+
+    from factlens import plots, sequential
+
+    reference = dict(initial or {})
+    label = view(model).label
+    method = w.Dropdown(options=list(sequential.METHODS), value="ROME",
+                        description="method").add_class("factlens-method")
+    top = max(every, min(max_edits, len(cases)) // every * every)
+    edits = w.IntSlider(value=min(top, 2 * every), min=every, max=top, step=every,
+                        description="edits").add_class("factlens-edits")
+    go = _Button(description="edit").add_class("factlens-go")
+    figure = w.Output().add_class("factlens-result")
+    panel = _Panel("many-edits", "run", [w.HBox([method, edits, go]), figure], [method, edits, go])
+
+    def draw(curves: Mapping[str, pd.DataFrame]) -> None:
+        with figure:
+            figure.clear_output(wait=True)
+            if curves:
+                fig = plots.plot_sequential(dict(curves), model_label=label)
+                display(fig)
+                plt.close(fig)
+            else:
+                display(HTML("<i>no curves yet: press “edit”</i>"))
+
+    def edited() -> str:
+        chosen, n = method.value, edits.value
+        if n > len(cases):
+            raise ValueError(f"only {len(cases)} cases are loaded: choose at most {len(cases)} edits")
+        panel.stage(f"{chosen}: {n} edits, measuring every {every}")
+        others = {m: c for m, c in reference.items() if m != chosen}
+        with panel.bars():
+            run = sequential.run_sequence(model, cases[:n], chosen, yardstick, every=every,
+                                          zs=None if zs is None else zs[:n], rome_hparams=rome_hparams,
+                                          alphaedit_hparams=alphaedit_hparams,
+                                          on_checkpoint=lambda curve: draw({**others, f"{chosen} (this run)": curve}))
+        final = run.final("retention" if n > every else "efficacy_newest")
+        return f"{chosen}, {n} edits: {final['value']:.0f}% of the edits held, model restored"
+
+    draw(reference)
+    display(panel.box)
+    go.on_click(lambda _: panel.click(go, edited))
