@@ -245,12 +245,13 @@ def plot_severed(baseline, severed: dict, model_label: str, paper: str = "") -> 
 
 
 def plot_edit_metrics(summaries: dict, paper: dict, metrics: list[str] | tuple[str, ...],
-                      title: str = "", model_label: str = "ours"):
+                      title: str = "", model_label: str = "ours", row_of: dict | None = None):
     """Grouped bars: one group per metric, one bar per method (our mean with its 95% interval),
     and the paper's number for the same method as a black diamond on the bar.
 
     ``summaries`` is ``{method: factlens.evaluation.summarize(...)}``, ``paper``
-    ``{method: {metric: value}}`` (``factlens.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``).
+    ``{method: {metric: value}}`` (``factlens.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``);
+    ``row_of`` maps our method names to the paper's rows where they differ.
     """
     import numpy as np
 
@@ -265,7 +266,7 @@ def plot_edit_metrics(summaries: dict, paper: dict, metrics: list[str] | tuple[s
         err = np.array([[s[m]["mean"] - s[m]["low"], s[m]["high"] - s[m]["mean"]] if m in s else [0, 0]
                         for m in metrics]).T
         ax.bar(x, mean, width, yerr=err, capsize=2, label=method, color=f"C{i}", alpha=0.85)
-        ref = [paper.get(method, {}).get(m, np.nan) for m in metrics]
+        ref = [paper.get((row_of or {}).get(method, method), {}).get(m, np.nan) for m in metrics]
         ax.scatter(x, ref, marker="D", color="black", s=14, zorder=3,
                    label="paper (GPT-2 XL)" if i == 0 else None)
     ax.axhline(0, color="grey", lw=0.5)
