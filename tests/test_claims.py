@@ -81,7 +81,6 @@ def test_the_rule_is_stated_with_every_verdict():
 NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+)(?![\d])")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 moves the notebooks' paper numbers into factlens.claims")
 def test_no_notebook_code_cell_retypes_a_papers_number():
     """Every paper number with a decimal point that a code cell types is a retyped paper number."""
     root = Path(__file__).resolve().parents[1]

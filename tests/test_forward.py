@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from factlens import forward
 from factlens.models import load_model, view
 
 # longer than tiny-gemma3's sliding window (16 tokens), so that its sliding layers mask keys
@@ -160,7 +161,8 @@ def test_rows_continue_the_recorded_rows_of_a_padded_batch(tiny):
         for r, source in enumerate(rows.tolist()):
             n = int(batch.lengths[source])
             ids = batch.ids[source:source + 1, :n]
-            full = v.final_hidden(ids, fwd_hooks=[(v.resid_pre_hook(layer), _add_from(start, extra[r:r + 1, :n - start]))])
+            change = _add_from(start, extra[r:r + 1, :n - start])
+            full = v.final_hidden(ids, fwd_hooks=[(v.resid_pre_hook(layer), change)])
             torch.testing.assert_close(partial[r, :n - start], full[0, start:], rtol=1e-5, atol=1e-5)
 
 
@@ -175,6 +177,20 @@ def test_hooks_in_the_rerun_see_the_rerun_positions(tiny):
     with torch.no_grad():
         v.run_from(rec, 1, start=3, fwd_hooks=[(v.mlp_out_hook(2), grab)])
     torch.testing.assert_close(seen["x"], rec.captured[v.mlp_out_hook(2)][:, 3:], rtol=1e-5, atol=1e-5)
+
+
+def test_token_log_probs_equal_the_log_softmax_of_the_logits(tiny):
+    v = view(tiny)
+    normed = v.final_hidden(v.batch([LONG, SHORT]).ids).reshape(-1, v.d_model).detach()
+    logits = v.unembed(normed[:, None])[:, 0]
+    log_z, top = forward.log_normalizer(v, normed, vocab_block=100, row_block=7)  # ragged last blocks
+    torch.testing.assert_close(log_z, logits.logsumexp(-1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(top, logits.argmax(-1))
+    tokens = torch.tensor([[3, 7, v.d_vocab - 1]]).expand(len(normed), -1)
+    log_softmax = logits.log_softmax(-1)
+    got = forward.token_log_probs(v, normed, tokens, log_z=log_z)
+    torch.testing.assert_close(got, log_softmax.gather(1, tokens), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v.token_log_probs(normed, [5])[:, 0], log_softmax[:, 5], rtol=1e-5, atol=1e-5)
 
 
 def test_bad_requests_are_clear_errors(tiny):

@@ -47,17 +47,30 @@ def _delta(model, prompt=PROMPT, subject=SUBJECT, samples=3, seed=1):
     return corruption(model, prompt, subject, samples=samples, noise=3.0, std=2.0, seed=seed)
 
 
-@pytest.mark.parametrize("kind,sever", [("hidden", None), ("mlp", None), ("attn", None), ("hidden", "mlp")])
-def test_batched_trace_agrees_with_the_straightforward_loop(tiny, kind, sever):
+@pytest.mark.parametrize("kind,sever,window,batch_size", [
+    ("hidden", None, 2, 7), ("mlp", None, 2, 7), ("attn", None, 3, 256), ("hidden", "mlp", 2, 7),
+    ("hidden", "attn", 2, 1), ("mlp", None, 1, 1)])
+def test_batched_trace_agrees_with_the_straightforward_loop(tiny, kind, sever, window, batch_size):
+    """Every restoration re-run from its first changed block on the later positions only, the
+    restorations of a token batched across layers (and cut into batches of ``batch_size`` rows)."""
     delta = _delta(tiny)
-    fast = trace(tiny, PROMPT, SUBJECT, kind, delta=delta, window=2, sever=sever, batch_size=7)
-    slow = trace_straightforward(tiny, PROMPT, SUBJECT, kind, delta=delta, window=2, sever=sever)
+    fast = trace(tiny, PROMPT, SUBJECT, kind, delta=delta, window=window, sever=sever, batch_size=batch_size)
+    slow = trace_straightforward(tiny, PROMPT, SUBJECT, kind, delta=delta, window=window, sever=sever)
     assert fast.answer_id == slow.answer_id
     assert fast.clean_prob == pytest.approx(slow.clean_prob, rel=1e-4)
     assert fast.corrupted_prob == pytest.approx(slow.corrupted_prob, rel=1e-4)
     # a random tiny model's probabilities are small: compare at a tolerance far below the effects
     torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-5, atol=2e-8)
     assert slow.indirect_effect.abs().max() > 50 * 2e-8
+
+
+def test_traced_positions_only(tiny):
+    delta = _delta(tiny)
+    full = trace(tiny, PROMPT, SUBJECT, "mlp", delta=delta, window=2)
+    some = trace(tiny, PROMPT, SUBJECT, "mlp", delta=delta, window=2, positions=[2, -1])
+    n = full.scores.shape[0]
+    torch.testing.assert_close(some.scores[[2, n - 1]], full.scores[[2, n - 1]], rtol=1e-5, atol=1e-8)
+    assert torch.isnan(some.scores[[0, 1, 3]]).all()
 
 
 def test_zero_noise_gives_zero_indirect_effects(tiny):
@@ -183,7 +196,8 @@ def test_average_indirect_effects_by_hand():
     assert aie.count == [2, 1, 2, 1, 0, 2]  # b: the subsequent token is the last token
     assert torch.isnan(aie.mean[g["further tokens"]]).all()
     half = 1.96 * torch.tensor([.5, .2]).std() / math.sqrt(2)
-    assert float(aie.high[g["last subject token"], 0] - aie.mean[g["last subject token"], 0]) == pytest.approx(float(half), rel=1e-5)
+    last = g["last subject token"]
+    assert float(aie.high[last, 0] - aie.mean[last, 0]) == pytest.approx(float(half), rel=1e-5)
     assert aie.total_effect == pytest.approx(0.3)
     assert aie.peak("last token") == (1, pytest.approx(0.35))
 

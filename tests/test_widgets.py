@@ -6,7 +6,9 @@ The same widgets in JupyterLab in a real browser: tests/test_widgets_live.py.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import ipywidgets as w
 import pytest
@@ -63,10 +65,9 @@ def find(box: w.Widget, name: str) -> w.Widget:
 
 @pytest.fixture
 def shown(monkeypatch) -> Shown:
-    """Displays recorded; clicks come as a person's would, not queued behind the last run."""
+    """Displays recorded instead of shown."""
     recorder = Shown()
     monkeypatch.setattr(widgets, "display", recorder)
-    monkeypatch.setattr(widgets, "_QUEUED_SECONDS", 0.0)
     return recorder
 
 
@@ -115,22 +116,40 @@ def test_memory_prompt_html_refuses_an_empty_prompt(tiny):
 # --- one run at a time ---------------------------------------------------------------------------
 
 
-def test_panel_runs_one_job_at_a_time_and_drops_queued_clicks():
+def test_panel_runs_one_job_at_a_time():
     button = w.Button()
     panel = widgets._Panel("test", "job", [button], [button])
     states = []
 
     def job() -> str:
         states.append(button.disabled)
-        assert not panel.run(job)  # a click while running: dropped
+        assert not panel.run(job)  # a change the job makes to a control starts no second run
         return "done"
 
     assert panel.run(job)
     assert states == [True] and not button.disabled
     assert panel.status.value.startswith("job 1: done, ")
-    assert not panel.run(job)  # queued behind the run (it comes at once after it): dropped
-    assert panel.run(job, drop_queued=False)  # a changed value always runs
+    assert panel.run(job) and panel.runs == 2
+
+
+def click_sent_at(button: widgets._Button, seconds: float) -> None:
+    """A click as the kernel receives it from the browser, sent ``seconds`` after a fixed time."""
+    sent = datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
+    button._handle_msg({"header": {"date": sent.isoformat()}, "buffers": [],
+                        "content": {"data": {"method": "custom", "content": {"event": "click"}}}})
+
+
+def test_a_click_sent_while_the_last_click_ran_is_dropped():
+    button = widgets._Button()
+    panel = widgets._Panel("test", "job", [button], [button])
+    button.on_click(lambda _: panel.click(button, lambda: time.sleep(0.2) or "done"))
+    click_sent_at(button, 0.0)  # runs for 0.2 s or more
+    click_sent_at(button, 0.1)  # sent during that run, queued behind it: dropped
+    assert panel.runs == 1
+    click_sent_at(button, 5.0)  # sent after it: runs, however soon it reaches the kernel
     assert panel.runs == 2
+    button.click()  # no date (a frontend that sends none, or a test): runs
+    assert panel.runs == 3
 
 
 def test_panel_shows_a_failure_in_one_line_and_keeps_working():
@@ -144,7 +163,7 @@ def test_panel_shows_a_failure_in_one_line_and_keeps_working():
     assert "subject &#x27;Paris&#x27; does not occur" in panel.status.value
     assert "Traceback" not in panel.status.value and "\n" not in panel.status.value
     assert not button.disabled
-    assert panel.run(lambda: "fine", drop_queued=False) and "job 2: fine" in panel.status.value
+    assert panel.run(lambda: "fine") and "job 2: fine" in panel.status.value
 
 
 # --- the widgets, driven in-process -----------------------------------------------------------------

@@ -233,7 +233,9 @@ def run_blocks(v: View, rec: Recording, resid: torch.Tensor, layers: range, *, s
     earlier = _EarlierPositions({l: _pick(rec.keys[l][:, :, :start], index) for l in layers},
                                 {l: _pick(rec.values[l][:, :, :start], index) for l in layers}) if start else None
     x = resid
-    with v.model.hooks(fwd_hooks=list(fwd_hooks)), _keys_and_values(v, {l: earlier for l in layers} if start else {}):
+    # entering the bridge's hook context costs milliseconds: only when there are hooks to add
+    hooks = v.model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
+    with hooks, _keys_and_values(v, {l: earlier for l in layers} if start else {}):
         for layer in layers:
             kwargs = {k: _cut(k, a, index, start, rec.n_rows) for k, a in rec.block_args[layer].items()}
             out = v.model.blocks[layer](x, **kwargs)
@@ -251,7 +253,8 @@ def run_from(v: View, rec: Recording, layer: int, resid: torch.Tensor | None = N
     ``layer`` may be L (no block runs: the final norm of ``resid``). See :func:`run_blocks`.
     """
     if not 0 <= layer <= v.n_layers:
-        raise IndexError(f"layer {layer} is out of range: {v.name} has layers 0..{v.n_layers - 1} (and L = {v.n_layers})")
+        raise IndexError(f"layer {layer} is out of range: {v.name} has layers 0..{v.n_layers - 1} "
+                         f"(and {v.n_layers}: the final norm only)")
     if resid is None:
         _check_recorded(rec, [layer])
         resid = _pick(rec.resid[layer][:, start:], None if rows is None else
@@ -265,3 +268,45 @@ def run_from(v: View, rec: Recording, layer: int, resid: torch.Tensor | None = N
     picked = x.gather(1, where.reshape(x.shape[0], -1, 1).expand(-1, -1, x.shape[-1]))
     normed = v.final_norm(picked)
     return normed[:, 0] if where.ndim == 1 else normed
+
+
+def log_normalizer(v: View, normed: torch.Tensor, *, vocab_block: int = 4096,
+                   row_block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log Σ_j exp(z_j)`` and ``argmax_j z_j`` of the logits ``z = unembed(normed)`` of each row
+    of ``normed`` [N, d_model]: two [N] tensors, in one pass over the unembedding.
+
+    The logits are taken ``row_block`` rows and ``vocab_block`` tokens at a time with a running
+    log-sum-exp, so that the [N, d_vocab] logits (262,144 per row for Gemma) are never written
+    out: the blocks stay in the processor's cache. Gradients flow (through the log-sum-exp).
+    """
+    weight, bias = v.model.unembed.W_U.T, v.model.unembed.b_U
+    log_z, top = [], []
+    for rows in normed.split(row_block):
+        best = torch.full((rows.shape[0],), -torch.inf, device=rows.device, dtype=rows.dtype)
+        best_id = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device)
+        total = torch.zeros_like(best)
+        for first in range(0, weight.shape[0], vocab_block):
+            logits = torch.addmm(bias[first:first + vocab_block], rows, weight[first:first + vocab_block].T)
+            block_best, block_id = logits.max(-1)
+            new_best = torch.maximum(best, block_best)
+            total = total * (best - new_best).exp() + (logits - new_best[:, None]).exp().sum(-1)
+            best_id = torch.where(block_best > best, block_id + first, best_id)
+            best = new_best
+        log_z.append(best + total.log())
+        top.append(best_id)
+    return torch.cat(log_z), torch.cat(top)
+
+
+def token_log_probs(v: View, normed: torch.Tensor, tokens: torch.Tensor | Sequence[int], *,
+                    log_z: torch.Tensor | None = None) -> torch.Tensor:
+    """``log softmax(unembed(normed))[token]``: [N, k] for final-normed states ``normed`` [N, d_model]
+    and ``tokens`` ([k] for every row, or [N, k]); the same numbers as unembedding and a
+    log-softmax, up to the order of float summation (:func:`log_normalizer`; ``log_z``: its
+    result, when already computed)."""
+    weight, bias = v.model.unembed.W_U.T, v.model.unembed.b_U
+    tokens = torch.as_tensor(tokens, device=normed.device)
+    tokens = tokens.expand(normed.shape[0], -1) if tokens.ndim == 1 else tokens
+    if log_z is None:
+        log_z = log_normalizer(v, normed)[0]
+    chosen = (normed[:, None] * weight[tokens]).sum(-1) + bias[tokens]
+    return chosen - log_z[:, None]

@@ -259,6 +259,8 @@ class View:
     residual stream h_i^l  ``resid_pre_hook(l)`` / ``resid_post_hook(l)`` [b, t, d_model]
     subject embeddings     ``embed_hook``                                 [b, t, d_model]
     final-normed stream    ``final_hook``                                 [b, t, d_model]
+    log P(token)           ``token_log_probs(normed, tokens)``            [N, k]
+    log Z, top token       ``log_normalizer(normed)``                     [N], [N]
     one recorded run       ``record(ids)``: block inputs ``.resid[l]``,   [b, t, d_model]
                            attention ``.keys[l]`` / ``.values[l]``        [b, kv, t, d_head]
     blocks l.. re-run      ``run_from(rec, l, resid, start=i)``: the      [B, t - i, d_model]
@@ -479,6 +481,19 @@ class View:
         """Re-run the consecutive blocks ``layers`` as :meth:`run_from` does, and return the residual
         stream after the last of them (positions ``start ..``, no final norm)."""
         return forward.run_blocks(self, recording, resid, layers, start=start, rows=rows, fwd_hooks=fwd_hooks)
+
+    def token_log_probs(self, normed: torch.Tensor, tokens: torch.Tensor | Sequence[int], *,
+                        log_z: torch.Tensor | None = None) -> torch.Tensor:
+        """``log softmax(unembed(normed))`` at ``tokens`` ([k], or [N, k] per row) for final-normed
+        states [N, d_model]: [N, k], without writing the [N, d_vocab] logits (the vocabulary is
+        taken in blocks that stay in cache; much faster for Gemma's 262,144 tokens). ``log_z``:
+        :meth:`log_normalizer`'s, when already computed. The unembedding's hooks do not fire."""
+        return forward.token_log_probs(self, normed, tokens, log_z=log_z)
+
+    def log_normalizer(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log Σ_j exp(z_j)`` and the top token ``argmax_j z_j`` of the logits of each final-normed
+        state [N, d_model] (two [N] tensors), in one blocked pass as :meth:`token_log_probs`."""
+        return forward.log_normalizer(self, normed)
 
     # to the vocabulary --------------------------------------------------------
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:

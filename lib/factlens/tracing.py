@@ -20,22 +20,24 @@ Speed. The straightforward loop (:func:`trace_straightforward`, the paper's code
 whole model, with logits over the whole vocabulary at every position, once per (token,
 layer). :func:`trace` computes the same numbers with far less work:
 
-* one clean and one corrupted run are recorded (block inputs, MLP and attention outputs,
-  and the arguments each block receives); a restoration at layer ``l`` re-runs only the
-  blocks from ``l`` up (from ``l + 1`` for a hidden state, which is block ``l``'s output),
-  starting from the recorded corrupted residual stream;
-* all positions and noise samples of one layer go through those blocks as one batch;
+* one run of the clean prompt and its ``S`` corrupted copies is recorded
+  (``View.record``: block inputs, block arguments, attention keys and values);
+* a restoration at token ``i`` and layer ``l`` changes nothing below its first re-run block
+  (:func:`first_rerun_block`) and nothing before token ``i``: only positions ``≥ i`` of the
+  blocks above are re-run (``View.run_blocks``), attending to the corrupted run's keys and
+  values of the earlier positions;
+* all restorations of one token, every layer and every noise sample, go through the blocks
+  as one batch: the rows of the restorations at layer ``l`` join it at their first block;
 * only the last position is projected to the vocabulary (262,144 tokens for Gemma);
-* what cannot change is not computed: the states before the first subject token are the
-  same in the clean and the corrupted run, and a state at the last layer reaches the
-  prediction only at the last token; those restorations score exactly ``P*[o]``.
+* what cannot change is not computed (:func:`restoration_can_matter`); those restorations
+  score exactly ``P*[o]``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +45,8 @@ import torch
 from tqdm.auto import tqdm
 
 from factlens.cache import cached_tensors
-from factlens.models import TokenSpan, view
+from factlens.forward import Recording
+from factlens.models import Model, TokenSpan, View, view
 
 Kind = Literal["hidden", "mlp", "attn"]
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
@@ -95,13 +98,13 @@ class Trace:
 # --------------------------------------------------------------------------- the noise
 
 
-def embedding_std(model: Any, texts: Sequence[str] | None = None) -> float:
+def embedding_std(model: Model, texts: Sequence[str] | None = None) -> float:
     """Standard deviation of the token embeddings as layer 0 receives them (``hook_embed``).
 
     As the paper's ``collect_embedding_std``: over every coordinate of the embeddings of the
-    tokens of ``texts`` (default: the subjects of ROME's known facts). Read at ``hook_embed``
-    so that Gemma's ``sqrt(d_model)`` scaling is included. Measured once per model and
-    texts, then cached.
+    tokens of ``texts`` (default: the subjects of ROME's known facts). Read where layer 0
+    reads them, so that Gemma's ``sqrt(d_model)`` scaling is included. Measured once per
+    model and texts, then cached.
     """
     if texts is None:
         from factlens.data import known_facts
@@ -113,16 +116,16 @@ def embedding_std(model: Any, texts: Sequence[str] | None = None) -> float:
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
     key = {"model": v.name, "hook": v.embed_hook, "texts": digest, "n_texts": len(texts)}
 
+    @torch.no_grad()
     def build() -> dict[str, torch.Tensor]:
-        rows = [_embeddings(model, torch.tensor([v.token_ids(t)], device=model.cfg.device))[0, len(v.bos):]
-                for t in texts]
+        rows = [v.embeddings(v.batch([t]).ids)[0, len(v.bos):] for t in texts]
         return {"std": torch.cat(rows).flatten().double().std().reshape(1)}
 
     return float(cached_tensors("tracing-embedding-std", key, build)["std"])
 
 
 def corruption(
-    model: Any,
+    model: Model,
     prompt: str,
     subject: str,
     *,
@@ -150,7 +153,7 @@ def corruption(
     gen = torch.Generator().manual_seed(seed)
     shape = (samples, len(span), v.d_model)
     if noise_kind == "swap":
-        return _swap_delta(model, prompt, subject, span, samples, swap_subjects, gen)
+        return _swap_delta(v, prompt, subject, samples=samples, swap_subjects=swap_subjects, gen=gen)
     scale = noise * (embedding_std(model) if std is None else std)
     if noise_kind == "gaussian":
         unit = torch.randn(shape, generator=gen)
@@ -160,18 +163,19 @@ def corruption(
         normal = torch.randn(shape, generator=gen)
         chi2 = (torch.randn((*shape, 3), generator=gen) ** 2).sum(-1)
         unit = normal / torch.sqrt(chi2 / 3) / math.sqrt(3.0)
-    return (scale * unit).to(model.cfg.device, _dtype(model))
+    return (scale * unit).to(v.device, v.dtype)
 
 
-def _swap_delta(model, prompt, subject, span, samples, swap_subjects, gen) -> torch.Tensor:
-    v = view(model)
-    ids = torch.tensor([v.token_ids(prompt)], device=model.cfg.device)
-    clean = _embeddings(model, ids)[0, span.start:span.stop]
+@torch.no_grad()
+def _swap_delta(v: View, prompt: str, subject: str, *, samples: int, swap_subjects: Sequence[str],
+                gen: torch.Generator) -> torch.Tensor:
+    """The embeddings of other subjects in the subject's place, minus the subject's own."""
+    span = v.subject_span(prompt, subject)
+    n_tokens = len(v.token_ids(prompt))
     fits = []
     for other in dict.fromkeys(swap_subjects):
         swapped = prompt.replace(subject, other, 1)
-        if other != subject and len(v.token_ids(swapped)) == ids.shape[1] \
-                and v.subject_span(swapped, other) == span:
+        if other != subject and len(v.token_ids(swapped)) == n_tokens and v.subject_span(swapped, other) == span:
             fits.append(swapped)
     if not fits:
         raise ValueError(
@@ -179,124 +183,11 @@ def _swap_delta(model, prompt, subject, span, samples, swap_subjects, gen) -> to
             f"({len(span)}) in the prompt; none of the {len(swap_subjects)} given does"
         )
     picks = torch.randint(len(fits), (samples,), generator=gen).tolist()
-    rows = [_embeddings(model, torch.tensor([v.token_ids(fits[k])], device=ids.device))[0, span.start:span.stop]
-            for k in picks]
-    return torch.stack(rows) - clean
+    embedded = v.embeddings(v.batch([prompt, *fits]).ids)[:, span.start:span.stop]
+    return embedded[1:][torch.tensor(picks)] - embedded[0]
 
 
-def _dtype(model: Any) -> torch.dtype:
-    return next(model.parameters()).dtype
-
-
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
-def _embeddings(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    """The embeddings as layer 0 receives them (``hook_embed``), without running the blocks."""
-    got: list[torch.Tensor] = []
-
-    def grab(x, hook):
-        got.append(x)
-        raise _Stop
-
-    try:
-        with model.hooks(fwd_hooks=[(view(model).embed_hook, grab)]):
-            model(ids)
-    except _Stop:
-        pass
-    return got[0]
-
-
-# --------------------------------------------------------------------------- fast tracing
-
-
-class _Runs:
-    """The clean and the corrupted run of one prompt, recorded for the restorations.
-
-    ``block_inputs[l]``: the corrupted residual stream entering block ``l`` [S, t, d];
-    ``clean[name]``: the clean value at hook ``name`` [1, t, d]; ``corrupt[name]``: the
-    corrupted value [S, t, d]; ``block_args[l]``: what block ``l`` was called with (masks,
-    rotary embeddings), so that the blocks above a restoration can be run on their own.
-    """
-
-    def __init__(self, model: Any, ids: torch.Tensor, span: TokenSpan, delta: torch.Tensor,
-                 recorded: Iterable[str]):
-        self.model, self.v = model, view(model)
-        self.ids, self.span, self.samples = ids, span, delta.shape[0]
-        recorded = list(dict.fromkeys(recorded))
-        self.block_args: list[tuple[tuple, dict]] = [((), {})] * self.v.n_layers
-        self.clean, clean_last = self._record(ids, None, recorded, capture_args=True)
-        self.corrupt, corrupt_last = self._record(ids.expand(self.samples, -1), delta, recorded)
-        self.block_inputs = [self.corrupt[self.v.resid_pre_hook(l)] for l in range(self.v.n_layers)]
-        logits = self.v.unembed(torch.cat([clean_last, corrupt_last])[:, None])[:, 0]
-        self.clean_logits, self.corrupt_logits = logits[:1], logits[1:]
-
-    def _record(self, ids, delta, names, capture_args=False):
-        v, store = self.v, {}
-        resid_pre = [v.resid_pre_hook(l) for l in range(v.n_layers)]
-
-        def keeper(name):
-            def keep(x, hook):
-                store[name] = x.detach().clone()
-            return keep
-
-        hooks = [(n, keeper(n)) for n in dict.fromkeys([*names, *resid_pre])]
-        if delta is not None:
-            hooks.append((v.embed_hook, _add_at(self.span, delta)))
-        handles = []
-        if capture_args:
-            for layer, block in enumerate(self.model.blocks):
-                handles.append(block.register_forward_pre_hook(self._keeper(layer), with_kwargs=True))
-        try:
-            final = v.final_hidden(ids, fwd_hooks=hooks)
-        finally:
-            for h in handles:
-                h.remove()
-        return store, final[:, -1]
-
-    def _keeper(self, layer):
-        def keep(module, args, kwargs):
-            args = tuple(None if _is_cache(a) else a for a in args[1:])
-            kwargs = {k: None if _is_cache(a) else a for k, a in kwargs.items() if k != "hidden_states"}
-            self.block_args[layer] = (args, kwargs)
-        return keep
-
-    def run_from(self, start: int, resid: torch.Tensor, hooks: list) -> torch.Tensor:
-        """Blocks ``start`` .. L-1 on ``resid`` (with ``hooks``; none when ``start`` is L): the
-        final-normed last position [b, d]."""
-        with self.model.hooks(fwd_hooks=hooks):
-            x = resid
-            for layer in range(start, self.v.n_layers):
-                args, kwargs = self.block_args[layer]
-                out = self.model.blocks[layer](x, *args, **kwargs)
-                x = out[0] if isinstance(out, tuple) else out
-        return self.v.final_norm(x[:, -1:])[:, 0]
-
-
-def _is_cache(obj: Any) -> bool:
-    return type(obj).__name__.endswith("Cache")
-
-
-def _add_at(span: TokenSpan, delta: torch.Tensor) -> Callable:
-    """Hook: add ``delta`` [S, |span|, d] to the subject positions of rows 0..S-1 (the rest of the
-    batch is left clean; a batch of k·S rows gets the same noise in every block of S)."""
-    def add(x, hook):
-        x = x.clone()
-        reps = x.shape[0] // delta.shape[0]
-        x[:, span.start:span.stop] += delta.repeat(reps, 1, 1)
-        return x
-    return add
-
-
-def _set_rows(rows: torch.Tensor, pos: torch.Tensor, values: torch.Tensor) -> Callable:
-    """Hook: ``x[rows, pos] = values`` (one position per row)."""
-    def put(x, hook):
-        x = x.clone()
-        x[rows, pos] = values.to(x.dtype)
-        return x
-    return put
+# --------------------------------------------------------------------------- the paper's definitions
 
 
 def window_layers(layer: int, window: int, n_layers: int) -> range:
@@ -305,12 +196,32 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
-def _site_hook(v, kind: str, layer: int) -> str:
-    return {"hidden": v.resid_post_hook, "mlp": v.mlp_out_hook, "attn": v.attn_out_hook}[kind](layer)
-
-
-def _restored_layers(kind: str, layer: int, window: int, n_layers: int) -> range:
+def restored_layers(kind: str, layer: int, window: int, n_layers: int) -> range:
+    """The layers whose state at token ``i`` is set back to clean in the restoration (i, ``layer``):
+    ``h_i^(l)`` alone for a hidden state, the window's MLP or attention outputs otherwise."""
     return range(layer, layer + 1) if kind == "hidden" else window_layers(layer, window, n_layers)
+
+
+def first_rerun_block(kind: str, layer: int, window: int, n_layers: int) -> int:
+    """The lowest block whose output the restoration (i, ``layer``) changes: the block above
+    ``h^(l)`` (the output of block ``l``) for a hidden state, the window's first layer otherwise."""
+    return layer + 1 if kind == "hidden" else window_layers(layer, window, n_layers).start
+
+
+def severed_layers(layer: int, n_layers: int) -> range:
+    """The layers whose MLP (or attention) output at token ``i`` stays corrupted when the path
+    above a restored ``h_i^(l)`` is severed (the paper's Figure 7): every layer above ``l``."""
+    return range(layer + 1, n_layers)
+
+
+def restoration_can_matter(kind: str, token: int, layer: int, span: TokenSpan, n_tokens: int,
+                           n_layers: int) -> bool:
+    """False where ``P*,clean h_i^(l)[o] = P*[o]`` exactly: the states before the subject are the
+    same in the clean and the corrupted run, and a hidden state of the last layer reaches the
+    prediction only at the last token."""
+    if token < span.start:
+        return False
+    return not (kind == "hidden" and layer == n_layers - 1 and token != n_tokens - 1)
 
 
 def _check(kind: str, sever: str | None, window: int) -> None:
@@ -324,7 +235,12 @@ def _check(kind: str, sever: str | None, window: int) -> None:
         raise ValueError(f"window must be at least 1, got {window}")
 
 
-def _positions(positions, span: TokenSpan, n_tokens: int) -> list[int]:
+def _site_hook(v: View, kind: str, layer: int) -> str:
+    """Where the state of ``kind`` at ``layer`` is read and set: h^(l), or the MLP / attention output."""
+    return {"hidden": v.resid_post_hook, "mlp": v.mlp_out_hook, "attn": v.attn_out_hook}[kind](layer)
+
+
+def _traced_tokens(positions: Sequence[int] | str | None, span: TokenSpan, n_tokens: int) -> list[int]:
     if positions is None:
         return list(range(n_tokens))
     if positions == "last_subject":
@@ -332,21 +248,127 @@ def _positions(positions, span: TokenSpan, n_tokens: int) -> list[int]:
     return sorted({int(p) % n_tokens for p in positions})
 
 
-def _answer_probs(v, finals: torch.Tensor, answer_id: int, batch_size: int) -> torch.Tensor:
-    """softmax(unembed(final-normed h))[o] for each row, in chunks of ``4 * batch_size`` rows."""
-    chunks = [v.unembed(f[:, None])[:, 0].softmax(-1)[:, answer_id] for f in finals.split(4 * batch_size)]
-    return torch.cat(chunks).float().cpu()
+# --------------------------------------------------------------------------- fast tracing
 
 
-def _answer(v, logits: torch.Tensor, target: str | None) -> int:
-    if target is None:
-        return int(logits[0].argmax())
-    return v.target_ids(target)[0]
+class _Patches:
+    """Forward hooks that set, at one token, some rows of a state to given values; what they set
+    is changed between blocks (``now``), so the hooks are installed once per trace."""
+
+    def __init__(self) -> None:
+        self.now: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(self, name: str):
+        def put(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            if name not in self.now:
+                return x
+            rows, values = self.now[name]
+            x = x.clone()
+            x[rows, 0] = values.to(x.dtype)
+            return x
+        return put
+
+
+class _CorruptedRuns:
+    """The clean prompt (recorded row 0) and its ``S`` corrupted copies (rows 1..S), recorded once;
+    :meth:`restored` re-runs the blocks above the restorations of one token."""
+
+    def __init__(self, v: View, prompt: str, span: TokenSpan, delta: torch.Tensor, kind: str, sever: str | None):
+        self.v, self.kind, self.sever = v, kind, sever
+        self.samples = delta.shape[0]
+        ids = v.batch([prompt]).ids.expand(self.samples + 1, -1)
+        noise = torch.cat([torch.zeros_like(delta[:1]), delta])
+
+        def corrupt(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            x = x.clone()
+            x[:, span.start:span.stop] += noise.to(x.dtype)
+            return x
+
+        layers = range(v.n_layers)
+        self.sites = [_site_hook(v, kind, l) for l in layers] if kind != "hidden" else []
+        self.severed = [_site_hook(v, sever, l) for l in layers] if sever else []
+        self.rec: Recording = v.record(ids, fwd_hooks=[(v.embed_hook, corrupt)], names=[*self.sites, *self.severed])
+        self.patches = _Patches()
+        last = v.final_norm(self.rec.resid[v.n_layers][:, -1])
+        self.clean_final, self.corrupt_final = last[:1], last[1:]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.rec.n_tokens
+
+    def hooks(self) -> list:
+        return [(name, self.patches.hook(name)) for name in (*self.sites, *self.severed)]
+
+    def restored(self, token: int, layers: Sequence[int], window: int) -> torch.Tensor:
+        """The final-normed last position of every restoration (``token``, l) for l in ``layers``,
+        noise sample by noise sample: [len(layers) · S, d_model] (row ``k·S + s``: layer ``layers[k]``,
+        sample ``s``). The rows of layer ``l`` join the batch at :func:`first_rerun_block`."""
+        v, rec, S, L = self.v, self.rec, self.samples, self.v.n_layers
+        joining = {}
+        for l in layers:
+            joining.setdefault(first_rerun_block(self.kind, l, window, L), []).append(l)
+        order = [l for block in sorted(joining) for l in joining[block]]
+        x = rec.resid[0][:0, token:]
+        sample_of_row = torch.empty(0, dtype=torch.long)
+        row_layers: list[int] = []
+        for block in range(min(joining), L + 1):
+            if block in joining:
+                x = torch.cat([x, *[self._restored_input(token, l, block) for l in joining[block]]])
+                sample_of_row = torch.cat([sample_of_row, torch.arange(S).repeat(len(joining[block]))])
+                row_layers += [l for l in joining[block] for _ in range(S)]
+            if block == L:
+                break
+            self.patches.now = self._patches_at(token, block, row_layers, sample_of_row, window)
+            x = v.run_blocks(rec, x, range(block, block + 1), start=token, rows=1 + sample_of_row)
+        self.patches.now = {}
+        finals = v.final_norm(x[:, -1])
+        position = {l: k for k, l in enumerate(order)}
+        back = torch.tensor([position[l] * S + s for l in layers for s in range(S)])
+        return finals[back]
+
+    def _restored_input(self, token: int, layer: int, block: int) -> torch.Tensor:
+        """The stream entering ``block`` at positions ``token ..`` for the S rows of restoration
+        (``token``, ``layer``): the corrupted run's, with ``h_token^(layer)`` clean for a hidden state."""
+        x = self.rec.resid[block][1:, token:].clone()
+        if self.kind == "hidden":
+            x[:, 0] = self.rec.resid[block][0, token]
+        return x
+
+    def _patches_at(self, token: int, block: int, row_layers: list[int], sample_of_row: torch.Tensor,
+                    window: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """What the hooks set in ``block``: the window's restored outputs (clean), the severed
+        outputs (corrupted, of each row's sample)."""
+        now = {}
+        if self.kind != "hidden":
+            rows = torch.tensor([r for r, l in enumerate(row_layers)
+                                 if block in restored_layers(self.kind, l, window, self.v.n_layers)], dtype=torch.long)
+            if len(rows):
+                clean = self.rec.captured[self.sites[block]][0, token]
+                now[self.sites[block]] = (rows, clean.expand(len(rows), -1))
+        if self.sever:
+            rows = torch.tensor([r for r, l in enumerate(row_layers) if block in severed_layers(l, self.v.n_layers)],
+                                dtype=torch.long)
+            if len(rows):
+                corrupted = self.rec.captured[self.severed[block]][1 + sample_of_row[rows], token]
+                now[self.severed[block]] = (rows, corrupted)
+        return now
+
+
+def _answer_probs(v: View, finals: torch.Tensor, answer_id: int) -> torch.Tensor:
+    """softmax(unembed(final-normed h))[o] for each row (the vocabulary taken in blocks)."""
+    if not len(finals):
+        return torch.empty(0)
+    return v.token_log_probs(finals, [answer_id])[:, 0].exp().float().cpu()
+
+
+def _answer(v: View, clean_logits: torch.Tensor, target: str | None) -> int:
+    """The clean run's top token, or the first token of ``target``."""
+    return int(clean_logits[0].argmax()) if target is None else v.target_ids(target)[0]
 
 
 @torch.no_grad()
 def trace(
-    model: Any,
+    model: Model,
     prompt: str,
     subject: str,
     kind: Kind = "hidden",
@@ -375,61 +397,39 @@ def trace(
     or the first token of ``target``. The noise is ``noise`` × :func:`embedding_std`
     (``std`` overrides the measured value; ``delta`` gives the corruption itself, as
     :func:`corruption` returns it). ``positions``: the tokens to trace (default all;
-    ``"last_subject"``); the others are NaN.
+    ``"last_subject"``); the others are NaN. ``batch_size``: the most rows re-run together.
     """
     _check(kind, sever, window)
     v = view(model)
     span = v.subject_span(prompt, subject)
-    ids = torch.tensor([v.token_ids(prompt)], device=model.cfg.device)
     if delta is None:
         delta = corruption(model, prompt, subject, samples=samples, noise=noise, noise_kind=noise_kind,
                            seed=seed, std=std, swap_subjects=swap_subjects)
-    samples, n_tokens, n_layers = delta.shape[0], ids.shape[1], v.n_layers
-    sites = [_site_hook(v, kind, l) for l in range(n_layers)]
-    severed = [_site_hook(v, sever, l) for l in range(n_layers)] if sever else []
-    runs = _Runs(model, ids, span, delta, [*sites, *severed])
-    answer_id = _answer(v, runs.clean_logits, target)
-    clean_prob = float(runs.clean_logits.softmax(-1)[0, answer_id])
-    corrupted_prob = float(runs.corrupt_logits.softmax(-1)[:, answer_id].mean())
+    runs = _CorruptedRuns(v, prompt, span, delta, kind, sever)
+    S, T, L = runs.samples, runs.n_tokens, v.n_layers
+    answer_id = _answer(v, v.unembed(runs.clean_final[:, None])[:, 0], target)
+    ends = _answer_probs(v, torch.cat([runs.clean_final, runs.corrupt_final]), answer_id)
+    clean_prob, corrupted_prob = float(ends[0]), float(ends[1:].mean())
 
-    scores = torch.full((n_tokens, n_layers), float("nan"))
-    wanted = _positions(positions, span, n_tokens)
-    finals, cells = [], []  # final-normed last positions, and the (tokens, layer) they score
-    for layer in range(n_layers):
-        # states before the subject are never corrupted; at the last layer only the last token counts
-        live = [p for p in wanted if p >= span.start and not
-                (kind == "hidden" and layer == n_layers - 1 and p != n_tokens - 1)]
-        scores[[p for p in wanted if p not in live], layer] = corrupted_prob
-        restored = _restored_layers(kind, layer, window, n_layers)
-        per_chunk = max(1, batch_size // samples)
-        for c in range(0, len(live), per_chunk):
-            chunk = live[c:c + per_chunk]
-            rows = torch.arange(len(chunk) * samples, device=ids.device)
-            pos = torch.tensor(chunk, device=ids.device).repeat_interleave(samples)
-            sample = torch.arange(samples, device=ids.device).repeat(len(chunk))
-            hooks = [(severed[k], _set_rows(rows, pos, runs.corrupt[severed[k]][sample, pos]))
-                     for k in range(layer + 1, n_layers) if severed]
-            if kind == "hidden":  # h_i^(l) is block l's output: start above it, from the corrupted stream
-                resid = runs.corrupt[sites[layer]][sample].clone()
-                resid[rows, pos] = runs.clean[sites[layer]][0, pos]
-                finals.append(runs.run_from(layer + 1, resid, hooks))
-            else:
-                hooks += [(sites[k], _set_rows(rows, pos, runs.clean[sites[k]][0, pos])) for k in restored]
-                finals.append(runs.run_from(restored[0], runs.block_inputs[restored[0]][sample], hooks))
-            cells.append((chunk, layer))
+    scores = torch.full((T, L), float("nan"))
+    finals, cells = [], []  # the restorations' final states, and the (token, layers) they score
+    with model.hooks(fwd_hooks=runs.hooks()):
+        for token in _traced_tokens(positions, span, T):
+            scores[token] = corrupted_prob
+            live = [l for l in range(L) if restoration_can_matter(kind, token, l, span, T, L)]
+            per_batch = max(1, batch_size // S)
+            for chunk in (live[k:k + per_batch] for k in range(0, len(live), per_batch)):
+                finals.append(runs.restored(token, chunk, window))
+                cells.append((token, chunk))
     # one pass over the unembedding (the largest matrix of a small model) for every restoration
-    probs = _answer_probs(v, torch.cat(finals), answer_id, batch_size) if finals else torch.empty(0)
-    at = 0
-    for chunk, layer in cells:
-        n = len(chunk) * samples
-        scores[chunk, layer] = probs[at:at + n].reshape(len(chunk), samples).mean(1)
-        at += n
+    probs = _answer_probs(v, torch.cat(finals) if finals else runs.clean_final[:0], answer_id)
+    for (token, layers), p in zip(cells, probs.split([len(c) * S for _, c in cells])):
+        scores[token, layers] = p.reshape(len(layers), S).mean(1)
 
     return Trace(prompt=prompt, subject=subject, kind=kind, tokens=v.str_tokens(prompt), subject_span=span,
                  answer=v.tokenizer.decode([answer_id]), answer_id=answer_id, clean_prob=clean_prob,
                  corrupted_prob=corrupted_prob, scores=scores,
-                 settings=dict(samples=samples, noise=noise, noise_kind=noise_kind, window=window,
-                               sever=sever, seed=seed))
+                 settings=dict(samples=S, noise=noise, noise_kind=noise_kind, window=window, sever=sever, seed=seed))
 
 
 # --------------------------------------------------------------------------- the paper's loop
@@ -437,7 +437,7 @@ def trace(
 
 @torch.no_grad()
 def trace_straightforward(
-    model: Any,
+    model: Model,
     prompt: str,
     subject: str,
     kind: Kind = "hidden",
@@ -455,18 +455,22 @@ def trace_straightforward(
     _check(kind, sever, window)
     v = view(model)
     span = v.subject_span(prompt, subject)
-    ids = torch.tensor([v.token_ids(prompt)], device=model.cfg.device)
+    ids = v.batch([prompt]).ids
     samples, n_tokens, n_layers = delta.shape[0], ids.shape[1], v.n_layers
     batch = ids.expand(samples + 1, -1)
     noise = torch.cat([torch.zeros_like(delta[:1]), delta])
-    embed = (v.embed_hook, _add_at(span, noise))
+
+    def corrupt(x, hook):
+        x = x.clone()
+        x[:, span.start:span.stop] += noise
+        return x
+
+    embed = (v.embed_hook, corrupt)
     frozen: dict[int, torch.Tensor] = {}
     if sever:
-        def keeper(layer):
-            def keep(x, hook):
-                frozen[layer] = x.detach().clone()
-            return keep
-        model.run_with_hooks(batch, fwd_hooks=[embed, *[(_site_hook(v, sever, l), keeper(l)) for l in range(n_layers)]])
+        sites = {_site_hook(v, sever, l): l for l in range(n_layers)}
+        got = v.capture(batch, sites, fwd_hooks=[embed])
+        frozen = {layer: got[name] for name, layer in sites.items()}
     clean_logits = model(ids)[:, -1]
     answer_id = _answer(v, clean_logits, target)
 
@@ -488,9 +492,10 @@ def trace_straightforward(
     for token in tqdm(range(n_tokens), desc="tokens", disable=not progress):
         for layer in range(n_layers):
             hooks = [embed, *[(_site_hook(v, kind, k), from_clean_row(token))
-                              for k in _restored_layers(kind, layer, window, n_layers)]]
+                              for k in restored_layers(kind, layer, window, n_layers)]]
             if sever:
-                hooks += [(_site_hook(v, sever, k), from_corrupt_run(token, k)) for k in range(layer + 1, n_layers)]
+                hooks += [(_site_hook(v, sever, k), from_corrupt_run(token, k))
+                          for k in severed_layers(layer, n_layers)]
             logits = model.run_with_hooks(batch, fwd_hooks=hooks)
             scores[token, layer] = logits[1:, -1].softmax(-1)[:, answer_id].mean()
     corrupted = model.run_with_hooks(batch, fwd_hooks=[embed])[1:, -1].softmax(-1)[:, answer_id].mean()
@@ -503,7 +508,7 @@ def trace_straightforward(
 # --------------------------------------------------------------------------- many facts
 
 
-def known_facts_answered(model: Any, facts: Sequence[Any], batch_size: int = 32,
+def known_facts_answered(model: Model, facts: Sequence[Any], batch_size: int = 32,
                          progress: bool = True) -> list[Any]:
     """The facts whose answer the model gives: its top next token after ``fact.prompt`` is the
     first token of ``fact.attribute`` (the paper traces the facts GPT-2 XL knows). Cached per
@@ -526,7 +531,7 @@ def known_facts_answered(model: Any, facts: Sequence[Any], batch_size: int = 32,
     return [f for f, ok in zip(facts, answered) if ok]
 
 
-def trace_facts(model: Any, facts: Sequence[Any], kind: Kind = "hidden", *, progress: bool = True,
+def trace_facts(model: Model, facts: Sequence[Any], kind: Kind = "hidden", *, progress: bool = True,
                 seed: int = 0, **options: Any) -> list[Trace]:
     """:func:`trace` every fact (``fact.prompt``, ``fact.subject``); fact ``k`` uses seed ``seed + k``."""
     label = kind if options.get("sever") is None else f"{kind}, {options['sever']} severed"

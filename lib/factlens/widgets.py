@@ -11,8 +11,9 @@ They all behave alike (``_Panel``):
   never a traceback, and the widget keeps working;
 - long work shows progress: its stage in the status line, tqdm bars (ROME's statistics, v*)
   in a small area under it;
-- one run at a time: the controls are disabled while a run goes, and a click that reaches the
-  kernel during a run, or queued behind it, is dropped.
+- one run at a time: the controls are disabled while a run goes, and a second click that the
+  browser sent while the run of the first was going (before the button looked disabled) is
+  dropped when it reaches the kernel (:class:`_Button`).
 
 The controls carry CSS classes (``factlens-<widget>`` on the box, ``factlens-<field>`` on each
 control, ``factlens-status``) and the outputs ``factlens-result``: the live browser test
@@ -24,11 +25,12 @@ kernel (tests, bench/bench_widgets.py). Each chapter keeps its widgets in its ow
 
 from __future__ import annotations
 
+import contextlib
 import html
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import ipywidgets as w
@@ -46,10 +48,6 @@ if TYPE_CHECKING:
 
     from factlens.memories import Corpus, TriggerSearch
 
-# A click the kernel handles this soon after a run ended was made during the run (the kernel
-# handles widget events one after another, so such a click waits for the run and comes right
-# after it); a person cannot see a result and click again this fast.
-_QUEUED_SECONDS = 0.5
 _MESSAGE_CHARS = 300
 _RESULT = 'class="factlens-result"'
 
@@ -89,15 +87,42 @@ def check_text(model: Model, text: str, what: str, example: str) -> str:
     return text
 
 
+def _sent(value: object) -> datetime | None:
+    """A message header's date as a datetime (jupyter_client parses it; some frontends send none)."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return value if isinstance(value, datetime) else None
+
+
+class _Button(w.Button):
+    """A button that keeps the time the browser sent its latest click (the comm message's date).
+
+    The kernel handles widget events one after another, so a second click made while the first
+    one's run was going waits in the queue and arrives after the run; by then the run is over
+    and nothing in the kernel tells it apart from a new click. Its sending time does, in the
+    browser's own clock: :meth:`_Panel.click` drops a click sent before ``first click's sending
+    time + the run's duration``, which is before the run could have ended in the browser's view.
+    """
+
+    sent: datetime | None = None
+
+    def _handle_msg(self, msg: dict) -> None:
+        self.sent = _sent(msg.get("header", {}).get("date"))
+        super()._handle_msg(msg)
+
+
 class _Panel:
     """A widget's frame: its rows of controls, a status line, an area for progress bars, and
     the rule of one run at a time.
 
     :meth:`run` disables the controls, shows "<verb> n: working…" (:meth:`stage` updates it),
-    calls the job with the progress area as its output (tqdm.auto bars appear there), then
-    shows the job's summary and the seconds it took, or its problem in one line. A click
-    (``drop_queued=True``) that reaches the kernel during a run, or queued behind one, is
-    dropped; a changed value (``drop_queued=False``) always runs, so the output matches it.
+    calls the job, then shows the job's summary and the seconds it took, or its problem in one
+    line; work inside :meth:`bars` shows its tqdm.auto bars under the status line.
+    :meth:`click` runs a job for a button's click, unless the browser sent that click while the
+    last click's run was going (a second click, queued behind the first).
     """
 
     def __init__(self, name: str, verb: str, rows: Sequence[w.Widget], controls: Sequence[w.Widget]):
@@ -108,14 +133,43 @@ class _Panel:
         self.box = w.VBox([*rows, self.status, self.progress]).add_class(f"factlens-{name}")
         self.runs = 0
         self._busy = False
-        self._ended = -math.inf
+        # in the browser's clock: the earliest time the last click's run can have ended
+        self._clicks_until: datetime | None = None
 
     def stage(self, text: str) -> None:
         self.status.value = html.escape(f"{self.verb} {self.runs}: {text}…")
 
-    def run(self, job: Callable[[], str], *, drop_queued: bool = True) -> bool:
-        """Run ``job`` (it returns a one-line summary); False if the request was dropped or failed."""
-        if self._busy or (drop_queued and time.monotonic() - self._ended < _QUEUED_SECONDS):
+    @contextlib.contextmanager
+    def bars(self) -> Iterator[None]:
+        """Progress bars (tqdm.auto) of the work inside appear in the progress area, cleared after.
+
+        Only the bars: the Output widget would swallow the updates of the widget's outputs, and
+        show an error as a traceback, so an error is re-raised outside it."""
+        error = None
+        with self.progress:
+            try:
+                yield
+            except Exception as err:
+                error = err
+        self.progress.clear_output()
+        if error is not None:
+            raise error
+
+    def click(self, button: _Button, job: Callable[[], str]) -> bool:
+        """:meth:`run` ``job`` for a click on ``button``; a click sent during the last click's run is dropped."""
+        sent, button.sent = button.sent, None  # this click's date, not kept for a click with none
+        if sent is not None and self._clicks_until is not None and sent < self._clicks_until:
+            return False
+        start = time.perf_counter()
+        ran = self.run(job)
+        if sent is not None:
+            self._clicks_until = sent + timedelta(seconds=time.perf_counter() - start)
+        return ran
+
+    def run(self, job: Callable[[], str]) -> bool:
+        """Run ``job`` (it returns a one-line summary); False if it failed, or if a run is going
+        (a change the job itself makes to a control does not start another)."""
+        if self._busy:
             return False
         self._busy, self.runs = True, self.runs + 1
         for control in self.controls:
@@ -123,16 +177,13 @@ class _Panel:
         self.stage("working")
         start, summary, failure = time.perf_counter(), "", None
         try:
-            with self.progress:
-                try:
-                    summary = job()
-                except Exception as err:  # the reader sees one line, never a traceback
-                    failure = problem(err)
-            self.progress.clear_output()
+            summary = job()
+        except Exception as err:  # the reader sees one line, never a traceback
+            failure = problem(err)
         finally:
             for control in self.controls:
                 control.disabled = False
-            self._busy, self._ended = False, time.monotonic()
+            self._busy = False
         if failure is not None:
             self.status.value = f'<span class="factlens-problem" style="color:#b00020">⚠ {html.escape(failure)}</span>'
             return False
@@ -188,7 +239,7 @@ def cloze_explorer(model: Model, subject: str = "France", relation: str = "P36",
     panel.run(show)
     rel.observe(lambda change: setattr(template, "value", relations[change["new"]].template), names="value")
     for field in (subj, template):  # a new relation sets the template, which runs the query
-        field.observe(lambda _: panel.run(show, drop_queued=False), names="value")
+        field.observe(lambda _: panel.run(show), names="value")
 
 
 # --- key-value memories (chapter 2) -------------------------------------------------------------
@@ -258,8 +309,8 @@ def memory_explorer(model: Model, search: TriggerSearch, corpus: Corpus,
     panel.run(lambda: f"{show_key()}; {show_prompt()}")
     # a new layer gives new key values, (layer, index), so the key view redraws once
     layer.observe(lambda change: setattr(key, "options", key_options(change["new"])), names="value")
-    key.observe(lambda _: panel.run(show_key, drop_queued=False), names="value")
-    text.observe(lambda _: panel.run(show_prompt, drop_queued=False), names="value")
+    key.observe(lambda _: panel.run(show_key), names="value")
+    text.observe(lambda _: panel.run(show_prompt), names="value")
 
 
 # --- causal tracing (chapter 3a) ----------------------------------------------------------------
@@ -281,8 +332,9 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
     kinds = w.Dropdown(options=list(KINDS), value=kind, description="restore").add_class("factlens-kind")
     n = w.IntSlider(value=samples, min=1, max=20, description="samples").add_class("factlens-samples")
     scale = w.FloatSlider(value=noise, min=0.0, max=10.0, step=0.5, description="noise × σ").add_class("factlens-noise")
-    width = w.IntSlider(value=window, min=1, max=view(model).n_layers, description="window").add_class("factlens-window")
-    go = w.Button(description="trace").add_class("factlens-go")
+    width = w.IntSlider(value=window, min=1, max=view(model).n_layers,
+                        description="window").add_class("factlens-window")
+    go = _Button(description="trace").add_class("factlens-go")
     controls = [text, subj, kinds, n, scale, width, go]
     panel = _Panel("trace", "trace", [w.HBox([text, subj]), w.HBox([kinds, n]), w.HBox([scale, width, go])], controls)
     display(panel.box)
@@ -301,7 +353,7 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
                           window=width.value))
 
     panel.run(traced if initial is None else lambda: show(initial))
-    go.on_click(lambda _: panel.run(traced))
+    go.on_click(lambda _: panel.click(go, traced))
 
 
 # --- editing and evaluation (chapter 3b) --------------------------------------------------------
@@ -337,10 +389,10 @@ def edit_case_browser(frames: Mapping[str, pd.DataFrame], cases: Sequence[data.C
         return f"case {pick.value}"
 
     panel.run(show)
-    pick.observe(lambda _: panel.run(show, drop_queued=False), names="value")
+    pick.observe(lambda _: panel.run(show), names="value")
 
 
-def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 10) -> list[str]:
     """Each prompt's top next token and greedy continuation (``rome.generate``), as "[top] text"."""
     top = [row[0] for row in view(model).top_tokens(list(prompts))]
     texts = rome.generate(model, prompts, max_new_tokens)
@@ -348,7 +400,7 @@ def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 20) -> l
 
 
 def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[str] = (), *,
-                    hparams: rome.ROMEHyperParams | None = None, max_new_tokens: int = 20,
+                    hparams: rome.ROMEHyperParams | None = None, max_new_tokens: int = 10,
                     progress: bool = False) -> pd.DataFrame:
     """What the ROME editor shows after a click: for the edited prompt and each probe, the top
     next token and greedy continuation (:func:`answers`) before and after ``request`` is written
@@ -365,7 +417,7 @@ def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[st
 
 def rome_editor(model: Model, prompt: str = "{} is located in the city of", subject: str = "The Eiffel Tower",
                 target: str = "Rome", probes: Sequence[str] = (), layer: int | None = None,
-                max_new_tokens: int = 20, *, hparams: rome.ROMEHyperParams | None = None,
+                max_new_tokens: int = 10, *, hparams: rome.ROMEHyperParams | None = None,
                 initial: pd.DataFrame | None = None) -> None:
     """Edit one fact with ROME and compare the model before and after (:func:`edit_comparison`):
     the top next token and a greedy continuation of the edited prompt and of each probe. Change
@@ -374,14 +426,16 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
     Creating it costs no edit: it shows the model before (the static book), or ``initial``, a
     comparison the notebook already computed. The first edit at a layer gathers that layer's
     statistics C (cached afterwards); ``hparams`` defaults to ``rome.default_hparams(model)``,
-    ``layer`` overrides its layer.
+    ``layer`` overrides its layer. A click costs the edit and two greedy generations (before and
+    after) of ``max_new_tokens`` for every prompt: on a CPU the generations cost as much as the
+    edit (bench/bench_widgets.py), hence 10 tokens by default.
     """
     hp = hparams or rome.default_hparams(model)
     fields = [_text("prompt", prompt, "prompt", wide=True), _text("subject", subject, "subject"),
               _text("target", target, "target"),
               w.IntSlider(value=hp.layer if layer is None else layer, min=0, max=view(model).n_layers - 1,
                           description="layer").add_class("factlens-layer")]
-    go = w.Button(description="edit").add_class("factlens-go")
+    go = _Button(description="edit").add_class("factlens-go")
     panel = _Panel("rome", "edit", [*fields, go], [*fields, go])
     display(panel.box)
     result = display(HTML(""), display_id=True)
@@ -404,8 +458,9 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
     def edited() -> str:
         panel.stage(f"writing {fields[2].value!r} at layer {fields[3].value} (C is gathered once per layer), "
                     "then generating")
-        frame = edit_comparison(model, request(), probes, hparams=replace(hp, layer=fields[3].value),
-                                max_new_tokens=max_new_tokens, progress=True)
+        with panel.bars():
+            frame = edit_comparison(model, request(), probes, hparams=replace(hp, layer=fields[3].value),
+                                    max_new_tokens=max_new_tokens, progress=True)
         show(frame)
         info = frame.attrs["edit"]
         return f"layer {info['layer']}, P(target) {info['target_prob']:.2f} after optimizing v*"
@@ -415,4 +470,59 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
         return "the comparison the notebook computed"
 
     panel.run(before if initial is None else precomputed)
-    go.on_click(lambda _: panel.run(edited))
+    go.on_click(lambda _: panel.click(go, edited))
+
+
+# --- many edits (chapter 3d) --------------------------------------------------------------------
+
+
+def many_edits_explorer(model: Model, cases: Sequence[data.CounterFactCase], yardstick, *,
+                        initial: Mapping[str, pd.DataFrame] | None = None, zs=None, every: int = 10,
+                        max_edits: int = 100, alphaedit_hparams=None, rome_hparams=None) -> None:
+    """Choose an editing method and a number of edits, press "edit", and watch the measurements of
+    ``factlens.sequential`` grow every ``every`` edits beside the chapter's curves (``initial``,
+    ``{method: curve}``; shown alone until the first run). ``cases`` are edited in order; ``zs``
+    (one per case) are MEMIT's and AlphaEdit's cached targets. The model is restored bit for bit
+    after every run. ``yardstick`` is a :class:`factlens.sequential.Yardstick`."""
+    import matplotlib.pyplot as plt
+
+    from factlens import plots, sequential
+
+    reference = dict(initial or {})
+    label = view(model).label
+    method = w.Dropdown(options=list(sequential.METHODS), value="ROME",
+                        description="method").add_class("factlens-method")
+    top = max(every, min(max_edits, len(cases)) // every * every)
+    edits = w.IntSlider(value=min(top, 2 * every), min=every, max=top, step=every,
+                        description="edits").add_class("factlens-edits")
+    go = _Button(description="edit").add_class("factlens-go")
+    figure = w.Output().add_class("factlens-result")
+    panel = _Panel("many-edits", "run", [w.HBox([method, edits, go]), figure], [method, edits, go])
+
+    def draw(curves: Mapping[str, pd.DataFrame]) -> None:
+        with figure:
+            figure.clear_output(wait=True)
+            if curves:
+                fig = plots.plot_sequential(dict(curves), model_label=label)
+                display(fig)
+                plt.close(fig)
+            else:
+                display(HTML("<i>no curves yet: press “edit”</i>"))
+
+    def edited() -> str:
+        chosen, n = method.value, edits.value
+        if n > len(cases):
+            raise ValueError(f"only {len(cases)} cases are loaded: choose at most {len(cases)} edits")
+        panel.stage(f"{chosen}: {n} edits, measuring every {every}")
+        others = {m: c for m, c in reference.items() if m != chosen}
+        with panel.bars():
+            run = sequential.run_sequence(model, cases[:n], chosen, yardstick, every=every,
+                                          zs=None if zs is None else zs[:n], rome_hparams=rome_hparams,
+                                          alphaedit_hparams=alphaedit_hparams,
+                                          on_checkpoint=lambda curve: draw({**others, f"{chosen} (this run)": curve}))
+        final = run.final("retention" if n > every else "efficacy_newest")
+        return f"{chosen}, {n} edits: {final['value']:.0f}% of the edits held, model restored"
+
+    draw(reference)
+    display(panel.box)
+    go.on_click(lambda _: panel.click(go, edited))

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from factlens.book.launch import with_launch_box, with_launch_buttons
 from factlens.book.toc import BUILD_PARAMETERS, BookError, assignments, toc_documents
 
 # folders that are never part of the book's sources
@@ -139,15 +140,20 @@ def _stage_mathjax(site: Path, *, log: Any = print) -> None:
 def stage_site(root: str | Path, build_dir: str | Path | None = None, *, log: Any = print) -> Path:
     """Copy the book's sources into ``<build>/site_src``, with each notebook of the toc replaced
     by its executed copy from ``<build>/executed`` as :func:`for_the_site` shows it (the clean
-    source, without outputs, when it has not been executed yet), and MathJax in ``_static``."""
+    source, without outputs, when it has not been executed yet), each with the box that says how
+    to run it live and launch buttons when a repository is named (:mod:`factlens.book.launch`),
+    and MathJax in ``_static``."""
     root = Path(root).resolve()
     build = Path(build_dir).resolve() if build_dir else root / "_build"
     site = build / "site_src"
     if site.exists():
         shutil.rmtree(site)
     site.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(root / name, site / name)
+    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
+    requirements = (root / "requirements.txt").read_text() if (root / "requirements.txt").is_file() else ""
+    (site / "_config.yml").write_text(yaml.safe_dump(with_launch_buttons(dict(config)), sort_keys=False,
+                                                     allow_unicode=True))
+    shutil.copy2(root / "_toc.yml", site / "_toc.yml")
     for extra in root.glob("*.bib"):
         shutil.copy2(extra, site / extra.name)
     documents = toc_documents(root)
@@ -163,10 +169,11 @@ def stage_site(root: str | Path, build_dir: str | Path | None = None, *, log: An
         if doc.suffix == ".ipynb":
             executed = build / "executed" / doc
             if executed.is_file():
-                target.write_text(json.dumps(for_the_site(json.loads(executed.read_text())), indent=1))
+                nb = for_the_site(json.loads(executed.read_text()))
             else:
                 log(f"note: {doc} has not been executed; the site shows it without outputs", flush=True)
-                shutil.copy2(root / doc, target)
+                nb = json.loads((root / doc).read_text())
+            target.write_text(json.dumps(with_launch_box(nb, doc, config, requirements), indent=1))
         elif not target.exists():  # a top-level document outside the copied folders
             shutil.copy2(root / doc, target)
     _stage_mathjax(site, log=log)
