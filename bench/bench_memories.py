@@ -42,18 +42,21 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    os.environ.setdefault("FACTLENS_CACHE_DIR", tempfile.mkdtemp())  # never time a cache hit
 
+    from factlens.cache import cache_dir
     from factlens.memories import Corpus, sample_keys, trigger_search, wikitext_sentences
     from factlens.models import load_model, view
 
     model = load_model(args.model)
+    # never time a cache hit: the searches go to an empty cache (the converted model stays where it is)
+    os.environ["FACTLENS_CACHE_DIR"] = tempfile.mkdtemp()
+    print(f"trigger cache {cache_dir()}")
     corpus = Corpus.from_texts(model, wikitext_sentences(args.texts), max_tokens=32)
     keys = sample_keys(model, args.keys)
     n = corpus.n_prefixes
     brute_force(model, keys, corpus, args.k, args.batch_size)  # warm up
     start = time.perf_counter()
-    trigger_search(model, keys, corpus, args.k, batch_size=args.batch_size, progress=False, seed=time.time_ns())
+    trigger_search(model, keys, corpus, args.k, batch_size=args.batch_size, progress=False)
     streamed = time.perf_counter() - start
     start = time.perf_counter()
     _, stored_bytes = brute_force(model, keys, corpus, args.k, args.batch_size)

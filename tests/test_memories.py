@@ -115,16 +115,22 @@ def test_bad_keys_and_layers_are_refused(tiny):
         top_triggers(tiny, 3, [0], corpus, k=3, progress=False)
 
 
-def test_search_without_representations_keeps_the_same_triggers(tiny):
+def test_every_key_from_the_same_pass_equals_its_own_search(tiny):
+    """``every_key_top``: every key's top triggers, found in the sampled keys' pass, are those a
+    search of all keys finds; the sampled keys' own triggers do not change."""
     corpus = Corpus.from_texts(tiny, TEXTS, max_tokens=12)
-    full = trigger_search(tiny, {0: [1, 2], 2: [7]}, corpus, k=4, progress=False)
-    bare = trigger_search(tiny, {0: [1, 2], 2: [7]}, corpus, k=4, representations=False, progress=False)
+    every = list(range(view(tiny).d_mlp))
+    sampled = trigger_search(tiny, {0: [1, 2], 2: [7]}, corpus, k=4, progress=False)
+    both = trigger_search(tiny, {0: [1, 2], 2: [7]}, corpus, k=4, every_key_top=2, batch_size=3, progress=False)
+    alone = trigger_search(tiny, {0: every, 2: every}, corpus, k=2, progress=False)
     for layer in (0, 2):
-        assert torch.equal(full.triggers[layer].coefficient, bare.triggers[layer].coefficient)
-        assert torch.equal(full.triggers[layer].text, bare.triggers[layer].text)
-        assert bare.triggers[layer].representation.shape == (len(bare.triggers[layer].keys), 4, 0)
-    with pytest.raises(ValueError, match="representations=True"):
-        pattern_scores(bare, corpus)
+        torch.testing.assert_close(both.triggers[layer].coefficient, sampled.triggers[layer].coefficient)
+        assert both.every_key[layer].keys == every
+        # the same coefficients (a tie between two prefixes with the same tokens may pick either prefix)
+        torch.testing.assert_close(both.every_key[layer].coefficient, alone.triggers[layer].coefficient)
+        assert (both.every_key[layer].position >= 1).all()
+        assert both.every_key[layer].representation.shape == (len(every), 2, 0)
+    assert sampled.every_key == {}
 
 
 def test_value_projection_is_gevas_v_times_e(tiny):
@@ -190,6 +196,8 @@ def test_removal_drops_on_tiny_model(tiny):
     corpus = Corpus.from_texts(tiny, TEXTS, max_tokens=12)
     search = trigger_search(tiny, {0: [1, 2, 3]}, corpus, k=4, progress=False)
     drops = removal_drops(tiny, search, corpus, n_triggers=2, progress=False)
+    assert len(removal_drops(tiny, search, corpus, n_triggers=2, keys_per_layer=1, progress=False)
+               .per_trigger["last"][0]) <= 2  # the first key only
     # the "last" and "first" drops by hand: remove a token of each key's top triggers, re-read m at the new end
     tr, last, first = search.triggers[0], [], []
     for i, key in enumerate(tr.keys):
@@ -282,16 +290,16 @@ def test_value_tokens_cover_every_memory_and_its_negation(tiny):
 def test_value_agreement_by_hand(tiny):
     corpus = Corpus.from_texts(tiny, TEXTS, max_tokens=12)
     keys = list(range(view(tiny).d_mlp))  # every key: read from value_tokens
-    search = trigger_search(tiny, {2: keys}, corpus, k=2, representations=False, progress=False)
-    agreement = value_agreement(tiny, search, corpus)
-    tr, tops = search.triggers[2], value_logits(tiny, 2).argmax(-1)
+    search = trigger_search(tiny, {2: [0, 1]}, corpus, k=2, every_key_top=1, progress=False)
+    agreement = value_agreement(tiny, search.every_key, corpus)
+    tr, tops = search.every_key[2], value_logits(tiny, 2).argmax(-1)
     hand = []
     for i, key in enumerate(keys):
         nxt = corpus.next_token(int(tr.text[i, 0]), int(tr.position[i, 0]))
         hand.append(math.nan if nxt is None else float(nxt == int(tops[key])))
     assert agreement.agrees[2] == pytest.approx(hand, nan_ok=True)
     assert agreement.flags([2]) == [x for x in hand if not math.isnan(x)]
-    sampled = value_agreement(tiny, trigger_search(tiny, {2: keys[:5]}, corpus, k=2, progress=False), corpus)
+    sampled = value_agreement(tiny, trigger_search(tiny, {2: keys[:5]}, corpus, k=2, progress=False).triggers, corpus)
     assert sampled.top_token[2] == tops[:5].tolist()  # a few keys: projected directly, the same tokens
 
 

@@ -34,7 +34,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -128,7 +128,7 @@ class Triggers:
 
     ``coefficient``, ``text``, ``position``: [n_keys, k]; ``representation``: [n_keys, k, d_model],
     the residual stream after ``representation_layer`` at the prefix's last token ([n_keys, k, 0]
-    when the search kept none).
+    for ``TriggerSearch.every_key``, which keeps none).
     """
 
     layer: int
@@ -141,13 +141,18 @@ class Triggers:
 
 @dataclass
 class TriggerSearch:
-    """The result of one pass over a corpus: triggers per layer, and random prefixes as a null."""
+    """The result of one pass over a corpus: triggers per layer, and random prefixes as a null.
+
+    ``every_key``: when asked for (``every_key_top``), the top triggers of every key of the
+    searched layers (no representations), from the same pass.
+    """
 
     triggers: dict[int, Triggers]
     random_prefixes: torch.Tensor  # [n, 2] (text, position)
     random_representation: torch.Tensor  # [n, d_model]
     mean_representation: torch.Tensor  # [d_model], over every prefix of the corpus
     representation_layer: int
+    every_key: dict[int, Triggers] = field(default_factory=dict)
 
 
 def trigger_search(
@@ -159,7 +164,7 @@ def trigger_search(
     batch_size: int = 32,
     representation_layer: int | None = None,
     n_random: int = 500,
-    representations: bool = True,
+    every_key_top: int = 0,
     seed: int = 0,
     progress: bool = True,
 ) -> TriggerSearch:
@@ -167,9 +172,11 @@ def trigger_search(
 
     Geva et al. section 3.1: the trigger examples of key k_i are the training prefixes x
     with the largest m_i = f(x . k_i). The corpus is streamed in batches; per key only a
-    running top-``k`` is kept (with the prefix's representation for :func:`pattern_scores`
-    when ``representations``; leave them out to search every key of every layer), so memory
-    does not grow with the corpus. Cached by model, keys, corpus and sizes.
+    running top-``k`` is kept, with the prefix's representation (the residual stream after
+    ``representation_layer``) for :func:`factlens.memory_patterns.pattern_scores`, so memory
+    does not grow with the corpus. ``every_key_top``: also keep the top triggers of every key of
+    the searched layers (``search.every_key``; what section 4 reads for every value), from the
+    same pass. Cached by model, keys, corpus and sizes.
     """
     v = view(model)
     for layer, ks in keys.items():
@@ -181,12 +188,12 @@ def trigger_search(
     rep_layer = v.n_layers // 2 if representation_layer is None else v.check_layer(representation_layer)
     key = {"model": v.name, "keys": {str(l): list(ks) for l, ks in keys.items()}, "corpus": corpus.digest,
            "k": k, "representation_layer": rep_layer, "n_random": n_random, "seed": seed}
-    if not representations:
-        key["representations"] = False
+    if every_key_top:
+        key["every_key_top"] = every_key_top
 
     def build() -> dict[str, torch.Tensor]:
         return _stream_triggers(v, keys, corpus, k=k, batch_size=batch_size, rep_layer=rep_layer,
-                                randoms=corpus.random_prefixes(n_random, seed), keep=representations,
+                                randoms=corpus.random_prefixes(n_random, seed), every_key_top=every_key_top,
                                 progress=progress)
 
     t = cached_tensors("memories-triggers", key, build)
@@ -194,8 +201,13 @@ def trigger_search(
         l: Triggers(l, list(ks), t[f"{l}.coefficient"], t[f"{l}.text"], t[f"{l}.position"], t[f"{l}.representation"])
         for l, ks in keys.items()
     }
+    every_key = {
+        l: Triggers(l, list(range(v.d_mlp)), t[f"{l}.every.coefficient"], t[f"{l}.every.text"],
+                    t[f"{l}.every.position"], t[f"{l}.every.representation"])
+        for l in keys if every_key_top
+    }
     return TriggerSearch(triggers, t["random_prefixes"], t["random_representation"], t["mean_representation"],
-                         rep_layer)
+                         rep_layer, every_key)
 
 
 def top_triggers(model: Model, layer: int, keys: Sequence[int], corpus: Corpus, k: int = 25, **kwargs) -> Triggers:
@@ -271,15 +283,16 @@ def _kept_or_new(kept: torch.Tensor, new: torch.Tensor, top: torch.Tensor) -> to
 
 @torch.no_grad()
 def _stream_triggers(v: View, keys: Mapping[int, Sequence[int]], corpus: Corpus, *, k: int, batch_size: int,
-                     rep_layer: int, randoms: torch.Tensor, keep: bool, progress: bool) -> dict[str, torch.Tensor]:
-    """One pass over ``corpus``: each key's running top-``k`` (:class:`_RunningTop`, with the
-    triggers' representations when ``keep``), the representation of the ``randoms`` prefixes,
-    and the mean representation of all prefixes."""
+                     rep_layer: int, randoms: torch.Tensor, every_key_top: int,
+                     progress: bool) -> dict[str, torch.Tensor]:
+    """One pass over ``corpus``: each key's running top-``k`` with the triggers' representations
+    (:class:`_RunningTop`), every key's top-``every_key_top`` without them (when asked), the
+    representation of the ``randoms`` prefixes, and the mean representation of all prefixes."""
     rep_hook = v.resid_post_hook(rep_layer)
     hooks = {l: v.key_hook(l) for l in keys}
     index = {l: torch.tensor(ks, device=v.device) for l, ks in keys.items()}
-    kept_width = v.d_model if keep else 0
-    tops = {l: _RunningTop.empty(len(ks), k, kept_width, v.device) for l, ks in keys.items()}
+    tops = {l: _RunningTop.empty(len(ks), k, v.d_model, v.device) for l, ks in keys.items()}
+    every = {l: _RunningTop.empty(v.d_mlp, every_key_top, 0, v.device) for l in keys if every_key_top}
     random_rep = torch.zeros(len(randoms), v.d_model)
     rep_sum, n_seen = torch.zeros(v.d_model, device=v.device), 0
 
@@ -293,16 +306,19 @@ def _stream_triggers(v: View, keys: Mapping[int, Sequence[int]], corpus: Corpus,
         inside, rows = prefixes.rows_of(randoms, start, batch.ids.shape[1])
         random_rep[inside] = rep[rows.to(v.device)].cpu()
         for l, hook in hooks.items():
-            m = acts[hook][..., index[l]].reshape(len(prefixes.valid), -1).T  # [n_keys, b*t]
-            tops[l].update(m.masked_fill(~prefixes.valid[None], -torch.inf), prefixes.where, rep[:, :kept_width])
+            m = acts[hook].reshape(len(prefixes.valid), -1).T.masked_fill(~prefixes.valid[None], -torch.inf)
+            tops[l].update(m[index[l]], prefixes.where, rep)  # m: [d_mlp, b*t]
+            if l in every:
+                every[l].update(m, prefixes.where, rep[:, :0])
 
     out = {"random_prefixes": randoms, "random_representation": random_rep,
            "mean_representation": (rep_sum / max(n_seen, 1)).cpu()}
-    for l, top in tops.items():
-        out[f"{l}.coefficient"] = top.coefficient.cpu()
-        out[f"{l}.text"] = top.where[..., 0].cpu()
-        out[f"{l}.position"] = top.where[..., 1].cpu()
-        out[f"{l}.representation"] = top.representation.cpu()
+    named = [*((f"{l}", top) for l, top in tops.items()), *((f"{l}.every", top) for l, top in every.items())]
+    for name, found in named:
+        out[f"{name}.coefficient"] = found.coefficient.cpu()
+        out[f"{name}.text"] = found.where[..., 0].cpu()
+        out[f"{name}.position"] = found.where[..., 1].cpu()
+        out[f"{name}.representation"] = found.representation.cpu()
     return out
 
 
@@ -442,22 +458,24 @@ class ValueAgreement:
         return {l: nanmean(c) for l, c in self.chance.items()}
 
     def flags(self, layers: Iterable[int]) -> list[float]:
-        """``agrees`` (1/0) of every key of ``layers`` whose top trigger has a next token."""
-        return [a for l in layers for a in self.agrees[l] if not math.isnan(a)]
+        """``agrees`` (1/0) of every key of ``layers`` (those read) whose top trigger has a next token."""
+        return [a for l in layers if l in self.agrees for a in self.agrees[l] if not math.isnan(a)]
 
 
-def value_agreement(model: Model, search: TriggerSearch, corpus: Corpus, *, normed: bool = False) -> ValueAgreement:
-    """How often each key's value predicts the next token of its top trigger (Geva et al. section 4).
+def value_agreement(model: Model, triggers: Mapping[int, Triggers], corpus: Corpus, *,
+                    normed: bool = False) -> ValueAgreement:
+    """How often each key's value predicts the next token of its top trigger (Geva et al. section 4),
+    for the keys of ``triggers`` (``search.triggers``, or ``search.every_key`` for every key).
 
     The value's top token is ``argmax(v_i E)`` (:func:`value_logits`; ``normed`` for the labelled
-    variant); from :func:`value_tokens` (every value of the layer, cached) when the search holds
-    most of a layer's keys, else from the search's keys alone.
+    variant); from :func:`value_tokens` (every value of the layer, cached) when the triggers cover
+    most of a layer's keys, else from those keys' values alone.
     """
     v = view(model)
     freq = corpus.next_token_frequency()
     total = sum(freq.values())
     out = ValueAgreement({}, {}, {}, {})
-    for l, tr in search.triggers.items():
+    for l, tr in triggers.items():
         if len(tr.keys) > v.d_mlp // 4:
             tops = value_tokens(model, l, normed=normed).positive[tr.keys, 0].tolist()
         else:

@@ -94,9 +94,6 @@ def pattern_scores(search: TriggerSearch, corpus: Corpus) -> PatternScores:
     per_key: dict[str, dict[int, list[float]]] = {m: {} for m in measures}
     mean = search.mean_representation
     for l, tr in search.triggers.items():
-        if tr.representation.shape[-1] == 0:
-            raise ValueError(f"the search of layer {l} kept no representations; run trigger_search with "
-                             "representations=True")
         scores = {m: [] for m in measures}
         for i in range(len(tr.keys)):
             last, bigram = _surface(corpus, zip(tr.text[i].tolist(), tr.position[i].tolist()))
@@ -185,11 +182,12 @@ class RemovalDrops:
 
 
 def removal_drops(
-    model: Model, search: TriggerSearch, corpus: Corpus, n_triggers: int = 5, seed: int = 0,
-    batch_size: int = 64, progress: bool = True,
+    model: Model, search: TriggerSearch, corpus: Corpus, n_triggers: int = 5, seed: int = 0, *,
+    keys_per_layer: int | None = None, batch_size: int = 64, progress: bool = True,
 ) -> RemovalDrops:
     """The relative drop (m - m') / m of a key's coefficient when the ``first``, the ``last`` or a
-    ``random`` token is removed from each of its top ``n_triggers`` triggers (section 3.2).
+    ``random`` token is removed from each of its top ``n_triggers`` triggers (section 3.2), for the
+    first ``keys_per_layer`` keys of each layer of the search (default: all).
 
     Triggers of one token, or whose coefficient is not positive, are skipped (see :func:`remove_token`).
     """
@@ -197,7 +195,7 @@ def removal_drops(
     rng = random.Random(seed)
     jobs = []  # (layer, which, key, original coefficient, ids), in layer order
     for l, tr in search.triggers.items():
-        for i, key in enumerate(tr.keys):
+        for i, key in enumerate(tr.keys[:keys_per_layer]):
             for j in range(min(n_triggers, tr.coefficient.shape[1])):
                 prefix = corpus.prefix(int(tr.text[i, j]), int(tr.position[i, j]))
                 m = float(tr.coefficient[i, j])
