@@ -28,6 +28,8 @@ import numpy as np
 PETRONI = "Petroni et al. 2019"
 GEVA = "Geva et al. 2021"
 MENG = "Meng et al. 2022"
+MEMIT = "Meng et al. 2023"
+ALPHAEDIT = "Fang et al. 2025"
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,32 @@ _register("rome.zsre.FT+L", MENG, "Table 3", "GPT-2 XL", {"efficacy": 92.3, "par
 _register("rome.zsre.ROME", MENG, "Table 3", "GPT-2 XL", {"efficacy": 99.8, "paraphrase": 88.1, "specificity": 24.2})
 _register("rome", MENG, "Section 3.1 and hparams/ROME/gpt2-xl.json", "GPT-2 XL", {
     "layer": 17, "n_layers": 48, "mom2_samples": 100_000})
+_register("rome", MENG, "Figure 5", "GPT-2 XL (48 layers)", {"ps_middle_minus_edges": 1.0},
+          note="direction only: edits at the last subject token generalize (paraphrases) best in the middle "
+               "layers, where causal tracing peaks, and worse at the first and last layers")
+_register("rome", MENG, "Section 3.1, eq. 2", "GPT-2 XL", {"nm_C_minus_identity": 1.0},
+          note="direction only: C spreads the update away from the keys text uses, so other subjects' facts "
+               "move less than with C = I; the paper reports no C = I ablation")
+
+# Many edits. MEMIT (Meng et al. 2023), Table 2: 10,000 CounterFact edits written into GPT-J in one batch.
+_register("many_edits.memit.GPT-J", MEMIT, "Table 2", "GPT-J (10,000 edits in one batch)", {"ES": 98.9})
+# AlphaEdit (Fang et al. 2025), Table 1: 2,000 CounterFact edits applied sequentially in batches of 100
+# (ROME one at a time, with its code's update), Eff./Gen./Spe. in percent, Flu. the generation entropy x100.
+for _model, _rows in {
+    "GPT2-XL": {"Pre-edited": (22.23, 24.34, 78.53, 626.64), "ROME": (54.60, 51.18, 52.68, 366.13),
+                "MEMIT": (94.70, 85.82, 60.50, 477.26), "AlphaEdit": (99.50, 93.95, 66.39, 597.88)},
+    "GPT-J": {"Pre-edited": (16.22, 18.56, 83.11, 621.81), "ROME": (57.50, 54.20, 52.05, 589.42),
+              "MEMIT": (98.55, 95.50, 63.64, 546.28), "AlphaEdit": (99.75, 96.38, 75.48, 618.50)},
+}.items():
+    for _method, _values in _rows.items():
+        _register(f"many_edits.sequential.{_model}.{_method}", ALPHAEDIT, "Table 1",
+                  f"{_model} (2,000 sequential edits, batches of 100)",
+                  dict(zip(("Eff", "Gen", "Spe", "Flu"), _values)))
+    for _method in ("MEMIT", "AlphaEdit"):
+        _register(f"many_edits.sequential.{_model}.{_method}-ROME", ALPHAEDIT, "Table 1",
+                  f"{_model} (2,000 sequential edits, batches of 100)",
+                  {"Eff": round(_rows[_method][0] - _rows["ROME"][0], 2)},
+                  note=f"{_method}'s efficacy minus ROME's")
 
 
 def paper(number_id: str) -> PaperNumber:

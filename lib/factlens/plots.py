@@ -249,12 +249,13 @@ def plot_severed(baseline, severed: dict, model_label: str, paper: str = "") -> 
 
 
 def plot_edit_metrics(summaries: dict, paper: dict, metrics: list[str] | tuple[str, ...],
-                      title: str = "", model_label: str = "ours"):
+                      title: str = "", model_label: str = "ours", row_of: dict | None = None):
     """Grouped bars: one group per metric, one bar per method (our mean with its 95% interval),
     and the paper's number for the same method as a black diamond on the bar.
 
     ``summaries`` is ``{method: factlens.evaluation.summarize(...)}``, ``paper``
-    ``{method: {metric: value}}`` (``factlens.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``).
+    ``{method: {metric: value}}`` (``factlens.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``);
+    ``row_of`` maps our method names to the paper's rows where they differ.
     """
     import numpy as np
 
@@ -269,7 +270,7 @@ def plot_edit_metrics(summaries: dict, paper: dict, metrics: list[str] | tuple[s
         err = np.array([[s[m]["mean"] - s[m]["low"], s[m]["high"] - s[m]["mean"]] if m in s else [0, 0]
                         for m in metrics]).T
         ax.bar(x, mean, width, yerr=err, capsize=2, label=method, color=f"C{i}", alpha=0.85)
-        ref = [paper.get(method, {}).get(m, np.nan) for m in metrics]
+        ref = [paper.get((row_of or {}).get(method, method), {}).get(m, np.nan) for m in metrics]
         ax.scatter(x, ref, marker="D", color="black", s=14, zorder=3,
                    label="paper (GPT-2 XL)" if i == 0 else None)
     ax.axhline(0, color="grey", lw=0.5)
@@ -308,13 +309,13 @@ def plot_layer_sweep(sweep, tracing_peak: int | None = None, chosen: int | None 
 
 
 def plot_stats_convergence(frame, model_label: str = "ours"):
-    """How ROME converges with the number of keys in C (``frame``: columns ``samples``,
-    ``cosine`` (of C⁻¹k* to the direction with the most samples) and metrics in percent;
-    a row with ``samples`` 0 is the C = I ablation, drawn as horizontal lines)."""
-    real = frame[frame["samples"] > 0].sort_values("samples")
-    identity = frame[frame["samples"] == 0]
+    """How ROME converges with the number of keys in C (``frame``: columns ``keys``, ``cosine``
+    (of C⁻¹k* to the direction with the most keys) and metrics in percent; a row with ``keys``
+    0 is the C = I ablation, drawn as horizontal lines)."""
+    real = frame[frame["keys"] > 0].sort_values("keys")
+    identity = frame[frame["keys"] == 0]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    a.plot(real["samples"], real["cosine"], marker="o", color="C0")
+    a.plot(real["keys"], real["cosine"], marker="o", color="C0")
     if len(identity):
         a.axhline(float(identity["cosine"].iloc[0]), color="C3", ls="--", label="C = I")
         a.legend(fontsize=7, frameon=False)
@@ -324,7 +325,7 @@ def plot_stats_convergence(frame, model_label: str = "ours"):
     a.set_title("the update's direction")
     for i, m in enumerate(("S", "ES", "PS", "NS")):
         if m in frame:
-            b.plot(real["samples"], real[m], marker="o", ms=3, color=f"C{i}", label=m)
+            b.plot(real["keys"], real[m], marker="o", ms=3, color=f"C{i}", label=m)
             if len(identity):
                 b.axhline(float(identity[m].iloc[0]), color=f"C{i}", ls="--", lw=0.8)
     b.set_xscale("log")
@@ -334,5 +335,74 @@ def plot_stats_convergence(frame, model_label: str = "ours"):
     b.set_title("edit quality")
     b.legend(fontsize=7, frameon=False, ncol=2)
     fig.suptitle(f"Estimating C = KKᵀ ({model_label})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --- many edits (chapter 3d) --------------------------------------------------------------------
+
+SEQUENTIAL_LABELS = {"efficacy_newest": "efficacy of the newest edits (%)",
+                     "retention": "retention of earlier edits (%)",
+                     "specificity": "neighbourhood specificity (%)",
+                     "lama_p_at_1": "LAMA P@1, untouched facts (%)",
+                     "entropy": "generation entropy (×100)"}
+
+
+def plot_sequential(curves: dict, metrics: tuple[str, ...] = tuple(SEQUENTIAL_LABELS), flagged: dict | None = None,
+                    model_label: str = "ours"):
+    """Sequential editing, one panel per metric: each method's measurements (``curves``:
+    ``{method: DataFrame with n_edits, metric, value, low, high}``) against the number of edits,
+    with the 95% interval shaded. ``flagged`` (``{method: [n_edits, ...]}``) marks the edits the
+    collapse forecaster flagged, as ticks at the bottom of every panel."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.9 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (method, frame) in enumerate(curves.items()):
+            rows = frame[frame["metric"] == metric].sort_values("n_edits")
+            rows = rows[rows["value"].notna()]
+            if rows.empty:
+                continue
+            ax.plot(rows["n_edits"], rows["value"], marker="o", ms=3, color=f"C{i}", label=method)
+            ax.fill_between(rows["n_edits"], rows["low"], rows["high"], color=f"C{i}", alpha=0.15, lw=0)
+            for n in (flagged or {}).get(method, []):
+                ax.plot([n], [0], marker="|", ms=8, color=f"C{i}", transform=ax.get_xaxis_transform(), clip_on=False)
+        ax.set_title(SEQUENTIAL_LABELS.get(metric, metric), fontsize=8)
+        ax.set_xlabel("edits so far")
+        if metric != "entropy":
+            ax.set_ylim(-3, 103)
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.suptitle(f"Editing one fact after another ({model_label})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_forecast(forecasts, flag_ratio: float, model_label: str = "ours"):
+    """The collapse forecaster on a ROME sequence (``forecasts``: one row per edit with
+    ``update_norm``, ``update_norm_unprefixed``, ``denominator_ratio``, ``subject_first``): the size of
+    each update with the averaged key k* everywhere against ROME's code's unprefixed key in the
+    denominator, and the flag line."""
+    import numpy as np
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    first = forecasts["subject_first"].to_numpy(bool)
+    groups = ((~first, "subject later in the prompt", "C0"), (first, "subject opens the prompt", "C3"))
+    for mask, label, color in groups:
+        a.scatter(forecasts["update_norm"][mask], forecasts["update_norm_unprefixed"][mask], s=10,
+                  color=color, label=label)
+        b.hist(np.clip(forecasts["denominator_ratio"][mask], -1, 3), bins=40, range=(-1, 3), color=color, alpha=0.6,
+               label=label)
+    low = min(forecasts["update_norm"].min(), forecasts["update_norm_unprefixed"].min())
+    high = max(forecasts["update_norm"].max(), forecasts["update_norm_unprefixed"].max())
+    a.plot([low, high], [low, high], color="grey", lw=0.8)
+    a.axhline(flag_ratio, color="black", ls=":", lw=1, label=f"flag: ‖ΔW‖/‖W‖ > {flag_ratio:g}")
+    a.set_xscale("log")
+    a.set_yscale("log")
+    a.set_xlabel("‖ΔW‖/‖W‖ with k* (factlens, r-ROME)")
+    a.set_ylabel("‖ΔW‖/‖W‖ with k₀ (ROME's code)")
+    a.legend(fontsize=7, frameon=False)
+    b.axvline(1, color="grey", lw=0.8)
+    b.set_xlabel("uᵀk₀ / uᵀk*  (clipped to [-1, 3])")
+    b.set_ylabel("edits")
+    b.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"What predicts a disabling edit ({model_label})", fontsize=10)
     fig.tight_layout()
     return fig

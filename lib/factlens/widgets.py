@@ -392,7 +392,7 @@ def edit_case_browser(frames: Mapping[str, pd.DataFrame], cases: Sequence[data.C
     pick.observe(lambda _: panel.run(show), names="value")
 
 
-def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 10) -> list[str]:
     """Each prompt's top next token and greedy continuation (``rome.generate``), as "[top] text"."""
     top = [row[0] for row in view(model).top_tokens(list(prompts))]
     texts = rome.generate(model, prompts, max_new_tokens)
@@ -400,7 +400,7 @@ def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 20) -> l
 
 
 def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[str] = (), *,
-                    hparams: rome.ROMEHyperParams | None = None, max_new_tokens: int = 20,
+                    hparams: rome.ROMEHyperParams | None = None, max_new_tokens: int = 10,
                     progress: bool = False) -> pd.DataFrame:
     """What the ROME editor shows after a click: for the edited prompt and each probe, the top
     next token and greedy continuation (:func:`answers`) before and after ``request`` is written
@@ -417,7 +417,7 @@ def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[st
 
 def rome_editor(model: Model, prompt: str = "{} is located in the city of", subject: str = "The Eiffel Tower",
                 target: str = "Rome", probes: Sequence[str] = (), layer: int | None = None,
-                max_new_tokens: int = 20, *, hparams: rome.ROMEHyperParams | None = None,
+                max_new_tokens: int = 10, *, hparams: rome.ROMEHyperParams | None = None,
                 initial: pd.DataFrame | None = None) -> None:
     """Edit one fact with ROME and compare the model before and after (:func:`edit_comparison`):
     the top next token and a greedy continuation of the edited prompt and of each probe. Change
@@ -426,7 +426,9 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
     Creating it costs no edit: it shows the model before (the static book), or ``initial``, a
     comparison the notebook already computed. The first edit at a layer gathers that layer's
     statistics C (cached afterwards); ``hparams`` defaults to ``rome.default_hparams(model)``,
-    ``layer`` overrides its layer.
+    ``layer`` overrides its layer. A click costs the edit and two greedy generations (before and
+    after) of ``max_new_tokens`` for every prompt: on a CPU the generations cost as much as the
+    edit (bench/bench_widgets.py), hence 10 tokens by default.
     """
     hp = hparams or rome.default_hparams(model)
     fields = [_text("prompt", prompt, "prompt", wide=True), _text("subject", subject, "subject"),
@@ -468,4 +470,59 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
         return "the comparison the notebook computed"
 
     panel.run(before if initial is None else precomputed)
+    go.on_click(lambda _: panel.click(go, edited))
+
+
+# --- many edits (chapter 3d) --------------------------------------------------------------------
+
+
+def many_edits_explorer(model: Model, cases: Sequence[data.CounterFactCase], yardstick, *,
+                        initial: Mapping[str, pd.DataFrame] | None = None, zs=None, every: int = 10,
+                        max_edits: int = 100, alphaedit_hparams=None, rome_hparams=None) -> None:
+    """Choose an editing method and a number of edits, press "edit", and watch the measurements of
+    ``factlens.sequential`` grow every ``every`` edits beside the chapter's curves (``initial``,
+    ``{method: curve}``; shown alone until the first run). ``cases`` are edited in order; ``zs``
+    (one per case) are MEMIT's and AlphaEdit's cached targets. The model is restored bit for bit
+    after every run. ``yardstick`` is a :class:`factlens.sequential.Yardstick`."""
+    import matplotlib.pyplot as plt
+
+    from factlens import plots, sequential
+
+    reference = dict(initial or {})
+    label = view(model).label
+    method = w.Dropdown(options=list(sequential.METHODS), value="ROME",
+                        description="method").add_class("factlens-method")
+    top = max(every, min(max_edits, len(cases)) // every * every)
+    edits = w.IntSlider(value=min(top, 2 * every), min=every, max=top, step=every,
+                        description="edits").add_class("factlens-edits")
+    go = _Button(description="edit").add_class("factlens-go")
+    figure = w.Output().add_class("factlens-result")
+    panel = _Panel("many-edits", "run", [w.HBox([method, edits, go]), figure], [method, edits, go])
+
+    def draw(curves: Mapping[str, pd.DataFrame]) -> None:
+        with figure:
+            figure.clear_output(wait=True)
+            if curves:
+                fig = plots.plot_sequential(dict(curves), model_label=label)
+                display(fig)
+                plt.close(fig)
+            else:
+                display(HTML("<i>no curves yet: press “edit”</i>"))
+
+    def edited() -> str:
+        chosen, n = method.value, edits.value
+        if n > len(cases):
+            raise ValueError(f"only {len(cases)} cases are loaded: choose at most {len(cases)} edits")
+        panel.stage(f"{chosen}: {n} edits, measuring every {every}")
+        others = {m: c for m, c in reference.items() if m != chosen}
+        with panel.bars():
+            run = sequential.run_sequence(model, cases[:n], chosen, yardstick, every=every,
+                                          zs=None if zs is None else zs[:n], rome_hparams=rome_hparams,
+                                          alphaedit_hparams=alphaedit_hparams,
+                                          on_checkpoint=lambda curve: draw({**others, f"{chosen} (this run)": curve}))
+        final = run.final("retention" if n > every else "efficacy_newest")
+        return f"{chosen}, {n} edits: {final['value']:.0f}% of the edits held, model restored"
+
+    draw(reference)
+    display(panel.box)
     go.on_click(lambda _: panel.click(go, edited))

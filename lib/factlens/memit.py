@@ -1,0 +1,425 @@
+"""MEMIT: Mass-Editing Memory in a Transformer (Meng et al. 2023), and the record that undoes it.
+
+ROME writes one fact into one layer. MEMIT writes a batch of N facts ``(s_i, r_i, o_i)`` at once,
+spread over a range of critical layers ``ℛ = {l_1, ..., L}`` (Algorithm 1):
+
+1. For each fact, the *target residual* at the last critical layer ``L`` (eq. 16)::
+
+       z_i = h_i^L + δ_i,   δ_i = argmin_δ  (1/P) Σ_j −log P_G(h_i^L += δ)[o_i | x_j ⊕ p(s_i, r_i)]
+
+   (plus ROME's KL and decay terms), where ``h_i^L`` is the residual stream at the subject's last
+   token after layer ``L``. We find ``δ_i`` with ROME's optimizer (:func:`factlens.rome.compute_value`
+   at layer ``L``): for GPT-2, GPT-J and Llama, adding ``δ`` to layer ``L``'s MLP output *is*
+   adding it to ``h^L``; for Gemma, whose MLP output passes a post-feedforward norm first,
+   ``z_i = h_i^L + norm(v_i + δ_i) − norm(v_i)`` (see :func:`compute_z`).
+2. For each layer ``l`` of ``ℛ`` in ascending order, on the model as the lower layers left it:
+   the keys ``k_i^l`` at the subject's last token (averaged over the context templates, eq. 19 and
+   MEMIT's ``compute_ks``), the residual each fact still needs spread over the remaining layers
+   ``r_i^l = (z_i − h_i^L) / (L − l + 1)`` (eq. 20), and the update that writes it with the least
+   change to the preserved keys (eq. 14)::
+
+       ΔW^l = R^l (K^l)ᵀ (λ C^l + K^l (K^l)ᵀ)⁻¹
+
+   with ``C^l = E[k kᵀ]`` the keys' second moment (``factlens.rome.layer_stats``) and ``λ``
+   the ``mom2_update_weight`` of MEMIT's code. It is the solution of the normal equations
+   ``ΔW (λC + K Kᵀ) = R Kᵀ`` of ``min ‖ΔW K − R‖² + λ ‖ΔW C^{1/2}‖²`` (eq. 9-14).
+
+Where the MLP output reaches the residual stream through a norm (Gemma's post-feedforward
+RMSNorm), ``r_i^l`` is a change of the residual stream and the layer's value must change so that
+``norm(v + Δv) = norm(v) + r``: :func:`value_changes` finds the nearest such ``Δv`` by least squares
+(exactly ``r`` where there is no norm, as in the paper's models).
+
+:func:`apply` runs both steps and returns a :class:`BatchEdit`, one record that restores every
+edited layer bit for bit (also used by ``factlens.sequential`` for a whole sequence of edits).
+:func:`spread` is step 2 with a pluggable solver; ``factlens.alphaedit`` uses it with AlphaEdit's
+projected solve. A batch with two requests for the same subject and prompt (relation) is an error:
+one key cannot be mapped to two values (:func:`check_requests`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from factlens import rome
+from factlens.models import Model, view
+
+# --------------------------------------------------------------------------- the record
+
+
+class BatchEdit:
+    """The record of a change to the MLP output weights of one or more layers, by a batch of edits
+    (MEMIT, AlphaEdit) or a whole sequence of them (``factlens.sequential``).
+
+    Construct it *before* changing the weights: it clones each named layer's weight as it is then
+    (:meth:`cover` adds a layer later, before it changes). :meth:`undo` copies the clones back, so
+    the model is restored bit for bit, however many edits came in between; it is idempotent. As a
+    context manager it undoes on exit, also when the body raises.
+    """
+
+    def __init__(self, model: Model, layers: Sequence[int], method: str,
+                 requests: Sequence[rome.EditRequest] = (), info: dict[str, Any] | None = None):
+        self.model = model
+        self.method = method
+        self.requests: list[rome.EditRequest] = list(requests)
+        self.info: dict[str, Any] = dict(info or {})
+        self.original: dict[int, torch.Tensor] = {}
+        self.undone = False
+        for layer in layers:
+            self.cover(layer)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.original)
+
+    def cover(self, layer: int) -> None:
+        """Record ``layer``'s weight as it is now, unless it is recorded already."""
+        if layer not in self.original:
+            self.original[layer] = view(self.model).mlp_out_weight(layer).detach().clone()
+
+    def delta(self, layer: int) -> torch.Tensor:
+        """``V̂ − V`` of one layer ([d_mlp, d_model]; zero once undone)."""
+        return view(self.model).mlp_out_weight(layer).detach() - self.original[layer]
+
+    def undo(self) -> None:
+        """Restore every recorded layer exactly as it was when recorded (idempotent)."""
+        if not self.undone:
+            v = view(self.model)
+            for layer, weight in self.original.items():
+                v.set_mlp_out_weight(layer, weight)
+            self.undone = True
+
+    def __enter__(self) -> BatchEdit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+    def __repr__(self) -> str:
+        state = "undone" if self.undone else "applied"
+        return f"BatchEdit({self.method}, {len(self.requests)} requests, layers {self.layers}, {state})"
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+@dataclass(frozen=True)
+class MEMITHyperParams:
+    """MEMIT's hyperparameters (names as in ``hparams/MEMIT/*.json`` of MEMIT's code).
+
+    Attributes:
+        layers: the critical layers ``ℛ``, ascending; ``z`` is optimized at the last one.
+            GPT-J: 3-8 of 28; GPT-2 XL: 13-17 of 48.
+        mom2_update_weight: ``λ``, the weight of the preserved keys' second moment in eq. 14.
+            GPT-J: 15,000; GPT-2 XL: 20,000.
+        context_templates: ``((length, count), ...)`` of the random prefixes for ``z`` and the keys;
+            MEMIT's code: 5 prefixes of 10 tokens, beside the prompt itself.
+        v_lr, v_steps, kl_factor, weight_decay, clamp_norm_factor, essence_prompt: the optimization
+            of ``δ`` (:func:`factlens.rome.compute_value`). MEMIT's code clamps ``‖δ‖`` to 0.75
+            ``‖h^L‖``; ROME's optimizer clamps to a multiple of the MLP output's norm ``‖v‖``.
+        mom2_samples, mom2_corpus: the keys ``C`` is estimated on (``factlens.rome.layer_stats``).
+        seed: seed of the sampled prefixes.
+    """
+
+    layers: tuple[int, ...]
+    mom2_update_weight: float = 15_000.0
+    context_templates: tuple[tuple[int, int], ...] = ((10, 5),)
+    v_lr: float = 0.5
+    v_steps: int = 25
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    essence_prompt: str = "{} is a"
+    mom2_samples: int = 100_000
+    mom2_corpus: str = "wikitext"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"layers must be a non-empty ascending tuple of distinct layers, got {self.layers}")
+        if self.mom2_update_weight <= 0:
+            raise ValueError(f"mom2_update_weight (λ) must be positive, got {self.mom2_update_weight}")
+
+    def z_hparams(self) -> rome.ROMEHyperParams:
+        """The settings of ``δ``'s optimization, as ROME's hyperparameters at the last critical layer."""
+        return rome.ROMEHyperParams(
+            layer=self.layers[-1], context_templates=self.context_templates, v_lr=self.v_lr,
+            v_steps=self.v_steps, kl_factor=self.kl_factor, weight_decay=self.weight_decay,
+            clamp_norm_factor=self.clamp_norm_factor, mom2_samples=self.mom2_samples,
+            mom2_corpus=self.mom2_corpus, essence_prompt=self.essence_prompt, seed=self.seed)
+
+
+# GPT-J and GPT-2 XL: MEMIT's code. The default model (Gemma 3 270M, 18 layers): four layers ending
+# at ROME's layer 6, as GPT-2 XL's 13-17 end at ROME's 17 (and span about a fifth of the depth, as
+# GPT-J's 3-8 of 28 do); δ's optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes,
+# see factlens.rome), C from 20,000 keys as ROME's. λ = 2,000: a typical key's kᵀ(λC)⁻¹k is about
+# d_mlp / λ, so GPT-J's 15,000 for 16,384 keys is about 2,000 for this MLP's 2,048; on the tuning
+# split (8 cases in one batch) λ = 1,000 and 2,000 write every fact (ES 100%), 15,000 none (ES 25%,
+# as unedited).
+_DEFAULTS: dict[str, MEMITHyperParams] = {
+    "EleutherAI/gpt-j-6B": MEMITHyperParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15_000.0),
+    "gpt2-xl": MEMITHyperParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20_000.0, v_steps=20),
+    "gemma-3-270m": MEMITHyperParams(layers=(3, 4, 5, 6), mom2_update_weight=2_000.0,
+                                     context_templates=((5, 3), (10, 3)), v_steps=20, clamp_norm_factor=1.0,
+                                     mom2_samples=20_000),
+}
+
+
+def default_hparams(model: Model) -> MEMITHyperParams:
+    """MEMIT's hyperparameters for ``model`` (by its factlens name); other models get four layers
+    ending at ROME's layer, ROME's settings for ``δ`` and ``C``, and GPT-J's λ scaled to the MLP's width."""
+    v = view(model)
+    known = _DEFAULTS.get(v.name)
+    if known is not None and known.layers[-1] < v.n_layers:
+        return known
+    hp = rome.default_hparams(model)
+    layers = tuple(range(max(0, hp.layer - 3), hp.layer + 1))
+    return MEMITHyperParams(layers=layers, mom2_update_weight=15_000.0 * v.d_mlp / 16_384,
+                            context_templates=hp.context_templates, clamp_norm_factor=hp.clamp_norm_factor,
+                            mom2_samples=hp.mom2_samples, v_steps=hp.v_steps)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def check_requests(requests: Sequence[rome.EditRequest]) -> list[rome.EditRequest]:
+    """The requests as a list, after checking that no two share a subject and a prompt (relation).
+
+    Two requests for the same ``(s, r)`` ask for two values at one key: the least-squares update
+    would average them and write neither (MEMIT needs distinct ``(s_i, r_i)``, eq. 5).
+    """
+    requests = list(requests)
+    if not requests:
+        raise ValueError("no requests: give at least one factlens.rome.EditRequest")
+    seen: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(requests):
+        if not isinstance(r, rome.EditRequest):
+            raise TypeError(f"request {i} is a {type(r).__name__}, not a factlens.rome.EditRequest")
+        key = (r.subject, r.prompt)
+        if key in seen:
+            raise ValueError(
+                f"requests {seen[key]} and {i} both rewrite subject {r.subject!r} with prompt {r.prompt!r} "
+                f"(targets {requests[seen[key]].target!r} and {r.target!r}): one key cannot be mapped to two "
+                "values in one batch; keep one of them, or apply them in separate batches")
+        seen[key] = i
+    return requests
+
+
+# --------------------------------------------------------------------------- keys and residuals
+
+
+def _template_groups(hp: MEMITHyperParams) -> list[int]:
+    """Sizes of the template groups: the prompt itself, then one group per (length, count)."""
+    return [1] + [count for _, count in hp.context_templates]
+
+
+@dataclass(frozen=True)
+class LayerReading:
+    """What one forward pass reads for MEMIT at layer ``l`` (one row per request): ``keys`` ``k_i^l``
+    ``[n, d_mlp]``, averaged over the templates; ``values``, the MLP output ``v_i^l`` at the
+    subject's last token of the prompt itself ``[n, d_model]``; ``residual``, ``h_i^L`` there ``[n, d_model]``."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    residual: torch.Tensor
+
+
+@torch.no_grad()
+def read_layer(model: Model, requests: Sequence[rome.EditRequest], layer: int, hp: MEMITHyperParams,
+               templates: Sequence[str]) -> LayerReading:
+    """The :class:`LayerReading` of layer ``layer``, in one forward pass over every (request, template) prompt.
+
+    ``k_i^l`` is the MLP key at the subject's last token, averaged within each group of templates
+    and then over the groups (the prompt alone, each prefix length), as MEMIT's ``compute_ks``
+    does; ``v_i^l`` and ``h_i^L`` are read on the prompt itself (template ``"{}"``).
+    """
+    v = view(model)
+    top = hp.layers[-1]
+    prompts, last = [], []
+    for r in requests:
+        for t in templates:
+            text = t.replace("{}", r.prompt).replace("{}", r.subject)
+            prompts.append(text)
+            last.append(v.subject_span(text, r.subject).last)
+    batch = v.batch(prompts)
+    names = [v.key_hook(layer), v.value_hook(layer), v.resid_post_hook(top)]
+    got = v.capture(batch.ids, names)
+    rows = torch.arange(len(prompts), device=batch.ids.device)
+    at = torch.tensor(last, device=batch.ids.device)
+    keys, values, resid = (got[n][rows, at].float().view(len(requests), len(templates), -1) for n in names)
+    groups = keys.split(_template_groups(hp), dim=1)
+    K = torch.stack([g.mean(1) for g in groups], 0).mean(0)
+    return LayerReading(K, values[:, 0], resid[:, 0])  # template 0 is the prompt itself ("{}")
+
+
+def value_changes(model: Model, layer: int, values: torch.Tensor, wanted: torch.Tensor,
+                  iterations: int = 100) -> torch.Tensor:
+    """``Δv`` per row with ``norm(v + Δv) ≈ norm(v) + r``: how layer ``layer``'s MLP output must change
+    for the residual stream to change by ``r`` (``wanted``), where ``norm`` is what the block applies
+    to the MLP output (``View.mlp_post_norm``). Without a norm (GPT-2, GPT-J, Llama) it is ``r`` itself.
+
+    With Gemma's RMSNorm, ``norm(x) = g ⊙ x / rms(x)`` can only rotate the output, so ``Δv`` is the
+    least-squares solution ``argmin ‖norm(v + Δv) − norm(v) − r‖²`` (L-BFGS from ``Δv = 0``), scaled
+    so that ``‖v + Δv‖ = ‖v‖``: the norm lets through only the output's direction, and a value that
+    keeps its magnitude turns the same way for every key that ``ΔW`` reaches partly (as ROME's
+    additive ``δ`` does). MEMIT's next layers see and spread whatever part of ``r`` it could not write.
+    """
+    v = view(model)
+    values = values.detach().float()
+    wanted = wanted.detach().float()
+    with torch.no_grad():
+        normed = v.mlp_post_norm(layer, values)
+        if torch.equal(normed, values):
+            return wanted.clone()
+        target = normed + wanted
+        scale = target.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # each row's residual in units of its size
+    change = torch.zeros_like(values, requires_grad=True)
+    optimizer = torch.optim.LBFGS([change], max_iter=iterations, tolerance_grad=1e-12, tolerance_change=1e-14,
+                                  history_size=20, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = ((v.mlp_post_norm(layer, values + change) - target) / scale).pow(2).sum()
+        value.backward()
+        return value
+
+    with v.frozen_except([]):
+        optimizer.step(loss)
+    with torch.no_grad():
+        moved = values + change
+        return moved * (values.norm(dim=-1, keepdim=True) / moved.norm(dim=-1, keepdim=True)) - values
+
+
+# --------------------------------------------------------------------------- z, the target residual
+
+
+def compute_z(model: Model, request: rome.EditRequest, hp: MEMITHyperParams) -> torch.Tensor:
+    """``z = h^L + δ`` (eq. 16): the residual stream at the subject's last token after the last
+    critical layer ``L`` that makes the model say ``request.target`` ([d_model]).
+
+    ``δ`` is optimized at layer ``L``'s MLP output by :func:`factlens.rome.compute_value` (the loss of
+    eq. 16 with ROME's KL and decay terms), so ``z = h^L + norm(v + δ) − norm(v)`` with ``v`` the MLP
+    output of the prompt itself (``norm`` the identity for GPT-2, GPT-J, Llama).
+    """
+    v = view(model)
+    zhp = hp.z_hparams()
+    templates = rome.templates_for(model, zhp)
+    value = rome.compute_value(model, request, zhp.layer, zhp, templates)
+    last = v.subject_span(request.text, request.subject).last
+    with torch.no_grad():
+        got = v.capture(v.batch([request.text]).ids, [v.value_hook(zhp.layer), v.resid_post_hook(zhp.layer)])
+        v0 = got[v.value_hook(zhp.layer)][0, last].float()
+        h0 = got[v.resid_post_hook(zhp.layer)][0, last].float()
+        moved = v.mlp_post_norm(zhp.layer, (v0 + value.delta.to(v0))[None])[0] - v.mlp_post_norm(zhp.layer, v0[None])[0]
+    return h0 + moved
+
+
+def compute_zs(model: Model, requests: Sequence[rome.EditRequest], hp: MEMITHyperParams | None = None, *,
+               progress: bool = False) -> torch.Tensor:
+    """:func:`compute_z` of each request on the model as it is now: ``[n, d_model]``.
+
+    MEMIT's and AlphaEdit's code cache these per case (``--use_cache``) and reuse them in later
+    batches; pass them to :func:`apply` as ``zs`` to do the same.
+    """
+    hp = hp or default_hparams(model)
+    requests = check_requests(requests)
+    rows = [compute_z(model, r, hp) for r in tqdm(requests, desc="MEMIT z", disable=not progress, leave=False)]
+    return torch.stack(rows)
+
+
+# --------------------------------------------------------------------------- the update (eq. 14)
+
+
+def memit_update(C: torch.Tensor, K: torch.Tensor, R: torch.Tensor, mom2_update_weight: float) -> torch.Tensor:
+    """``ΔWᵀ`` for ``ΔW = R Kᵀ (λC + K Kᵀ)⁻¹`` (eq. 14), in float64: ``[d_mlp, d_model]``.
+
+    ``K`` is ``[n, d_mlp]`` (one key per row), ``R`` ``[n, d_model]`` (the value each key still
+    needs), ``C`` ``[d_mlp, d_mlp]``. The result satisfies the normal equations
+    ``ΔW (λC + K Kᵀ) = R Kᵀ``; it is returned transposed, in the library's value layout.
+    """
+    if K.shape[0] != R.shape[0] or C.shape != (K.shape[1], K.shape[1]):
+        raise ValueError(f"shapes do not fit: C {tuple(C.shape)}, K {tuple(K.shape)}, R {tuple(R.shape)}")
+    Kd, Rd = K.double(), R.double().to(K.device)
+    A = mom2_update_weight * C.double().to(K.device) + Kd.T @ Kd
+    return torch.linalg.solve(A, Kd.T @ Rd)
+
+
+Solver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def spread(model: Model, requests: Sequence[rome.EditRequest], zs: torch.Tensor, hp: MEMITHyperParams,
+           solve: Solver, record: BatchEdit, *, progress: bool = False) -> list[dict[str, Any]]:
+    """Algorithm 1, step 2: write ``z`` over the critical layers, lowest first.
+
+    At layer ``l`` (the ``i``-th of ``ℛ``): keys ``K``, values ``v^l`` and residuals ``h^L`` on the model
+    as the lower layers left it (:func:`read_layer`), ``r = (z − h^L) / (|ℛ| − i)`` (eq. 20), the value
+    changes ``R`` that write ``r`` from ``v^l`` (:func:`value_changes`), and ``ΔWᵀ = solve(l, K, R)``,
+    added to the weight. ``record`` must cover the layers. Returns per layer its keys, value changes and the
+    norm of what was still missing before it.
+    """
+    v = view(model)
+    templates = rome.templates_for(model, hp.z_hparams())
+    steps = []
+    for i, layer in enumerate(tqdm(hp.layers, desc="MEMIT layers", disable=not progress, leave=False)):
+        reading = read_layer(model, requests, layer, hp, templates)
+        K, gap = reading.keys, zs.to(reading.residual) - reading.residual
+        R = value_changes(model, layer, reading.values, gap / (len(hp.layers) - i))
+        dV = solve(layer, K, R)
+        weight = v.mlp_out_weight(layer)
+        with torch.no_grad():
+            v.set_mlp_out_weight(layer, weight.detach() + dV.to(weight.dtype))
+        steps.append({"layer": layer, "K": K.cpu(), "R": R.cpu(), "gap_norm": float(gap.norm(dim=-1).mean())})
+    return steps
+
+
+def _stats(model: Model, hp: MEMITHyperParams, layer: int, stats: dict[int, torch.Tensor] | None) -> torch.Tensor:
+    if stats is not None and layer in stats:
+        return stats[layer]
+    return rome.layer_stats(model, layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False)
+
+
+def apply(model: Model, requests: Sequence[rome.EditRequest], *, hparams: MEMITHyperParams | None = None,
+          zs: torch.Tensor | None = None, stats: dict[int, torch.Tensor] | None = None,
+          progress: bool = False) -> BatchEdit:
+    """Write every request into ``model`` with MEMIT in one batch; return the :class:`BatchEdit`.
+
+    ``zs`` are the target residuals (:func:`compute_zs`, computed here when not given); ``stats``
+    maps a layer to its ``C`` (default: :func:`factlens.rome.layer_stats`, cached). The record's
+    ``info`` holds per layer the keys ``K``, value changes ``R`` and the missing norm (``steps``),
+    ``zs``, the hyperparameters and the seconds taken. If anything fails, the weights are restored
+    before the error propagates.
+    """
+    v = view(model)
+    hp = hparams or default_hparams(model)
+    requests = check_requests(requests)
+    for layer in hp.layers:
+        v.check_layer(layer)
+    for r in requests:  # clear errors before any work
+        v.subject_span(r.text, r.subject)
+        v.target_ids(r.target)
+    start = time.perf_counter()
+    Cs = {layer: _stats(model, hp, layer, stats) for layer in hp.layers}
+    zs = compute_zs(model, requests, hp, progress=progress) if zs is None else zs
+    if zs.shape[0] != len(requests):
+        raise ValueError(f"got {zs.shape[0]} target residuals for {len(requests)} requests; give one z per request")
+    record = BatchEdit(model, hp.layers, "MEMIT", requests)
+
+    def solve(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        return memit_update(Cs[layer], K, R, hp.mom2_update_weight)
+
+    try:
+        steps = spread(model, requests, zs, hp, solve, record, progress=progress)
+    except BaseException:
+        record.undo()
+        raise
+    record.info.update(steps=steps, zs=zs.detach().cpu(), hparams=asdict(hp), seconds=time.perf_counter() - start)
+    return record
+
+
+__all__ = ["BatchEdit", "MEMITHyperParams", "apply", "check_requests", "compute_z", "compute_zs",
+           "default_hparams", "LayerReading", "memit_update", "read_layer", "spread", "value_changes"]

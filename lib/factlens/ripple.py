@@ -1,0 +1,152 @@
+"""The ripple report: after an edit, which of the model's answers changed.
+
+An edit should change its fact, reach the fact's other wordings, and leave every other fact alone
+(the neighbourhood of ROME's CounterFact; the "ripple effects" of Cohen et al. 2024, who ask what
+else must and must not move). :class:`RippleProbe` asks the model a fixed set of questions before
+an edit (any method, one fact or a batch); :meth:`RippleProbe.report` asks them again and lists
+every question whose answer changed:
+
+* ``relation``: the facts of the given LAMA relations (T-REx, single-token objects), top-1 answer
+  as ``factlens.probing`` ranks LAMA's common vocabulary;
+* ``paraphrase``: the same facts asked through ParaRel's paraphrases of their relation;
+* ``edited``: each edited fact asked through its relation's LAMA template and ParaRel paraphrases,
+  when its relation is given (did the edit reach other wordings?);
+* ``reverse``: the reverse questions, prompts that ask for an edited subject from the other side
+  ("The most famous tower in Rome is the"): the top next token and ``log P(subject)``. An edit
+  written from subject to object is one-directional, so these should not move.
+
+Edited subjects are left out of the relation and paraphrase facts (their answers are meant to change).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from factlens import data, evaluation, probing
+from factlens.data import LamaFact
+from factlens.lama_analysis import paraphrase_facts
+from factlens.models import Model, view
+from factlens.rome import EditRequest
+
+KINDS = ("edited", "relation", "paraphrase", "reverse")
+
+
+@dataclass
+class RippleReport:
+    """What changed: ``changed`` (one row per question whose answer changed: kind, relation, subject,
+    object, template, before, after, to_target) and ``counts`` (per kind: asked, changed, to_target)."""
+
+    changed: pd.DataFrame
+    counts: pd.DataFrame
+    reverse: pd.DataFrame  # every reverse question: prompt, answer, top before/after, log p before/after
+
+
+def _edited_facts(requests: Sequence[EditRequest], relations: Sequence[str | None]) -> list[LamaFact]:
+    known = data.lama_relations()
+    facts = []
+    for i, (r, rel) in enumerate(zip(requests, relations)):
+        if rel is None:
+            continue
+        if rel not in known:
+            raise probing.UnknownRelationError(f"unknown LAMA relation {rel!r} for request {i}; LAMA has: "
+                                               f"{', '.join(sorted(known))}")
+        facts.append(LamaFact(r.subject, rel, r.target.strip(), known[rel].template, f"edit-{i}", "TREx"))
+    return facts
+
+
+def _with_paraphrases(facts: list[LamaFact]) -> list[LamaFact]:
+    return facts + paraphrase_facts([f for f in facts if f.relation in data.PARAREL_RELATIONS])
+
+
+class RippleProbe:
+    """The questions of a ripple report, asked once before the edit.
+
+    ``requests`` are the edits about to be made; ``relations`` the LAMA relation ids to re-probe
+    (``per_relation`` facts of each with a single-token object, a seeded sample; ``pararel_per_relation``
+    of them also through
+    ParaRel's patterns, 0 for none); ``request_relations`` each request's own relation id (or None);
+    ``reverse`` the reverse questions as ``(prompt, answer)`` pairs.
+    """
+
+    def __init__(self, model: Model, requests: Sequence[EditRequest], relations: Sequence[str] = (), *,
+                 per_relation: int = 100, pararel_per_relation: int = 10,
+                 request_relations: Sequence[str | None] | None = None,
+                 reverse: Sequence[tuple[str, str]] = (), seed: int = 0):
+        self.model = model
+        self.requests = list(requests)
+        request_relations = list(request_relations) if request_relations is not None else [None] * len(self.requests)
+        if len(request_relations) != len(self.requests):
+            raise ValueError(f"got {len(request_relations)} request relations for {len(self.requests)} requests")
+        subjects = {r.subject for r in self.requests}
+        v = view(model)
+        facts = [f for f in probing.lama_facts("TREx", relations) if f.subject not in subjects
+                 and len(v.target_ids(f.object)) == 1] if relations else []  # LAMA probes single-token objects
+        by_relation: dict[str, list[LamaFact]] = {}
+        for f in facts:
+            by_relation.setdefault(f.relation, []).append(f)
+        rng = random.Random(seed)
+        sample = {rel: rng.sample(fs, min(per_relation, len(fs))) for rel, fs in sorted(by_relation.items())}
+        relation_facts = [f for fs in sample.values() for f in fs]
+        pararel = [f for fs in sample.values() for f in fs[:pararel_per_relation]
+                   if f.relation in data.PARAREL_RELATIONS]
+        self.questions: dict[str, list[LamaFact]] = {
+            "edited": _with_paraphrases(_edited_facts(self.requests, request_relations)),
+            "relation": relation_facts,
+            "paraphrase": paraphrase_facts(pararel) if pararel else [],
+        }
+        self.reverse = [(p, a) for p, a in reverse]
+        self.before = self._ask()
+
+    def _ask(self) -> dict[str, pd.DataFrame]:
+        answers = {}
+        for kind, facts in self.questions.items():
+            if facts:
+                frame = probing.probe(self.model, facts, k=1, progress=False).frame
+                answers[kind] = frame.assign(answer=frame["top"].str[0])
+        if self.reverse:
+            prompts = [p for p, _ in self.reverse]
+            targets = [a for _, a in self.reverse]
+            with torch.no_grad():
+                logp = evaluation.target_log_probs(self.model, prompts, targets)
+            top = [t[0] for t in view(self.model).top_tokens(prompts, k=1)]
+            answers["reverse"] = pd.DataFrame({"prompt": prompts, "answer": targets, "top": top,
+                                               "log_p": logp.numpy()})
+        return answers
+
+    def report(self) -> RippleReport:
+        """Ask every question again on the model as it is now; list the answers that changed."""
+        after = self._ask()
+        targets = {r.target.strip() for r in self.requests}
+        rows, counts = [], []
+        for kind in ("edited", "relation", "paraphrase"):
+            if kind not in self.before:
+                counts.append({"kind": kind, "asked": 0, "changed": 0, "to_target": 0})
+                continue
+            b, a = self.before[kind], after[kind]
+            moved = b.assign(after=a["answer"].to_numpy()).rename(columns={"answer": "before"})
+            moved = moved[moved["before"] != moved["after"]]
+            moved = moved.assign(kind=kind, to_target=moved["after"].isin(targets))
+            rows.append(moved[["kind", "relation", "subject", "object", "template", "before", "after",
+                               "to_target"]])
+            counts.append({"kind": kind, "asked": len(b), "changed": len(moved),
+                           "to_target": int(moved["to_target"].sum())})
+        reverse = pd.DataFrame(columns=["prompt", "answer", "top_before", "top_after", "log_p_before", "log_p_after"])
+        if "reverse" in self.before:
+            b, a = self.before["reverse"], after["reverse"]
+            reverse = pd.DataFrame({"prompt": b["prompt"], "answer": b["answer"], "top_before": b["top"],
+                                    "top_after": a["top"], "log_p_before": b["log_p"], "log_p_after": a["log_p"]})
+            moved = reverse[reverse["top_before"] != reverse["top_after"]]
+            rows.append(pd.DataFrame({"kind": "reverse", "relation": None, "subject": moved["answer"], "object": None,
+                                      "template": moved["prompt"], "before": moved["top_before"],
+                                      "after": moved["top_after"], "to_target": False}))
+            counts.append({"kind": "reverse", "asked": len(b), "changed": len(moved), "to_target": 0})
+        columns = ["kind", "relation", "subject", "object", "template", "before", "after", "to_target"]
+        kept = [r for r in rows if len(r)]
+        changed = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=columns)
+        return RippleReport(changed, pd.DataFrame(counts).set_index("kind"), reverse)
+
