@@ -44,19 +44,38 @@ def test_harmonic_mean_by_hand():
     assert evaluation.harmonic_mean(1.0, 0.0, 1.0) == 0.0
 
 
+def test_newcombes_paired_interval_by_hand():
+    # a = 2 cases both right, b = 3 only the first, c = 0 only the second, d = 5 neither (n = 10):
+    # p_a = 0.5, p_b = 0.2; Wilson (0.23659, 0.76341) and (0.05668, 0.50984); phi = 10 / 20 = 0.5
+    # low  = 0.3 - sqrt(0.26341^2 - 2 0.5 0.26341 0.30984 + 0.30984^2) = 0.3 - 0.28943 = 0.01057
+    # high = 0.3 + sqrt(0.26341^2 - 2 0.5 0.26341 0.14332 + 0.14332^2) = 0.3 + 0.22842 = 0.52842
+    a = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    b = [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    low, high = evaluation.paired_proportion_interval(a, b)
+    assert low == pytest.approx(0.01057, abs=2e-5) and high == pytest.approx(0.52842, abs=2e-5)
+    # no case differs: the interval is not a point (a paired bootstrap would give [0, 0])
+    low, high = evaluation.paired_proportion_interval([1] * 50, [1] * 50)
+    assert low == pytest.approx(-high) and 0.07 < high < 0.072
+    with pytest.raises(ValueError, match="0/1"):
+        evaluation.paired_proportion_interval([0.5, 1], [1, 1])
+
+
 def test_paired_differences_by_hand():
     a = pd.DataFrame({"case_id": [1, 2, 3, 4], "ES": [1.0, 1.0, 0.0, 1.0], "PS": [1.0] * 4, "NS": [1.0, 0.0, 1.0, 1.0],
                       "GE": [2.0, 4.0, 4.0, 2.0]})
     b = pd.DataFrame({"case_id": [4, 3, 2, 1], "ES": [1.0, 0.0, 0.0, 0.0], "PS": [1.0] * 4, "NS": [1.0] * 4,
                       "GE": [2.0, 2.0, 4.0, 2.0]})  # same cases, another order: matched on case_id
     d, low, high = evaluation.paired_difference(a, b, "ES", n_boot=300)
-    assert d == pytest.approx(50.0) and low <= d <= high
+    assert d == pytest.approx(50.0)
+    # a proportion: Newcombe's interval, on the pairs matched by case_id (b lists cases 4, 3, 2, 1)
+    expected = evaluation.paired_proportion_interval([1, 1, 0, 1], [0, 0, 0, 1])
+    assert (low, high) == pytest.approx(tuple(100 * x for x in expected))
     d, _, _ = evaluation.paired_difference(a, b, "S", n_boot=10)
     assert d == pytest.approx(100 * (3 / (1 / 0.75 + 1 + 1 / 0.75) - 3 / (1 / 0.25 + 1 + 1)))
     d, low, high = evaluation.paired_difference(a, b, "GE", relative=True, n_boot=300)
     assert d == pytest.approx(100 * (3 / 2.5 - 1))
-    same, low, high = evaluation.paired_difference(a, a, "NS", n_boot=50)
-    assert same == low == high == 0.0  # paired: a method against itself has no spread
+    same, low, high = evaluation.paired_difference(a, a, "GE", n_boot=50)
+    assert same == low == high == 0.0  # paired bootstrap: a method against itself has no spread
     with pytest.raises(ValueError, match="same cases"):
         evaluation.paired_difference(a, b.iloc[:3], "ES")
 
@@ -83,7 +102,12 @@ def test_summarize_means_intervals_and_score():
     for m in ("ES", "S", "EM"):
         assert s[m]["low"] <= s[m]["mean"] <= s[m]["high"]
     assert s["ES"]["low"] < s["ES"]["high"]
-    assert s["NS"]["low"] == s["NS"]["high"] == pytest.approx(100.0)  # a constant has no spread
+    # proportions get Wilson's interval: 4 of 4 is not a certainty (a bootstrap would say [100, 100])
+    from factlens.claims import wilson
+
+    assert (s["NS"]["low"], s["NS"]["high"]) == pytest.approx(tuple(100 * x for x in wilson(4, 4)))
+    assert (s["ES"]["low"], s["ES"]["high"]) == pytest.approx(tuple(100 * x for x in wilson(3, 4)))
+    assert s["EM"]["low"] < s["EM"]["high"]  # a mean of other values: the bootstrap
     assert evaluation.summarize(frame, n_boot=200) == s  # seeded
 
 

@@ -46,13 +46,14 @@ import torch
 from tqdm.auto import tqdm
 
 from factlens import rome
-from factlens.claims import PaperNumber, bootstrap, paper, paper_table
+from factlens.claims import PaperNumber, bootstrap, paper, paper_table, wilson
 from factlens.data import CounterFactCase, ZsreCase
 from factlens.models import Model, view
 
 Method = Callable[[Model, rome.EditRequest], rome.Edit]
 
 COUNTERFACT_METRICS = ("S", "ES", "PS", "NS", "EM", "PM", "NM", "GE")
+_Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # normal quantiles of the two-sided levels (as factlens.claims.wilson)
 ZSRE_METRICS = ("efficacy", "paraphrase", "specificity")
 
 # The paper's numbers on GPT-2 XL (factlens.claims), in percent (GE: entropy × 100), per method:
@@ -323,27 +324,60 @@ def _statistic(metric: str):
     return lambda x: float(np.nanmean(x[:, 0]))
 
 
+def _binary(x: np.ndarray) -> bool:
+    """Whether every value is 0 or 1: a proportion (ES, PS, NS with one prompt per case)."""
+    return x.size > 0 and bool(np.isin(x, (0.0, 1.0)).all())
+
+
+def paired_proportion_interval(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Newcombe's interval (1998, "Improved confidence intervals for the difference between
+    binomial proportions based on paired data", method 10) for ``p_a − p_b``, where ``a[i]`` and
+    ``b[i]`` are 0/1 outcomes of the same case: from the Wilson intervals ``(l, u)`` of the two
+    proportions and the correlation φ of the pairs,
+    ``p_a − p_b − √((p_a − l_a)² − 2φ(p_a − l_a)(u_b − p_b) + (u_b − p_b)²)`` to
+    ``p_a − p_b + √((u_a − p_a)² − 2φ(u_a − p_a)(p_b − l_b) + (p_b − l_b)²)``. Unlike a bootstrap,
+    it does not shrink to a point when no case differs. As fractions."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) != len(y) or not (_binary(x) and _binary(y)):
+        raise ValueError("paired_proportion_interval needs two equally long lists of 0/1 outcomes")
+    n = len(x)
+    both, only_a, only_b = int((x * y).sum()), int((x * (1 - y)).sum()), int(((1 - x) * y).sum())
+    neither = n - both - only_a - only_b
+    pa, pb = (both + only_a) / n, (both + only_b) / n
+    (la, ua), (lb, ub) = wilson(both + only_a, n, z), wilson(both + only_b, n, z)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
+    low = pa - pb - math.sqrt(max((pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2, 0.0))
+    high = pa - pb + math.sqrt(max((ua - pa) ** 2 - 2 * phi * (ua - pa) * (pb - lb) + (pb - lb) ** 2, 0.0))
+    return low, high
+
+
 def summarize(frame: pd.DataFrame, metrics: Sequence[str] | None = None, *, n_boot: int = 1000,
               confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Each metric's mean over cases with a bootstrap confidence interval, in percent.
+    """Each metric's mean over cases with a 95% interval, in percent: ``{metric: {"mean", "low", "high"}}``.
 
-    ``{metric: {"mean", "low", "high"}}``; the interval is the percentile interval of the
-    metric over ``n_boot`` resamples of the cases (``factlens.claims.bootstrap``, seeded: every
-    metric sees the same resamples), so S, a harmonic mean of means, gets one too. Metrics
-    default to CounterFact's or zsRE's, whichever columns the frame has; a metric that is NaN
-    for every case (GE without generation) is left out.
+    A proportion (a metric that is 0 or 1 for every case) gets Wilson's interval
+    (``factlens.claims.wilson``); any other metric, S (a harmonic mean of means) included, the
+    percentile interval over ``n_boot`` resamples of the cases (``factlens.claims.bootstrap``,
+    seeded: every metric sees the same resamples). Metrics default to CounterFact's or zsRE's,
+    whichever columns the frame has; a metric that is NaN for every case (GE without
+    generation) is left out.
     """
     if frame.empty:
         raise ValueError("no cases to summarize: evaluate at least one case")
     if metrics is None:
         metrics = COUNTERFACT_METRICS if "ES" in frame else ZSRE_METRICS
+    z = _Z[confidence] if confidence in _Z else None
     out = {}
     for m in metrics:
         x = frame[list(_columns(m))].to_numpy(dtype=float)
         if np.isnan(x).all():
             continue
         stat = _statistic(m)
-        low, high = bootstrap(x, stat, n_boot=n_boot, confidence=confidence, seed=seed)
+        if m != "S" and _binary(x) and z is not None:
+            low, high = wilson(float(x.sum()), len(x), z)
+        else:
+            low, high = bootstrap(x, stat, n_boot=n_boot, confidence=confidence, seed=seed)
         out[m] = {"mean": 100 * stat(x), "low": 100 * low, "high": 100 * high}
     return out
 
@@ -351,10 +385,12 @@ def summarize(frame: pd.DataFrame, metrics: Sequence[str] | None = None, *, n_bo
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative: bool = False,
                       n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """``metric(a) − metric(b)`` in percentage points (``relative``: ``100·(metric(a)/metric(b) − 1)``,
-    percent), and its bootstrap interval with the cases resampled together (paired).
+    percent) and its 95% interval over the cases, paired: ``(difference, low, high)``.
 
     ``a`` and ``b`` are two methods' frames on the same cases (matched on ``case_id``; an error
-    if their cases differ). Returns ``(difference, low, high)``.
+    if their cases differ). A difference of two proportions (0/1 per case) gets Newcombe's
+    interval (:func:`paired_proportion_interval`); any other the bootstrap with the cases
+    resampled together.
     """
     if sorted(a["case_id"]) != sorted(b["case_id"]):
         raise ValueError("paired_difference needs both frames scored on the same cases (case_id); "
@@ -368,6 +404,9 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative
         first, second = stat(rows[:, :k]), stat(rows[:, k:])
         return 100 * (first / second - 1) if relative else 100 * (first - second)
 
+    if metric != "S" and not relative and _binary(x) and confidence in _Z:
+        low, high = paired_proportion_interval(x[:, 0], x[:, 1], _Z[confidence])
+        return difference(x), 100 * low, 100 * high
     low, high = bootstrap(x, difference, n_boot=n_boot, confidence=confidence, seed=seed)
     return difference(x), low, high
 

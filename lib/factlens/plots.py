@@ -215,7 +215,11 @@ def plot_average_effects(effects: dict, model_label: str, paper: str = "") -> "p
     ax.set_xlabel("layer")
     ax.set_title("AIE at the last subject token (95% band)", fontsize=9)
     ax.legend(fontsize=8)
-    title = f"{model_label}, {effects[kinds[0]].n_facts} known facts"
+    e = effects[kinds[0]]
+    fewest = min(c for c in e.count if c)
+    title = f"{model_label}, {e.n_facts} known facts"
+    if fewest < e.n_facts:
+        title += f" (rows other than the last subject token and last token: the {fewest} traced at every token)"
     fig.suptitle(title + (f"\n{paper}" if paper else ""), fontsize=9)
     fig.tight_layout()
     return fig
