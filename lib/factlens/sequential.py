@@ -321,11 +321,14 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
 
 
 def collapse_point(run: SequenceRun, metric: str = "lama_p_at_1", drop: float = 0.5) -> int | None:
-    """The first checkpoint (number of edits) where ``metric`` fell below ``drop`` times its value
-    before any edit: where the model collapses by that measure (None if it never does)."""
-    rows = run.curve[run.curve["metric"] == metric].sort_values("n_edits")
-    if rows.empty:
+    """The first checkpoint (number of edits) where ``metric`` fell below ``drop`` times its first
+    measured value (before any edit; retention: after the second batch of edits): where the model
+    collapses by that measure (None if it never does)."""
+    if metric not in set(run.curve["metric"]):
         raise KeyError(f"no metric {metric!r} in this run")
+    rows = run.curve[(run.curve["metric"] == metric) & run.curve["value"].notna()].sort_values("n_edits")
+    if rows.empty:
+        return None
     base = float(rows.iloc[0]["value"])
     below = rows[rows["value"] < drop * base]
     return int(below.iloc[0]["n_edits"]) if len(below) else None
