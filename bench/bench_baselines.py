@@ -1,20 +1,32 @@
-"""Seconds per edit of FT, FT+L and ROME on the same CounterFact requests, and the cost of ROME's
-one-time key statistics (seconds per layer per 1,000 samples).
+"""Seconds per edit of FT and FT+L (factlens.baselines), fast against straightforward, in one run.
 
-    PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_baselines.py [--model gemma-3-270m] [--cases 3]
+    PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_baselines.py [--model gemma-3-270m] [--cases 8] [--batch 8]
 
-ROME's edits get ``C`` precomputed (so its seconds exclude the statistics, as the paper's
-"about 2 s per edit" on a GPU does); the statistics are timed separately, uncached
-(``rome.collect_layer_stats``).
-Prints one line per method: mean and spread of seconds per edit, and its ratio to ROME.
+For each configuration of the evaluation chapter (FT and FT+L at ROME's layer, FT+L in the
+paper's configuration: layer 0, weight and bias), the same CounterFact requests are tuned
+
+* straightforwardly: one request at a time, the whole model run at every step
+  (``fine_tune(..., batch_size=1, from_layer=False)``);
+* from layer l: one request at a time, only the blocks above the tuned layer re-run at every
+  step (``View.run_from``);
+* fast: that, and ``--batch`` requests together, each with its own copy of the weight, as the
+  chapter does (``FineTuner``),
+
+and the fast and straightforward results are checked to agree: the same Adam steps per
+request, the largest difference of the final losses, and ‖ΔW_fast − ΔW‖ / ‖ΔW‖ (Frobenius; Adam moves an entry
+whose gradient is nearly zero by about ``lr`` in the direction of that gradient's sign, so
+rounding differences flip a few such entries: compare the whole update, not its largest
+entry). Prints the CPU, the threads, seconds per edit of each, and the speed-up. The
+machine's other load changes the seconds, not much the ratio: run both here, side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import random
-import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,40 +34,50 @@ from factlens import baselines, data, rome
 from factlens.models import load_model
 
 
+def cpu_name() -> str:
+    """The CPU model and whether it has AVX-512 (from /proc/cpuinfo where there is one)."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return platform.processor() or "unknown CPU"
+    text = info.read_text()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return f"{name}, {'with' if ' avx512f' in text else 'without'} AVX-512"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--cases", type=int, default=3, help="CounterFact requests edited by each method")
-    parser.add_argument("--stats-samples", type=int, default=2000, help="keys timed for the statistics")
+    parser.add_argument("--cases", type=int, default=8, help="CounterFact requests tuned by each configuration")
+    parser.add_argument("--batch", type=int, default=8, help="requests tuned together by the fast version")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = load_model(args.model)
-    hp = rome.default_hparams(model)
-    start = time.perf_counter()
-    C = rome.collect_layer_stats(model, [hp.layer], samples=args.stats_samples, progress=False)[hp.layer]
-    stats_s = time.perf_counter() - start
     requests = [rome.EditRequest.from_counterfact(c)
                 for c in random.Random(args.seed).sample(data.counterfact(), args.cases)]
-    editors = {
-        "ROME": lambda m, r: rome.apply(m, r, hparams=hp, stats=C),
-        "FT": baselines.ft,
-        "FT+L": baselines.ft_l,
-    }
-    rome.apply(model, requests[0], hparams=hp, stats=C).undo()  # warm up (samples the prefixes once)
-    seconds: dict[str, list[float]] = {}
-    for name, editor in editors.items():
-        for request in requests:
-            t = time.perf_counter()
-            editor(model, request).undo()
-            seconds.setdefault(name, []).append(time.perf_counter() - t)
-    print(f"{args.model}, layer {hp.layer}, {args.cases} requests, torch threads {torch.get_num_threads()}")
-    print(f"statistics: {stats_s / args.stats_samples * 1000:.2f} s per layer per 1,000 samples "
-          f"({args.stats_samples} samples in {stats_s:.1f} s; the default {hp.mom2_samples} samples: "
-          f"{stats_s / args.stats_samples * hp.mom2_samples:.0f} s, once per layer)")
-    base = statistics.mean(seconds["ROME"])
-    for name, s in seconds.items():
-        spread = statistics.stdev(s) if len(s) > 1 else 0.0
-        print(f"{name:5s} {statistics.mean(s):7.2f} ± {spread:5.2f} s per edit   x{statistics.mean(s) / base:.2f} ROME")
+    configs = [baselines.default_hparams(model), baselines.default_hparams(model, constrained=True),
+               baselines.paper_hparams(model)]
+    baselines.fine_tune(model, requests[:1], configs[0])  # warm up
+    print(f"{args.model}; {cpu_name()}; torch threads {torch.get_num_threads()}; {args.cases} requests, "
+          f"batches of {args.batch}")
+    print("seconds per edit, and the ratio to straightforward")
+    header = " ".join(f"{name:>16s}" for name in ("straightforward", "from layer l", "fast"))
+    print(f"{'configuration':28s} {header} {'steps':>6s}  same result")
+    variants = {"straightforward": (1, False), "from layer l": (1, True), "fast": (args.batch, True)}
+    for hp in configs:
+        timings, results = {}, {}
+        for name, (batch, from_layer) in variants.items():
+            start = time.perf_counter()
+            results[name] = baselines.fine_tune(model, requests, hp, batch_size=batch, from_layer=from_layer)
+            timings[name] = (time.perf_counter() - start) / len(requests)
+        pairs = list(zip(results["straightforward"], results["fast"]))
+        same_steps = all(s.steps == f.steps for s, f in pairs)
+        worst = max(float((s.delta - f.delta).norm() / s.delta.norm().clamp_min(1e-30)) for s, f in pairs)
+        loss_gap = max(abs(s.losses[-1] - f.losses[-1]) for s, f in pairs)
+        steps = sum(f.steps for _, f in pairs) / len(pairs)
+        cells = " ".join(f"{t:6.2f} s ({timings['straightforward'] / t:4.1f}x)" for t in timings.values())
+        print(f"{baselines.method_label(model, hp):28s} {cells} {steps:6.1f}  "
+              f"steps {'equal' if same_steps else 'DIFFER'}, final loss within {loss_gap:.1e}, "
+              f"‖ΔW_fast − ΔW‖/‖ΔW‖ ≤ {worst:.1e}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ side, for the ROME editor:
 * a click (``edit_comparison``: before, the edit, after, undo) against its peer, the edit alone
   (``rome.apply`` + undo), so the widget's own share (generation before and after) shows.
 
-Settings are the book's: the playground's editor (4 probes, 20 new tokens) and the editing
-chapter's (2 probes, 10 new tokens). Prints the median of ``--repeats`` runs of each.
+Settings: the playground's editor (4 probes; 20 new tokens, the editor's default until it became
+10) and the editing chapter's (2 probes, 10 new tokens). Prints the median of ``--repeats`` runs of each.
 """
 
 from __future__ import annotations

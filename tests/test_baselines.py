@@ -1,7 +1,10 @@
-"""FT and FT+L (factlens.baselines): exact invariants on tiny random models, and an edit of a
-known fact on the default model."""
+"""FT and FT+L (factlens.baselines): exact invariants on tiny random models, the batched
+optimization against the straightforward one (torch's Adam on the model's own weight, one
+request at a time), the paper's configuration, and an edit of a known fact on the default model."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -55,6 +58,125 @@ def test_a_failing_body_restores_the_weights(tiny):
     assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))
 
 
+def _straightforward(model, request, hp):
+    """FT as written first: torch.optim.Adam on the model's own weight (and bias), a full forward
+    pass per step, one request; returns (ΔW, Δb or None, losses before each step)."""
+    v = view(model)
+    head, tail = v.token_ids(request.text), v.target_ids(request.target)
+    ids = v.batch([head + tail]).ids
+    positions = torch.arange(len(head) - 1, len(head) - 1 + len(tail))
+    values = v.mlp_out_weight(hp.layer)
+    bias = baselines.output_bias(model, hp.layer) if hp.tune_bias else None
+    params = [v.mlp_out_parameter(hp.layer)] + ([bias] if bias is not None else [])
+    starts = [values.detach().clone()] + ([bias.detach().clone()] if bias is not None else [])
+    losses = []
+    with v.frozen_except(params):
+        optimizer = torch.optim.Adam(params, lr=hp.lr)
+        for _ in range(hp.steps):
+            optimizer.zero_grad()
+            hidden = v.final_hidden(ids)[0, positions]
+            logp = v.unembed(hidden[:, None])[:, 0].float().log_softmax(-1)
+            loss = -logp[torch.arange(len(tail)), torch.tensor(tail)].mean()
+            losses.append(loss.item())
+            if loss.item() < hp.stop_loss:
+                break
+            loss.backward()
+            optimizer.step()
+            if hp.norm_constraint is not None:
+                with torch.no_grad():
+                    for x, x0 in zip([values, bias], starts):
+                        if x is not None:
+                            x.copy_(torch.clamp(x, x0 - hp.norm_constraint, x0 + hp.norm_constraint))
+    deltas = [x.detach() - x0 for x, x0 in zip([values, bias], starts)] + [None]
+    with torch.no_grad():
+        for x, x0 in zip([values, bias], starts):
+            if x is not None:
+                x.copy_(x0)
+    return deltas[0], deltas[1] if bias is not None else None, losses
+
+
+REQUESTS = [REQUEST, rome.EditRequest("{} was born in", "Dante", "Paris"),
+            rome.EditRequest("{} plays the", "Toko Yasuda", "guitar and the piano")]
+
+
+@pytest.mark.parametrize("hp", [
+    baselines.FTHyperParams(layer=1, lr=1e-2, steps=6),
+    baselines.FTHyperParams(layer=1, lr=1e-2, steps=6, norm_constraint=2e-3),
+    baselines.FTHyperParams(layer=0, lr=1e-2, steps=6, norm_constraint=2e-3, tune_bias=True),
+    baselines.FTHyperParams(layer=2, lr=1e-2, steps=3),  # the last layer: only the final norm above it
+], ids=["FT", "FT+L", "FT+L W and b", "last layer"])
+@pytest.mark.parametrize("from_layer", [True, False], ids=["blocks above l", "whole model"])
+def test_batched_fine_tuning_equals_the_straightforward_loop(tiny, hp, from_layer):
+    tuned = baselines.fine_tune(tiny, REQUESTS, hp, batch_size=2, from_layer=from_layer)  # batches of 2 and 1
+    assert [t.request for t in tuned] == REQUESTS
+    for request, got in zip(REQUESTS, tuned):
+        delta, delta_bias, losses = _straightforward(tiny, request, hp)
+        assert got.steps == len(losses) == hp.steps
+        assert got.losses[:-1] == pytest.approx(losses, rel=1e-4)
+        torch.testing.assert_close(got.delta, delta, atol=1e-3 * delta.abs().max().item(), rtol=0)
+        assert (delta_bias is None) == (got.delta_bias is None)
+        if delta_bias is not None:
+            torch.testing.assert_close(got.delta_bias, delta_bias, atol=1e-3 * delta_bias.abs().max().item(), rtol=0)
+
+
+def test_each_request_stops_on_its_own(tiny):
+    # a stop loss between the requests' losses: some stop before any step, the others run on
+    hp = baselines.FTHyperParams(layer=1, lr=1e-2, steps=4)
+    first = [baselines.fine_tune(tiny, [r], hp)[0].losses[0] for r in REQUESTS]
+    stop = sorted(first)[1] + 1e-6
+    hp = baselines.FTHyperParams(layer=1, lr=1e-2, steps=4, stop_loss=stop)
+    together = baselines.fine_tune(tiny, REQUESTS, hp, batch_size=3)
+    for r, loss, both in zip(REQUESTS, first, together):
+        alone = baselines.fine_tune(tiny, [r], hp)[0]
+        assert both.steps == alone.steps
+        torch.testing.assert_close(both.delta, alone.delta, atol=1e-3 * alone.delta.abs().max().item(), rtol=0)
+        if loss < stop:
+            assert both.steps == 0 and not both.delta.any()
+    steps = [t.steps for t in together]
+    assert min(steps) == 0 and max(steps) > 0  # they stopped at different steps
+
+
+def test_the_tuner_tunes_each_batch_once_in_order_and_applies_what_fine_tune_finds(tiny, monkeypatch):
+    hp = baselines.FTHyperParams(layer=1, lr=1e-2, steps=3)
+    eager = baselines.fine_tune(tiny, REQUESTS, hp, batch_size=2)
+    calls = []
+    real = baselines.fine_tune
+
+    def counted(model, requests, *args, **kwargs):
+        calls.append(list(requests))
+        return real(model, requests, *args, **kwargs)
+
+    monkeypatch.setattr(baselines, "fine_tune", counted)
+    tuner = baselines.FineTuner(tiny, REQUESTS, hp, batch_size=2)
+    before = _weights(tiny)
+    for request, expected in zip(REQUESTS, eager):
+        with tuner.apply(tiny, request) as edit:
+            torch.testing.assert_close(edit.delta(), expected.delta, atol=1e-7, rtol=0)
+            assert edit.info["steps"] == expected.steps == tuner.steps[request]
+    assert calls == [REQUESTS[:2], REQUESTS[2:]]  # each batch once, in order
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))
+    with pytest.raises(ValueError, match="another model"):
+        tuner.apply(load_model("tiny-gpt2" if view(tiny).name == "tiny-gemma3" else "tiny-gemma3"), REQUEST)
+
+
+def test_the_papers_configuration_tunes_layer_0_weight_and_bias(tiny):
+    hp = baselines.paper_hparams(tiny)
+    assert (hp.layer, hp.norm_constraint, hp.tune_bias, hp.method) == (0, 5e-4, True, "FT+L")
+    assert baselines.paper_hparams(tiny, constrained=False).layer == 1
+    bias = baselines.output_bias(tiny, 0)
+    if view(tiny).name == "tiny-gemma3":
+        assert bias is None  # Gemma's down projection has no bias: the weight alone is tuned
+    else:
+        assert bias is not None and bias.shape == (view(tiny).d_model,)
+    before = _weights(tiny)
+    with baselines.ft_l(tiny, REQUEST, hparams=replace(hp, lr=1e-2, steps=3)) as edit:
+        changed = [name for (name, p), b in zip(tiny.named_parameters(), before) if not torch.equal(p, b)]
+        assert len(changed) == (1 if bias is None else 2)  # W, and b where there is one
+        if bias is not None:
+            assert 0 < (bias - edit.original_bias).abs().max() <= 5e-4 * (1 + 1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))
+
+
 def test_bad_requests_give_clear_errors(tiny):
     with pytest.raises(IndexError, match="out of range"):
         baselines.ft(tiny, REQUEST, layer=3)
@@ -62,8 +184,11 @@ def test_bad_requests_give_clear_errors(tiny):
         baselines.ft_l(tiny, REQUEST, hparams=baselines.FTHyperParams(layer=1))
     with pytest.raises(ValueError, match="positive"):
         baselines.fine_tune(tiny, REQUEST, hparams=baselines.FTHyperParams(layer=1, norm_constraint=-1.0))
-    with pytest.raises(ValueError, match="target is empty"):
-        baselines.ft(tiny, rome.EditRequest("{} is in", "The Eiffel Tower", " "), layer=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        baselines.fine_tune(tiny, [REQUEST], baselines.FTHyperParams(layer=1), batch_size=0)
+    tuner = baselines.FineTuner(tiny, [REQUEST], baselines.FTHyperParams(layer=1, steps=1))
+    with pytest.raises(KeyError, match="not among this tuner's requests"):
+        tuner.apply(tiny, REQUESTS[1])
 
 
 @pytest.mark.slow
@@ -82,3 +207,19 @@ def test_ft_writes_a_known_fact_on_the_default_model_and_undo_brings_it_back():
         assert top(REQUEST.text) == "Rome"
         assert edit.layer == rome.default_hparams(model).layer
     assert top(REQUEST.text) == "Paris"
+
+
+@pytest.mark.slow
+def test_tuning_from_layer_l_gives_the_edits_of_the_whole_model_on_the_default_model():
+    # Adam moves entries whose gradient is nearly zero by ~lr in the direction of its sign, so
+    # rounding flips a few of them: the whole update, the steps and the final loss must agree
+    model = load_model()
+    requests = [rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"),
+                rome.EditRequest("{} plays the sport of", "LeBron James", "football")]
+    hp = baselines.default_hparams(model, constrained=True)
+    fast = baselines.fine_tune(model, requests, hp, batch_size=2)
+    slow = baselines.fine_tune(model, requests, hp, batch_size=1, from_layer=False)
+    for f, s in zip(fast, slow):
+        assert f.steps == s.steps
+        assert f.losses[-1] == pytest.approx(s.losses[-1], rel=0.05, abs=1e-3)
+        assert (f.delta - s.delta).norm() < 0.05 * s.delta.norm()

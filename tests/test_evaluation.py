@@ -4,6 +4,7 @@ on a tiny random model, and the unedited default model on a fact it knows."""
 from __future__ import annotations
 
 import math
+
 import pandas as pd
 import pytest
 import torch
@@ -41,6 +42,34 @@ def test_ngram_entropy_by_hand():
 def test_harmonic_mean_by_hand():
     assert evaluation.harmonic_mean(1.0, 0.5, 0.25) == pytest.approx(3 / 7)
     assert evaluation.harmonic_mean(1.0, 0.0, 1.0) == 0.0
+
+
+def test_paired_differences_by_hand():
+    a = pd.DataFrame({"case_id": [1, 2, 3, 4], "ES": [1.0, 1.0, 0.0, 1.0], "PS": [1.0] * 4, "NS": [1.0, 0.0, 1.0, 1.0],
+                      "GE": [2.0, 4.0, 4.0, 2.0]})
+    b = pd.DataFrame({"case_id": [4, 3, 2, 1], "ES": [1.0, 0.0, 0.0, 0.0], "PS": [1.0] * 4, "NS": [1.0] * 4,
+                      "GE": [2.0, 2.0, 4.0, 2.0]})  # same cases, another order: matched on case_id
+    d, low, high = evaluation.paired_difference(a, b, "ES", n_boot=300)
+    assert d == pytest.approx(50.0) and low <= d <= high
+    d, _, _ = evaluation.paired_difference(a, b, "S", n_boot=10)
+    assert d == pytest.approx(100 * (3 / (1 / 0.75 + 1 + 1 / 0.75) - 3 / (1 / 0.25 + 1 + 1)))
+    d, low, high = evaluation.paired_difference(a, b, "GE", relative=True, n_boot=300)
+    assert d == pytest.approx(100 * (3 / 2.5 - 1))
+    same, low, high = evaluation.paired_difference(a, a, "NS", n_boot=50)
+    assert same == low == high == 0.0  # paired: a method against itself has no spread
+    with pytest.raises(ValueError, match="same cases"):
+        evaluation.paired_difference(a, b.iloc[:3], "ES")
+
+
+def test_paper_differences_come_from_the_registry():
+    from factlens.claims import paper
+
+    s = evaluation.paper_difference("counterfact", "ROME", "FT", "S")
+    assert s.value == pytest.approx(paper("rome.counterfact.ROME.S").value - paper("rome.counterfact.FT.S").value)
+    assert "Table 4" in s.source and "S of ROME minus FT" in s.source
+    ge = evaluation.paper_difference("counterfact", "ROME", "unedited", "GE", relative=True)
+    unedited, edited = paper("rome.counterfact.unedited.GE").value, paper("rome.counterfact.ROME.GE").value
+    assert ge.value == pytest.approx(100 * (edited / unedited - 1)) and ge.value < 0
 
 
 def test_summarize_means_intervals_and_score():
@@ -124,10 +153,10 @@ def _scramble(model, request):
 def test_evaluate_undoes_every_edit_and_a_noop_matches_the_unedited_model(tiny):
     before = [p.detach().clone() for p in tiny.parameters()]
     cases = [_case(), _case("Rome", "Paris")]
-    unedited = evaluation.evaluate_counterfact(tiny, cases, None, progress=False)
-    noop = evaluation.evaluate_counterfact(tiny, cases, _noop, progress=False)
-    scrambled = evaluation.evaluate_counterfact(tiny, cases, _scramble, progress=False)
-    metrics = ["ES", "EM", "PS", "PM", "NS", "NM"]
+    unedited = evaluation.evaluate_counterfact(tiny, cases, None, generate_tokens=4, progress=False)
+    noop = evaluation.evaluate_counterfact(tiny, cases, _noop, generate_tokens=4, progress=False)
+    scrambled = evaluation.evaluate_counterfact(tiny, cases, _scramble, generate_tokens=4, progress=False)
+    metrics = ["ES", "EM", "PS", "PM", "NS", "NM", "GE"]  # GE: the same prompts, lengths and seed
     pd.testing.assert_frame_equal(unedited[metrics], noop[metrics])
     assert not scrambled[metrics].equals(unedited[metrics])  # the edit was in force while scoring
     assert list(unedited["case_id"]) == [7, 7]
@@ -136,14 +165,15 @@ def test_evaluate_undoes_every_edit_and_a_noop_matches_the_unedited_model(tiny):
 
 
 def test_zsre_edit_follows_rome_and_scores_are_token_accuracies(tiny):
+    # ROME's MENDQADataset edits toward answers[0], the true answer, not MEND's "alt"
     record = {"subject": "Dante", "src": "Where was Dante born?", "alt": "Paris",
               "rephrase": "What is the birthplace of Dante?", "loc": "nq question: capital of italy",
-              "loc_ans": "Rome", "answers": ["Florence"]}
+              "loc_ans": "Rome", "answers": ["Florence", "Firenze"]}
     case = evaluation.zsre_edit(record, 3)
-    assert case.request == rome.EditRequest("Where was {} born?", "Dante", "Paris")
+    assert case.request == rome.EditRequest("Where was {} born?", "Dante", "Florence")
     assert case.neighborhood_prompt == "nq question: capital of italy?"
     scores = evaluation.zsre_scores(tiny, case)
-    acc = evaluation.target_token_accuracy(tiny, ["Where was Dante born?"], ["Paris"])
+    acc = evaluation.target_token_accuracy(tiny, ["Where was Dante born?"], ["Florence"])
     assert scores["efficacy"] == pytest.approx(acc.item())
     assert all(0.0 <= x <= 1.0 for x in scores.values())
     with pytest.raises(ValueError, match="not in the question"):
@@ -152,8 +182,32 @@ def test_zsre_edit_follows_rome_and_scores_are_token_accuracies(tiny):
     from factlens.data import ZsreCase
 
     typed = ZsreCase(case_id=3, subject="Dante", src=record["src"], rephrase=record["rephrase"], target_new="Paris",
-                     answers=("Florence",), loc=record["loc"], loc_ans="Rome")
+                     answers=("Florence", "Firenze"), loc=record["loc"], loc_ans="Rome")
     assert evaluation.zsre_edit(typed) == case
+    with pytest.raises(ValueError, match="no answer"):
+        evaluation.zsre_edit(ZsreCase(4, "Dante", record["src"], record["rephrase"], "Paris", (), record["loc"], "R"))
+
+
+def test_a_case_is_scored_in_one_forward_pass_with_shared_rows(tiny, monkeypatch):
+    v = view(tiny)
+    shapes = []
+    final_hidden = v.final_hidden
+
+    def counted(ids, *args, **kwargs):
+        shapes.append(tuple(ids.shape))
+        return final_hidden(ids, *args, **kwargs)
+
+    monkeypatch.setattr(v, "final_hidden", counted)
+    case = _case("Seattle", "Paris")
+    assert len(v.target_ids("Seattle")) == 2 and len(v.target_ids("Paris")) == 1
+    scores = evaluation.counterfact_scores(tiny, case)
+    # 3 prompts x 2 targets: one pass over 3 rows, prompt + " Seatt" for each prompt (" Paris" is
+    # read at the prompt's last position, which that row has too)
+    assert len(shapes) == 1 and shapes[0][0] == 3
+    monkeypatch.setattr(v, "final_hidden", final_hidden)
+    prompt = "The Eiffel Tower is located in the city of"
+    one_by_one = [evaluation.target_log_probs(tiny, [prompt], [t]).item() for t in ("Seattle", "Paris")]
+    assert scores["ES"] == float(one_by_one[0] > one_by_one[1])
 
 
 # --------------------------------------------------------------------------- the default model

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+
 from factlens import lama_analysis, probing
 from factlens.data import LamaFact
 from factlens.models import load_model, view
@@ -51,8 +52,39 @@ def test_paper_rows_average_relations_as_the_papers_table():
     # T-REx's types only: Google-RE's relations, also N-1, would pull N-1 down to (50 + 0 + 0) / 3
     assert rows["T-REx 1-1"] == 100.0 and rows["T-REx N-1"] == 50.0 and math.isnan(rows["T-REx N-M"])
     assert rows["T-REx"] == 75.0  # the mean of its relations (100 and 50), not of its facts
-    assert rows["Google-RE place_of_birth"] == 0.0 and rows["Google-RE"] == 0.0 and rows["SQuAD"] == 100.0
+    assert rows["Google-RE place_of_birth"] == 0.0 and rows["Google-RE 2 relations"] == 0.0 and rows["SQuAD"] == 100.0
     assert math.isnan(rows["ConceptNet"]) and "Google-RE date_of_birth" not in rows
+
+
+def test_google_re_row_needs_its_three_relations():
+    """The paper's Google-RE mean has birth dates; without them the row is the two-relation one."""
+    frame = pd.DataFrame({"corpus": ["Google_RE"] * 4, "relation": ["place_of_birth", "place_of_birth",
+                          "place_of_death", "place_of_death"], "relation_type": ["N-1"] * 4, "rank": [1, 2, 1, 1]})
+    rows = probing.ProbeResult(frame).paper_rows()
+    assert math.isnan(rows["Google-RE"])  # not the mean of two relations labelled as the paper's three
+    assert rows["Google-RE 2 relations"] == 75.0  # (50 + 100) / 2
+    three = pd.concat([frame, pd.DataFrame({"corpus": ["Google_RE"], "relation": ["date_of_birth"],
+                                            "relation_type": ["N-1"], "rank": [1]})])
+    assert probing.ProbeResult(three).paper_rows()["Google-RE"] == pytest.approx((50 + 100 + 100) / 3)
+
+
+def test_p_at_1_interval_averages_relations_and_resamples_within_them():
+    frame = pd.DataFrame({"corpus": ["TREx"] * 6, "relation": ["P1"] * 4 + ["P2"] * 2,
+                          "relation_type": ["N-1"] * 6, "rank": [1, 1, 1, 1, 3, 4], "uuid": list("abcdef")})
+    value, low, high = lama_analysis.p_at_1_interval(probing.ProbeResult(frame))
+    assert value == 50.0  # (100 + 0) / 2: relations, not facts
+    assert low == high == 50.0  # every relation is all right or all wrong: no resample can change it
+    mixed = frame.assign(rank=[1, 2, 1, 2, 1, 2])
+    value, low, high = lama_analysis.p_at_1_interval(probing.ProbeResult(mixed), seed=3)
+    assert value == 50.0 and low < 50.0 < high
+    assert lama_analysis.p_at_1_interval(probing.ProbeResult(mixed), seed=3) == (value, low, high)  # seeded
+    same = lama_analysis.p_at_1_difference(probing.ProbeResult(mixed), probing.ProbeResult(mixed), paired=True)
+    assert same == (0.0, 0.0, 0.0)  # paired: the same facts resampled together
+    diff, low, high = lama_analysis.p_at_1_difference(probing.ProbeResult(frame), probing.ProbeResult(mixed),
+                                                      paired=True)
+    assert diff == 0.0 and low < 0.0 < high
+    with pytest.raises(ValueError, match="same facts"):
+        lama_analysis.p_at_1_difference(probing.ProbeResult(frame), probing.ProbeResult(mixed[::-1]), paired=True)
 
 
 def test_metrics_of_hand_made_ranks():
@@ -70,6 +102,17 @@ def test_metrics_of_hand_made_ranks():
     curve = result.p_at_k_curve(max_k=20)
     assert curve.loc[1, "TREx"] == 25.0 and curve.loc[5, "TREx"] == 75.0 and curve.loc[20, "TREx"] == 100.0
     assert curve["TREx"].is_monotonic_increasing
+
+
+def test_concat_and_where_keep_facts_in_order():
+    a = probing.ProbeResult(pd.DataFrame({"relation": ["P1", "P2"], "rank": [1, 2]}), method="probe(common)")
+    b = probing.ProbeResult(pd.DataFrame({"relation": ["P3"], "rank": [5]}), method="probe(common)")
+    both = probing.ProbeResult.concat([a, b])
+    assert both.frame["rank"].tolist() == [1, 2, 5] and both.method == "probe(common)"
+    picked = both.where(both.frame["rank"] > 1)
+    assert picked.frame["relation"].tolist() == ["P2", "P3"] and list(picked.frame.index) == [0, 1]
+    with pytest.raises(ValueError, match="mask"):
+        both.where([True])
 
 
 def test_freq_baseline_ranks_by_object_counts():
@@ -129,7 +172,7 @@ def test_multi_token_objects_ranked_by_whole_sequence(tiny):
     """probe_objects: score = sum of the object's token log-probabilities; 'French' is two tokens."""
     objects = {"P103": ["French", "Dutch", "Eiffel Tower", "Paris"]}
     facts = [fact("Danielle", "French", "The mother tongue of [X] is [Y] .", relation="P103")]
-    result = probing.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, progress=False)
+    result = probing.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, close=False, progress=False)
     row = result.frame.iloc[0]
     scores = {o: sentence_score(tiny, "The mother tongue of Danielle is", " " + o) for o in objects["P103"]}
     order = sorted(scores, key=scores.get, reverse=True)
@@ -137,6 +180,25 @@ def test_multi_token_objects_ranked_by_whole_sequence(tiny):
     assert row["rank"] == order.index("French") + 1
     assert row["gold_logprob"] == pytest.approx(scores["French"], abs=1e-3)
     assert not row["single_token"] and row["exact"]
+
+
+def test_whole_object_probe_closes_the_word(tiny):
+    """At a final [Y] the sentence's end is scored after each candidate ('.' for LAMA's ' .'), so a
+    candidate whose tokens begin another's no longer outranks it by construction."""
+    v = view(tiny)
+    objects = {"P103": ["Eiffel", "Eiffel Tower", "Paris", "Dutch"]}
+    assert v.target_ids("Eiffel Tower")[: len(v.target_ids("Eiffel"))] == v.target_ids("Eiffel")
+    facts = [fact("Danielle", "Eiffel Tower", "The mother tongue of [X] is [Y] .", relation="P103")]
+    closed = probing.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, progress=False).frame.iloc[0]
+    scores = {o: sentence_score(tiny, "The mother tongue of Danielle is", f" {o}.") for o in objects["P103"]}
+    order = sorted(scores, key=scores.get, reverse=True)
+    assert closed["top"] == order and closed["rank"] == order.index("Eiffel Tower") + 1
+    assert closed["gold_logprob"] == pytest.approx(scores["Eiffel Tower"], abs=1e-3)
+    open_ = probing.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, close=False, progress=False)
+    top = open_.frame.iloc[0]["top"]
+    assert top.index("Eiffel") < top.index("Eiffel Tower")  # unclosed: the prefix always wins
+    assert lama_analysis.prefix_shadowed(tiny, facts, objects) == [True]
+    assert lama_analysis.prefix_shadowed(tiny, [fact("a", "Paris", relation="P103")], objects) == [False]
 
 
 def test_vocabulary_tokens_keeps_single_tokens_only(tiny):
@@ -186,6 +248,10 @@ def test_bad_input_gives_clear_errors(tiny):
         probing.lama_facts("TREx", ["P9999"])
     with pytest.raises(ValueError, match="vocab"):
         probing.probe(tiny, [fact("France", "Paris")], vocab="bert", progress=False)
+    with pytest.raises(ValueError, match="subject is empty"):
+        probing.query(tiny, CAPITAL, "  ")
+    with pytest.raises(probing.UnknownRelationError, match="P9999"):
+        probing.query(tiny, "", "France", relation="P9999")
 
 
 # --------------------------------------------------------------------------- the default model

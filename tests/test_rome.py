@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
 import torch
 
-from factlens import rome, second_moment
+from factlens import rome, second_moment, v_star
 from factlens.models import SubjectNotFoundError, load_model, view
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
@@ -78,6 +79,102 @@ def test_clear_errors_before_any_change(tiny):
     assert torch.equal(v.mlp_out_weight(1), before)
 
 
+def test_rank_one_update_with_another_key_maps_that_key():
+    """ROME's code passes the unprefixed key k₀ as the denominator's key: Ŵ k₀ = v*, in the
+    direction C⁻¹k* all the same."""
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    K = torch.randn(6, 30, generator=gen, dtype=torch.float64)
+    C = K @ K.T / 30
+    k_star, k0, v_star = (torch.randn(n, generator=gen, dtype=torch.float64) for n in (6, 6, 4))
+    W_hat = rome.rank_one_update(W, C, k_star, v_star, key=k0)
+    torch.testing.assert_close(W_hat @ k0, v_star)
+    u = torch.linalg.solve(C, k_star)
+    delta = W_hat - W
+    torch.testing.assert_close(delta, torch.outer(delta @ u / (u @ u), u))  # rows along C⁻¹k*
+
+
+def test_kl_divergence_by_hand():
+    p, q = torch.tensor([0.5, 0.25, 0.25]), torch.tensor([0.25, 0.5, 0.25])
+    expected = 0.5 * math.log(2) + 0.25 * math.log(0.5)  # Σ p log(p/q)
+    torch.testing.assert_close(rome.kl_divergence(p.log()[None], q.log()[None]), torch.tensor(expected))
+    assert rome.kl_divergence(p.log(), p.log()).item() == 0
+
+
+def test_as_in_code_sets_the_reference_codes_choices():
+    hp = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),))
+    code = rome.as_in_code(hp)
+    assert all(getattr(code, name) == value for name, (value, _) in rome.CODE_CHOICES.items())
+    assert code.context_templates == rome.CODE_CONTEXT_TEMPLATES and code.layer == 1
+    one = rome.as_in_code(hp, "kl_at_subject")
+    assert one.kl_at_subject and one.context_templates == hp.context_templates
+    with pytest.raises(ValueError, match="differs in"):
+        rome.as_in_code(hp, "kl_at_the_end")
+
+
+def test_the_essence_is_read_at_its_end_or_at_the_subject(tiny):
+    v = view(tiny)
+    prompts = {at: rome.RewritePrompts.build(tiny, REQUEST, ["{}"], "{} is a", kl_at_subject=at)
+               for at in (False, True)}
+    essence = "The Eiffel Tower is a"
+    assert int(prompts[False].read_positions[-1]) == len(v.token_ids(essence)) - 1
+    assert int(prompts[True].read_positions[-1]) == v.subject_span(essence, REQUEST.subject).last
+    with pytest.raises(ValueError, match="unprefixed prompt"):
+        rome.RewritePrompts.build(tiny, REQUEST, ["Hello. {}"], "{} is a")
+
+
+@pytest.mark.parametrize("unprefixed", [True, False])
+def test_the_clamp_scales_with_the_chosen_value_norm(tiny, unprefixed):
+    """‖δ‖ is clamped to clamp_norm_factor · ‖v‖, ‖v‖ the unprefixed prompt's value (ROME's code)
+    or the mean value over the rewriting prompts."""
+    v = view(tiny)
+    hp = replace(FAST, clamp_norm_factor=1e-3, norm_of_unprefixed=unprefixed)
+    templates = rome.templates_for(tiny, hp)
+    value = rome.compute_value(tiny, REQUEST, hp.layer, hp, templates)
+    prompts = [t.replace("{}", REQUEST.text) for t in templates]
+    last = torch.tensor([v.subject_span(p, REQUEST.subject).last for p in prompts])
+    values = v.capture(v.batch(prompts).ids, [v.value_hook(hp.layer)])[v.value_hook(hp.layer)]
+    values = values[torch.arange(len(prompts)), last]
+    norm = (values[0] if unprefixed else values.mean(0)).norm()
+    torch.testing.assert_close(value.delta.norm(), 1e-3 * norm, rtol=1e-4, atol=0)
+
+
+def test_the_unprefixed_key_option_writes_the_unprefixed_prompt(tiny):
+    """With ROME's code's denominator the unprefixed prompt's value becomes v₀ + δ exactly."""
+    v = view(tiny)
+    hp = replace(FAST, unprefixed_key_in_update=True)
+    ids = v.batch([REQUEST.text]).ids
+    last = v.subject_span(REQUEST.text, REQUEST.subject).last
+    before = v.capture(ids, [v.value_hook(hp.layer)])[v.value_hook(hp.layer)][0, last]
+    with rome.edit(tiny, REQUEST, hparams=hp, stats=torch.eye(v.d_mlp)) as e:
+        after = v.capture(ids, [v.value_hook(hp.layer)])[v.value_hook(hp.layer)][0, last]
+        torch.testing.assert_close(after, before + e.info["delta"], atol=1e-5, rtol=1e-4)
+        k0 = rome.compute_key(tiny, REQUEST, hp.layer)
+        u = torch.linalg.solve(torch.eye(v.d_mlp, dtype=torch.float64), e.info["k_star"].double())
+        assert e.info["denominator"] == pytest.approx(float(u @ k0.double()), rel=1e-6)
+
+
+def test_prefixes_sampled_from_the_start_of_text(tiny):
+    """ROME's code samples its prefixes from the BOS, ``length`` tokens counting the BOS."""
+    templates = rome.context_templates(tiny, ((4, 3),), seed=1, from_bos=True)
+    assert len(templates) == 4 and templates[0] == "{}"
+    assert all(t.endswith(". {}") and t.count("{}") == 1 for t in templates[1:])
+    assert templates == rome.context_templates(tiny, ((4, 3),), seed=1, from_bos=True)  # seeded
+    assert templates != rome.context_templates(tiny, ((4, 3),), seed=1)  # not MEMIT's start words
+
+
+def test_partial_and_whole_forward_give_the_same_value(tiny):
+    """v* from re-running only the blocks above the edit (and the positions from the subject on)
+    equals v* from whole forward passes."""
+    hp = replace(FAST, v_steps=6)
+    templates = rome.templates_for(tiny, hp)
+    fast, slow = (rome.compute_value(tiny, REQUEST, hp.layer, hp, templates, partial=p) for p in (True, False))
+    assert fast.steps == slow.steps == 6
+    torch.testing.assert_close(fast.v_star, slow.v_star, atol=1e-5, rtol=1e-4)
+    assert torch.nn.functional.cosine_similarity(fast.delta, slow.delta, dim=0) > 0.9999
+    assert [x["total"] for x in fast.losses] == pytest.approx([x["total"] for x in slow.losses], rel=1e-4)
+
+
 # --------------------------------------------------------------------------- apply / undo on tiny models
 
 
@@ -92,6 +189,7 @@ def test_edit_writes_v_star_at_the_averaged_key(tiny):
         ids = v.batch(prompts).ids
         out = v.capture(ids, [v.value_hook(FAST.layer)])[v.value_hook(FAST.layer)]
         out = out[torch.arange(len(prompts)), last].mean(0)
+        assert 0 < e.info["steps"] <= FAST.v_steps
         torch.testing.assert_close(out, e.info["v_star"], atol=1e-5, rtol=1e-4)
         assert e.info["delta"].norm() > 0
 
@@ -143,6 +241,24 @@ def test_layer_stats_is_the_second_moment_and_is_cached(tmp_path, monkeypatch):
     assert len(list((tmp_path / "layer_stats").glob("*.safetensors"))) == 1
 
 
+def test_layer_stats_follow_the_corpus_text(tmp_path, monkeypatch):
+    """C is keyed by the tokens it was computed from: other text (a changed detokenizer, another
+    tokenizer) gives a new entry, never the stale one. The corpus's pieces are joined by a space."""
+    from factlens import data
+
+    monkeypatch.setenv("FACTLENS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(data, "corpus", lambda name: iter(["The Eiffel Tower is in Paris."] * 40))
+    model = load_model("tiny-gemma3", device="cpu")
+    first = next(second_moment.corpus_chunks(model, "wikitext", 32))
+    assert "Paris. The Eiffel" in view(model).tokenizer.decode(first)
+    C1 = rome.layer_stats(model, 1, samples=100, chunk_tokens=32, progress=False)
+    monkeypatch.setattr(data, "corpus", lambda name: iter(["Dante was born in Florence."] * 40))
+    model = load_model("tiny-gemma3", device="cpu")  # a fresh model: nothing remembered of the first text
+    C2 = rome.layer_stats(model, 1, samples=100, chunk_tokens=32, progress=False)
+    assert not torch.allclose(C1, C2)
+    assert len(list((tmp_path / "layer_stats").glob("*.safetensors"))) == 2
+
+
 # --------------------------------------------------------------------------- the default model
 
 
@@ -190,3 +306,90 @@ def test_tuning_and_evaluation_cases_partition_counterfact_by_case_id():
     subset = list(reversed(cases[:50]))
     assert [c.case_id for c in rome.tuning_cases(subset)] == [c.case_id for c in subset if c.case_id % 10 == 0]
     assert rome.is_tuning_case(687) is False and rome.is_tuning_case(690) is True
+
+
+# --------------------------------------------------------------------------- generation with a key-value cache
+
+
+PROMPTS = ["The Eiffel Tower is located in the city of", "Dante was born in", "Apple makes the", "Rome"]
+
+
+def test_cached_generation_equals_the_recompute_loop(tiny):
+    """Greedy text through the key-value cache is the text of re-running every prefix; the prompts
+    have different lengths (left padding) and run past tiny-gemma3's 16-token sliding window."""
+    cached = rome.generate(tiny, PROMPTS, 20)
+    assert cached == rome.generate(tiny, PROMPTS, 20, use_cache=False)
+    assert all(len(view(tiny).tokenizer(t, add_special_tokens=False)["input_ids"]) >= 15 for t in cached)
+    # one prompt alone continues as it does in the batch
+    assert rome.generate(tiny, PROMPTS[1:2], 20) == cached[1:2]
+
+
+def test_sampled_generation_is_seeded(tiny):
+    a = rome.generate(tiny, PROMPTS, 12, top_k=5, seed=3)
+    assert a == rome.generate(tiny, PROMPTS, 12, top_k=5, seed=3)
+    assert a == rome.generate(tiny, PROMPTS, 12, top_k=5, seed=3, use_cache=False)
+    assert a != rome.generate(tiny, PROMPTS, 12, top_k=5, seed=4)
+
+
+def test_generation_sees_an_applied_edit(tiny):
+    """The cached path runs the weights as they are: under an edit it equals the recompute loop
+    (which reads the edited weights), and after the undo the text is the unedited one again."""
+    v = view(tiny)
+    prompts = [REQUEST.text, *PROMPTS]
+    before = rome.generate(tiny, prompts, 6, top_k=3)
+    with rome.edit(tiny, REQUEST, hparams=replace(FAST, clamp_norm_factor=50.0, v_steps=10), stats=torch.eye(v.d_mlp)):
+        during = rome.generate(tiny, prompts, 6, top_k=3)
+        assert during == rome.generate(tiny, prompts, 6, top_k=3, use_cache=False)
+    assert rome.generate(tiny, prompts, 6, top_k=3) == before
+
+
+def test_generation_rejects_bad_arguments(tiny):
+    with pytest.raises(ValueError, match="top_k"):
+        rome.generate(tiny, PROMPTS, 3, top_k=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        rome.generate(tiny, PROMPTS, -1)
+    assert rome.generate(tiny, [], 3) == []
+
+
+def test_code_comparison_switches_one_option_at_a_time():
+    hp = rome.ROMEHyperParams(layer=1)
+    variants = rome.code_comparison(hp)
+    assert set(variants) == {*rome.CODE_CHOICES, "all"}
+    for option, changed in variants.items():
+        if option == "all":
+            continue
+        differing = {f for f in rome.CODE_CHOICES if getattr(changed, f) != getattr(hp, f)}
+        assert differing == {option}
+    assert variants["kl_edited_first"].kl_edited_first is False  # we follow the code there: the row shows the other
+    assert variants["kl_at_subject"].kl_at_subject is True  # we differ: the row shows the code's
+    assert variants["all"] == rome.as_in_code(hp)
+
+
+def test_row_groups_split_where_it_saves_work():
+    # two short unprefixed rows and two long prefixed ones: re-run apart
+    assert v_star.row_groups([2, 2, 30, 31], [8, 9, 40, 41]) == [[0, 1], [2, 3]]
+    # rows alike: one group
+    assert v_star.row_groups([5, 6, 5], [12, 12, 13]) == [[0, 2, 1]]
+    groups = v_star.row_groups([3, 14, 9, 2, 13, 9], [9, 22, 17, 7, 21, 16])
+    assert sorted(r for g in groups for r in g) == list(range(6))
+
+
+@pytest.mark.slow
+def test_partial_forward_gives_the_same_edit_on_the_default_model(gemma):
+    hp = replace(rome.default_hparams(gemma), v_steps=8)
+    request = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
+    templates = rome.templates_for(gemma, hp)
+    fast, slow = (rome.compute_value(gemma, request, hp.layer, hp, templates, partial=p) for p in (True, False))
+    assert fast.steps == slow.steps
+    assert torch.nn.functional.cosine_similarity(fast.v_star, slow.v_star, dim=0) >= 0.999
+    assert fast.target_prob == pytest.approx(slow.target_prob, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_cached_generation_on_the_default_model(gemma):
+    prompts = ["The Eiffel Tower is located in the city of", "Danielle Darrieux's mother tongue is",
+               "The Space Needle is in", "Toko Yasuda plays the"]
+    cached = rome.generate(gemma, prompts, 24)
+    assert cached == rome.generate(gemma, prompts, 24, use_cache=False)
+    assert "Paris" in cached[0]
+    assert len(set(cached[0].split())) > 3  # not one token repeated (the bridge's own cached generate)

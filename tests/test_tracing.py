@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from factlens.average_effects import average_indirect_effects, fact_effects, peak_depth, peak_effect, trace_facts
 from factlens.models import SubjectNotFoundError, TokenSpan, load_model, view
 from factlens.tracing import (
     TOKEN_GROUPS,
     Trace,
-    average_indirect_effects,
     corruption,
+    default_window,
     embedding_std,
     token_groups,
     trace,
@@ -71,6 +73,34 @@ def test_traced_positions_only(tiny):
     n = full.scores.shape[0]
     torch.testing.assert_close(some.scores[[2, n - 1]], full.scores[[2, n - 1]], rtol=1e-5, atol=1e-8)
     assert torch.isnan(some.scores[[0, 1, 3]]).all()
+    named = trace(tiny, PROMPT, SUBJECT, "mlp", delta=delta, window=2, positions=["last subject token", "last token"])
+    rows = [named.subject_span.last, n - 1]
+    torch.testing.assert_close(named.scores[rows], full.scores[rows], rtol=1e-5, atol=1e-8)
+    assert int((~torch.isnan(named.scores[:, 0])).sum()) == 2
+    with pytest.raises(ValueError, match="unknown token groups"):
+        trace(tiny, PROMPT, SUBJECT, delta=delta, positions=["subject"])
+    with pytest.raises(TypeError, match="must be a list"):
+        trace(tiny, PROMPT, SUBJECT, delta=delta, positions="last token")
+
+
+def test_trace_facts_maps_the_first_facts_and_reads_the_rest_at_their_tokens(tiny):
+    facts = [SimpleNamespace(subject=SUBJECT, prompt=PROMPT),
+             SimpleNamespace(subject="Dante", prompt="Dante was born in Florence")] * 2
+    traces = trace_facts(tiny, facts, "hidden", full_maps=1, positions=["last token"], samples=1, std=1.0,
+                         progress=False)
+    assert not torch.isnan(traces[0].scores).any()
+    for t in traces[1:]:
+        assert (~torch.isnan(t.scores[:, 0])).nonzero().flatten().tolist() == [t.scores.shape[0] - 1]
+    alone = trace(tiny, facts[2].prompt, facts[2].subject, samples=1, std=1.0, seed=2)  # fact k: seed + k
+    torch.testing.assert_close(traces[2].scores[-1], alone.scores[-1])
+
+
+def test_the_window_scales_with_depth():
+    assert default_window(48) == 10  # GPT-2 XL: the paper's own window
+    assert default_window(18) == 4  # Gemma 3 270M: round(3.75)
+    assert default_window(30) == 6  # SmolLM2
+    assert default_window(12) == 3  # GPT-2: 2.5 rounds up
+    assert default_window(3) == 1  # at least one layer
 
 
 def test_zero_noise_gives_zero_indirect_effects(tiny):
@@ -183,6 +213,19 @@ def test_token_groups_of_a_prompt():
 def _fake(scores, span, corrupted=0.1, clean=0.5):
     return Trace(prompt="", subject="", kind="hidden", tokens=[], subject_span=span, answer="", answer_id=0,
                  clean_prob=clean, corrupted_prob=corrupted, scores=torch.tensor(scores), settings={})
+
+
+def test_fact_effects_and_peaks_by_hand():
+    a = _fake([[.1, .1, .1], [.2, .3, .1], [.4, .1, .1], [.6, .2, .1], [.1, .5, .1]], TokenSpan(1, 4))
+    b = _fake([[.1, .1, .1], [.3, .4, .2], [.1, .1, .1], [.2, .4, .1]], TokenSpan(1, 2), corrupted=0.1)
+    rows = fact_effects([a, b], "last subject token")
+    torch.testing.assert_close(rows, torch.tensor([[.5, .1, 0.], [.2, .3, .1]], dtype=torch.double))
+    assert peak_effect(rows) == pytest.approx(0.35)  # layer 0: (.5 + .2) / 2
+    assert peak_depth(rows) == pytest.approx(0.0)
+    assert peak_depth(torch.tensor([[0., 0., 1.]])) == pytest.approx(1.0)
+    assert fact_effects([a, b], "middle subject tokens").shape == (1, 3)
+    with pytest.raises(ValueError, match="unknown token group"):
+        fact_effects([a], "subject")
 
 
 def test_average_indirect_effects_by_hand():

@@ -43,6 +43,10 @@ QUICK = 120
 
 PROMPT = "{} is located in the city of"
 SUBJECT = "The Eiffel Tower"
+# the many-edits widget: two ROME edits in a row, measured once, on a small yardstick
+MANY_CASES = "data.counterfact()[10:12]"
+MANY_YARDSTICK = ('sequential.Yardstick(data.lama("TREx", relation="P36")[:4], ["The capital of France is"], '
+                  "generate_tokens=2)")
 CELLS = {
     "setup": """\
 from factlens import data, memories, widgets
@@ -63,6 +67,12 @@ import pandas as pd
 cases = data.counterfact()[:3]
 frames = {"ROME": pd.DataFrame({"case_id": [c.case_id for c in cases], "ES": [1.0, 0.0, 1.0]})}
 widgets.edit_case_browser(frames, cases)""",
+    "many": f"""\
+from factlens import sequential
+
+edit_cases = {MANY_CASES}
+yardstick = {MANY_YARDSTICK}
+widgets.many_edits_explorer(model, edit_cases, yardstick, every=2, max_edits=2)""",
 }
 
 
@@ -175,9 +185,7 @@ def lab(tmp_path_factory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("lab")
     notebooks = home / "notebooks"
     notebooks.mkdir()
-    many = many_edits_widget()
-    cells = {**CELLS, **({"many": many_edits_cell(many)} if many else {})}
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells.values()])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS.values()])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, notebooks / "live.ipynb")
     port, token = free_port(), secrets.token_hex(16)
@@ -416,21 +424,18 @@ def test_case_browser_shows_the_chosen_case(notebook):
     assert case.prompt.replace("{}", case.subject) in browser.results()[0]
 
 
-def many_edits_widget() -> Callable | None:
-    """The many-edits widget of issue 14, once it is in factlens.widgets."""
-    from factlens import widgets
+def test_many_edits_widget_runs_the_sequence_and_says_what_held(notebook, gemma):
+    from factlens import data, sequential  # noqa: F401  (the cell's names, for MANY_CASES and MANY_YARDSTICK)
 
-    return getattr(widgets, "many_edits_explorer", None)
-
-
-def many_edits_cell(widget: Callable) -> str:
-    return "widgets.many_edits_explorer(model)"
-
-
-def test_many_edits_widget_grows_its_curves(notebook):
-    if many_edits_widget() is None:
-        pytest.skip("the many-edits widget (issue 14) is not in factlens.widgets yet")
-    pytest.fail("drive the many-edits widget here")
+    many = Widget(notebook, "many-edits")
+    status = many.status()
+    many.choose("method", "ROME")
+    many.click("go")
+    status = many.settled(status, SLOW)
+    run = sequential.run_sequence(gemma, eval(MANY_CASES), "ROME", eval(MANY_YARDSTICK), every=2, progress=False)
+    held = run.final("efficacy_newest")["value"]
+    assert status.startswith(f"run 1: ROME, 2 edits: {held:.0f}% of the edits held, model restored"), status
+    assert many.cell.find_elements(many.by.CSS_SELECTOR, ".factlens-result img"), "no curves drawn"
 
 
 # --- make lab ----------------------------------------------------------------------------------------

@@ -118,9 +118,16 @@ _register("memories", GEVA, "Figure 4", "16-layer LM (WikiText-103)", {
 _register("tracing", MENG, "Section 2.2", "GPT-2 XL (48 layers)", {"ate": 0.186})
 _register("tracing", MENG, "Figure 2", "GPT-2 XL (48 layers)", {
     "hidden_last_subject_aie": 0.087, "hidden_last_subject_layer": 15, "mlp_last_subject_aie": 0.066,
-    "attn_last_subject_aie": 0.016, "attn_last_token_aie": 0.0, "n_layers": 48, "window": 10})
+    "attn_last_subject_aie": 0.016, "n_layers": 48, "window": 10})
 _register("tracing", MENG, "Figure 7", "GPT-2 XL (48 layers)", {"severed_mlp_drop": 1.0},
           note="MLPs severed: the middle layers' effect at the last subject token collapses")
+_register("tracing", MENG, "Figure 2", "GPT-2 XL (48 layers)", {"hidden_last_subject_depth": 15 / 47},
+          note="the early site, layer 15 of 48, as the relative depth l / (L - 1)")
+_register("tracing", MENG, "Section 3.1 and hparams/ROME/gpt2-xl.json", "GPT-2 XL (48 layers)",
+          {"mlp_last_subject_depth": 17 / 47},
+          note="the MLP layer ROME edits, 17 of 48, where the traces place the decisive MLPs; as l / (L - 1)")
+_register("tracing", MENG, "Figure 2", "GPT-2 XL (48 layers)", {"attn_late_site": 1.0},
+          note="attention's AIE at the last token lies in the upper layers: the sign of upper half - lower half")
 
 # Meng et al. 2022, Table 4: CounterFact, GPT-2 XL, percent (GE: entropy × 100).
 _register("rome.counterfact.unedited", MENG, "Table 4", "GPT-2 XL", {
@@ -138,6 +145,12 @@ _register("rome.zsre.FT+L", MENG, "Table 3", "GPT-2 XL", {"efficacy": 92.3, "par
 _register("rome.zsre.ROME", MENG, "Table 3", "GPT-2 XL", {"efficacy": 99.8, "paraphrase": 88.1, "specificity": 24.2})
 _register("rome", MENG, "Section 3.1 and hparams/ROME/gpt2-xl.json", "GPT-2 XL", {
     "layer": 17, "n_layers": 48, "mom2_samples": 100_000})
+_register("rome", MENG, "Figure 5", "GPT-2 XL (48 layers)", {"ps_middle_minus_edges": 1.0},
+          note="direction only: edits at the last subject token generalize (paraphrases) best in the middle "
+               "layers, where causal tracing peaks, and worse at the first and last layers")
+_register("rome", MENG, "Section 3.1, eq. 2", "GPT-2 XL", {"nm_C_minus_identity": 1.0},
+          note="direction only: C spreads the update away from the keys text uses, so other subjects' facts "
+               "move less than with C = I; the paper reports no C = I ablation")
 
 # Many edits. MEMIT (Meng et al. 2023), Table 2: 10,000 CounterFact edits written into GPT-J in one batch.
 _register("many_edits.memit.GPT-J", MEMIT, "Table 2", "GPT-J (10,000 edits in one batch)", {"ES": 98.9})

@@ -15,16 +15,20 @@ tokens: ROME's code compares mean negative log-likelihoods per token):
 * consistency RS (tf-idf similarity to reference texts about o*) needs ROME's
   ``attribute_snippets.json`` and ``idf.npy``; :func:`rs_available` says whether we have them.
 
-zsRE (Table 3): efficacy, paraphrase and specificity are token accuracies, the fraction of
-the target's tokens that are the model's argmax prediction given the prompt and the target's
-previous tokens (teacher forced); the specificity target is the model-independent answer of
-an unrelated question, so it measures what the edit broke.
+zsRE (Table 3), as ROME's code builds it (``MENDQADataset``): the edit writes the question's
+true answer ``answers[0]``; efficacy, paraphrase and specificity are token accuracies, the
+fraction of the target's tokens that are the model's argmax prediction given the prompt and
+the target's previous tokens (teacher forced); the specificity target is the model-independent
+answer of an unrelated question, so it measures what the edit broke.
 
 :func:`evaluate_counterfact` and :func:`evaluate_zsre` run an editing method (any callable
-``method(model, request) -> Edit``, e.g. ``factlens.rome.apply``, ``factlens.baselines.ft``,
-or ``None`` for the unedited model) over cases, undoing each edit before the next, and return
-one row per case; :func:`summarize` turns the rows into means with bootstrap 95% intervals,
-in percent as the paper reports them.
+``method(model, request) -> Edit``, e.g. ``factlens.rome.apply``,
+``factlens.baselines.FineTuner.apply``, or ``None`` for the unedited model) over cases,
+undoing each edit before the next, and return one row per case. :func:`summarize` turns the
+rows into means with bootstrap 95% intervals over cases, in percent as the paper reports them;
+:func:`paired_difference` compares two methods on the same cases (the cases resampled
+together), and :func:`claim_difference` / :func:`claim_value` give a claim's evidence beside
+the paper's number (``factlens.results.Run.claim``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +46,8 @@ import torch
 from tqdm.auto import tqdm
 
 from factlens import rome
-from factlens.claims import paper_table
+from factlens.claims import PaperNumber, bootstrap, paper, paper_table
+from factlens.data import CounterFactCase, ZsreCase
 from factlens.models import Model, view
 
 Method = Callable[[Model, rome.EditRequest], rome.Edit]
@@ -60,37 +65,49 @@ PAPER_ZSRE: dict[str, dict[str, float]] = {m: paper_table(f"rome.zsre.{m}") for 
 # --------------------------------------------------------------------------- teacher forcing
 
 
+def _rows(heads: Sequence[list[int]], tails: Sequence[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The fewest token rows that teacher-force every (head, tail): row ``head + tail[:-1]``, and
+    a row that is the start of another is read from the longer one (a causal model's logits at a
+    position do not depend on what follows). Returns the rows and, per pair, its row's index."""
+    wanted = [tuple(h + t[:-1]) for h, t in zip(heads, tails)]
+    rows: list[tuple[int, ...]] = []
+    for w in sorted(set(wanted), key=len, reverse=True):
+        if not any(r[: len(w)] == w for r in rows):
+            rows.append(w)
+    index = [next(i for i, r in enumerate(rows) if r[: len(w)] == w) for w in wanted]
+    return [list(r) for r in rows], index
+
+
 @torch.no_grad()
 def _teacher_forced(model: Model, prompts: Sequence[str], targets: Sequence[str],
-                    batch_size: int = 16) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                    batch_size: int = 64) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per (prompt, target): the log-probability of each target token and whether it is the
-    argmax, given the prompt and the target's previous tokens. Batched, right-padded; only the
-    target's positions are projected to the vocabulary."""
+    argmax, given the prompt and the target's previous tokens. The pairs share the fewest rows
+    (:func:`_rows`: one-token targets after the same prompt share one), right-padded, up to
+    ``batch_size`` rows per forward pass; only the read positions are projected to the vocabulary."""
     if len(prompts) != len(targets):
         raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
     v = view(model)
-    logps: list[torch.Tensor] = []
-    hits: list[torch.Tensor] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(zip(prompts[start:start + batch_size], targets[start:start + batch_size]))
-        heads = [v.token_ids(p) for p, _ in chunk]
-        tails = [v.target_ids(t) for _, t in chunk]
-        ids = v.batch([h + t for h, t in zip(heads, tails)]).ids
-        hidden = v.final_hidden(ids)
-        rows = torch.tensor([i for i, t in enumerate(tails) for _ in t])
-        cols = torch.tensor([len(h) - 1 + j for h, t in zip(heads, tails) for j in range(len(t))])
-        tokens = torch.tensor([tok for t in tails for tok in t], device=hidden.device)
-        logits = v.unembed(hidden[rows, cols][:, None])[:, 0].float()
-        logp = logits.log_softmax(-1)[torch.arange(len(tokens)), tokens].cpu()
-        hit = (logits.argmax(-1) == tokens).float().cpu()
-        sizes = [len(t) for t in tails]
-        logps += list(logp.split(sizes))
-        hits += list(hit.split(sizes))
-    return logps, hits
+    heads = [v.token_ids(p) for p in prompts]
+    tails = [v.target_ids(t) for t in targets]
+    rows, row_of = _rows(heads, tails)
+    hidden_rows: list[torch.Tensor] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = v.batch(rows[start:start + batch_size])
+        hidden_rows += list(v.final_hidden(chunk.ids))
+    r = torch.tensor([row_of[i] for i, t in enumerate(tails) for _ in t])
+    c = torch.tensor([len(h) - 1 + j for h, t in zip(heads, tails) for j in range(len(t))])
+    picked = torch.stack([hidden_rows[i][j] for i, j in zip(r.tolist(), c.tolist())])
+    tokens = torch.tensor([tok for t in tails for tok in t], device=picked.device)
+    logits = v.unembed(picked[:, None])[:, 0].float()
+    logp = logits.log_softmax(-1)[torch.arange(len(tokens)), tokens].cpu()
+    hit = (logits.argmax(-1) == tokens).float().cpu()
+    sizes = [len(t) for t in tails]
+    return list(logp.split(sizes)), list(hit.split(sizes))
 
 
 def target_log_probs(model: Model, prompts: Sequence[str], targets: Sequence[str],
-                     batch_size: int = 16) -> torch.Tensor:
+                     batch_size: int = 64) -> torch.Tensor:
     """``(1/T) Σ_t log P(o_t | prompt, o_<t)`` for each (prompt, target): [n].
 
     The mean log-probability per target token (ROME compares these); ``exp`` of it is the
@@ -100,7 +117,7 @@ def target_log_probs(model: Model, prompts: Sequence[str], targets: Sequence[str
 
 
 def target_token_accuracy(model: Model, prompts: Sequence[str], targets: Sequence[str],
-                          batch_size: int = 16) -> torch.Tensor:
+                          batch_size: int = 64) -> torch.Tensor:
     """``(1/T) Σ_t [argmax P(· | prompt, o_<t) = o_t]`` for each (prompt, target): [n]
     (ROME's zsRE token accuracy, teacher forced)."""
     _, hits = _teacher_forced(model, prompts, targets, batch_size)
@@ -142,14 +159,17 @@ def rs_available() -> bool:
 # --------------------------------------------------------------------------- one case
 
 
-def counterfact_scores(model: Model, case: Any, *, generate_tokens: int = 0, seed: int = 0) -> dict[str, float]:
+def counterfact_scores(model: Model, case: CounterFactCase, *, generate_tokens: int = 0,
+                       seed: int = 0) -> dict[str, float]:
     """The CounterFact metrics of one case on ``model`` as it is now (edited or not).
 
     Returns ``ES, EM, PS, PM, NS, NM`` (fractions and probability differences, averaged over
-    the case's prompts of each kind) and ``GE`` (NaN when ``generate_tokens`` is 0): the mean
-    n-gram entropy of texts continued by ``generate_tokens`` tokens sampled from the top 5
-    (ROME: 100 tokens), from the case's ``generation_prompts``, or, when it has none (the
-    reduced CounterFact files), from the edited prompt and its paraphrases.
+    the case's prompts of each kind; every prompt and target of the case in one forward pass)
+    and ``GE`` (NaN when ``generate_tokens`` is 0): the mean n-gram entropy of each prompt
+    followed by ``generate_tokens`` new tokens sampled from the top 5, seeded
+    (``rome.generate``), from the case's ``generation_prompts``, or, when it has none (the
+    reduced CounterFact files), from the edited prompt and its paraphrases. ROME generates up
+    to 100 tokens in all, prompt included (``generate_fast(max_out_len=100)``).
     """
     text = case.prompt.replace("{}", case.subject)
     rewrites = [text, *case.paraphrase_prompts]
@@ -186,28 +206,33 @@ class ZsreEdit:
     neighborhood_answer: str
 
 
-def zsre_edit(record: Any, case_id: int = -1) -> ZsreEdit:
-    """The :class:`ZsreEdit` of a zsRE record: a ``factlens.data.ZsreCase`` or a dict in ROME's
-    format (``subject, src, rephrase, alt, loc, loc_ans``). As in ROME, the edit's prompt is
-    the question with the subject replaced by ``{}``, and the neighbourhood prompt ``loc + "?"``."""
-    if isinstance(record, dict):
+def zsre_edit(record: ZsreCase | Mapping[str, Any], case_id: int = -1) -> ZsreEdit:
+    """The :class:`ZsreEdit` of a zsRE record (a ``factlens.data.ZsreCase``, or a dict in ROME's
+    format: ``subject, src, rephrase, answers, loc, loc_ans``), as ROME's ``MENDQADataset``
+    builds it: the edit writes the true answer ``answers[0]`` into the question with the subject
+    replaced by ``{}``, and the neighbourhood prompt is ``loc + "?"``. (MEND's protocol edits
+    toward the file's ``alt`` instead; the ROME paper's Table 3 does not.)"""
+    if isinstance(record, Mapping):
         get = record.__getitem__
-        target, cid = record["alt"], record.get("case_id", case_id)
+        answers, cid = record["answers"], record.get("case_id", case_id)
+        answer = answers if isinstance(answers, str) else answers[0]
     else:
         get = lambda key: getattr(record, key)  # noqa: E731
-        target, cid = record.target_new, record.case_id
+        answer, cid = record.answer, record.case_id
     subject, question = get("subject"), get("src")
     if subject not in question:
         raise ValueError(f"zsRE record {cid}: subject {subject!r} is not in the question {question!r}; "
                          f"ROME's prompt template needs it (zsre_usable() keeps the records that have it)")
-    request = rome.EditRequest(question.replace(subject, "{}", 1), subject, target)
+    if not answer:
+        raise ValueError(f"zsRE record {cid} has no answer to edit toward (answers is empty)")
+    request = rome.EditRequest(question.replace(subject, "{}", 1), subject, answer)
     return ZsreEdit(cid, request, get("rephrase"), get("loc") + "?", get("loc_ans"))
 
 
 def zsre_scores(model: Model, case: ZsreEdit) -> dict[str, float]:
-    """zsRE token accuracies of one case on ``model`` as it is now: ``efficacy`` (the new
-    answer after the question), ``paraphrase`` (after the rephrased question) and
-    ``specificity`` (the unrelated question's answer)."""
+    """zsRE token accuracies of one case on ``model`` as it is now, in one forward pass:
+    ``efficacy`` (the edited answer after the question), ``paraphrase`` (after the rephrased
+    question) and ``specificity`` (the unrelated question's answer)."""
     prompts = [case.request.text, case.paraphrase, case.neighborhood_prompt]
     targets = [case.request.target, case.request.target, case.neighborhood_answer]
     acc = target_token_accuracy(model, prompts, targets)
@@ -233,14 +258,17 @@ def _run(model: Model, items: Iterable[tuple[int, rome.EditRequest, Callable[[],
 
 
 def method_name(method: Method | None) -> str:
-    """A readable name for a method: ``unedited`` for None."""
+    """A readable name for a method: ``unedited`` for None, FT's method for tuned weights."""
     if method is None:
         return "unedited"
     inner = getattr(method, "func", method)  # functools.partial
+    owner = getattr(inner, "__self__", None)  # a bound method, e.g. baselines.FineTuned.apply
+    if isinstance(getattr(owner, "method", None), str):
+        return owner.method
     return getattr(inner, "__name__", type(inner).__name__)
 
 
-def evaluate_counterfact(model: Model, cases: Sequence[Any], method: Method | None = None, *,
+def evaluate_counterfact(model: Model, cases: Sequence[CounterFactCase], method: Method | None = None, *,
                          generate_tokens: int = 0, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     """Apply ``method`` to each CounterFact case's requested rewrite, score it
     (:func:`counterfact_scores`), undo it; one row per case (``case_id``, the metrics,
@@ -251,7 +279,7 @@ def evaluate_counterfact(model: Model, cases: Sequence[Any], method: Method | No
     return _run(model, items, method, len(cases), f"CounterFact, {method_name(method)}", progress)
 
 
-def evaluate_zsre(model: Model, records: Sequence[Any], method: Method | None = None, *,
+def evaluate_zsre(model: Model, records: Sequence[ZsreCase | Mapping[str, Any]], method: Method | None = None, *,
                   progress: bool = True) -> pd.DataFrame:
     """Apply ``method`` to each zsRE record's edit, score it (:func:`zsre_scores`), undo it;
     one row per record. ``method=None`` scores the unedited model."""
@@ -260,7 +288,7 @@ def evaluate_zsre(model: Model, records: Sequence[Any], method: Method | None = 
     return _run(model, items, method, len(cases), f"zsRE, {method_name(method)}", progress)
 
 
-def zsre_usable(records: Iterable[Any]) -> list[Any]:
+def zsre_usable(records: Iterable[ZsreCase | Mapping[str, Any]]) -> list[ZsreCase | Mapping[str, Any]]:
     """The zsRE records whose question contains the subject (ROME's template needs it)."""
     usable = []
     for i, r in enumerate(records):
@@ -282,14 +310,17 @@ def harmonic_mean(*values: float) -> float:
     return len(values) / sum(1 / x for x in values)
 
 
-def _means(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, float]:
-    out = {}
-    for m in metrics:
-        if m == "S":
-            out[m] = harmonic_mean(*(frame[k].mean() for k in ("ES", "PS", "NS")))
-        else:
-            out[m] = frame[m].mean()
-    return out
+def _columns(metric: str) -> tuple[str, ...]:
+    """The per-case columns a metric is computed from: S from ES, PS and NS, any other from itself."""
+    return ("ES", "PS", "NS") if metric == "S" else (metric,)
+
+
+def _statistic(metric: str):
+    """``f(x)`` of a metric over the rows (cases) of ``x``, whose columns are :func:`_columns`:
+    the mean (NaN-skipping), or for S the harmonic mean of the three means."""
+    if metric == "S":
+        return lambda x: harmonic_mean(*np.nanmean(x, axis=0))
+    return lambda x: float(np.nanmean(x[:, 0]))
 
 
 def summarize(frame: pd.DataFrame, metrics: Sequence[str] | None = None, *, n_boot: int = 1000,
@@ -297,37 +328,107 @@ def summarize(frame: pd.DataFrame, metrics: Sequence[str] | None = None, *, n_bo
     """Each metric's mean over cases with a bootstrap confidence interval, in percent.
 
     ``{metric: {"mean", "low", "high"}}``; the interval is the percentile interval of the
-    metric over ``n_boot`` resamples of the cases (seeded), so S, a harmonic mean of means, gets
-    one too. Metrics default to CounterFact's or zsRE's, whichever columns the frame has;
-    a metric that is NaN for every case (GE without generation) is left out.
+    metric over ``n_boot`` resamples of the cases (``factlens.claims.bootstrap``, seeded: every
+    metric sees the same resamples), so S, a harmonic mean of means, gets one too. Metrics
+    default to CounterFact's or zsRE's, whichever columns the frame has; a metric that is NaN
+    for every case (GE without generation) is left out.
     """
-    if metrics is None:
-        metrics = COUNTERFACT_METRICS if "ES" in frame else ZSRE_METRICS
-    metrics = [m for m in metrics if m == "S" or frame[m].notna().any()]
     if frame.empty:
         raise ValueError("no cases to summarize: evaluate at least one case")
-    rng = np.random.default_rng(seed)
-    point = _means(frame, metrics)
-    boots = [_means(frame.iloc[rng.integers(0, len(frame), len(frame))], metrics) for _ in range(n_boot)]
-    alpha = (1 - confidence) / 2
+    if metrics is None:
+        metrics = COUNTERFACT_METRICS if "ES" in frame else ZSRE_METRICS
     out = {}
     for m in metrics:
-        samples = np.array([b[m] for b in boots])
-        low, high = np.nanquantile(samples, [alpha, 1 - alpha])
-        out[m] = {"mean": 100 * point[m], "low": 100 * low, "high": 100 * high}
+        x = frame[list(_columns(m))].to_numpy(dtype=float)
+        if np.isnan(x).all():
+            continue
+        stat = _statistic(m)
+        low, high = bootstrap(x, stat, n_boot=n_boot, confidence=confidence, seed=seed)
+        out[m] = {"mean": 100 * stat(x), "low": 100 * low, "high": 100 * high}
     return out
 
 
-def comparison_table(ours: dict[str, dict[str, dict[str, float]]], paper: dict[str, dict[str, float]],
-                     metrics: Sequence[str]) -> pd.DataFrame:
-    """Ours (mean [low, high]) beside the paper's number, one row per method, two columns per metric."""
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative: bool = False,
+                      n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``metric(a) − metric(b)`` in percentage points (``relative``: ``100·(metric(a)/metric(b) − 1)``,
+    percent), and its bootstrap interval with the cases resampled together (paired).
+
+    ``a`` and ``b`` are two methods' frames on the same cases (matched on ``case_id``; an error
+    if their cases differ). Returns ``(difference, low, high)``.
+    """
+    if sorted(a["case_id"]) != sorted(b["case_id"]):
+        raise ValueError("paired_difference needs both frames scored on the same cases (case_id); "
+                         "evaluate both methods on one list of cases")
+    cols = list(_columns(metric))
+    merged = a[["case_id", *cols]].merge(b[["case_id", *cols]], on="case_id", suffixes=("_a", "_b"))
+    x = merged[[f"{c}_a" for c in cols] + [f"{c}_b" for c in cols]].to_numpy(dtype=float)
+    stat, k = _statistic(metric), len(cols)
+
+    def difference(rows: np.ndarray) -> float:
+        first, second = stat(rows[:, :k]), stat(rows[:, k:])
+        return 100 * (first / second - 1) if relative else 100 * (first - second)
+
+    low, high = bootstrap(x, difference, n_boot=n_boot, confidence=confidence, seed=seed)
+    return difference(x), low, high
+
+
+def paper_difference(benchmark: str, a: str, b: str, metric: str, *, relative: bool = False) -> PaperNumber:
+    """The paper's ``a − b`` for ``metric`` (``relative``: ``100·(a/b − 1)``, percent), computed from
+    the registered numbers (``factlens.claims``: ``rome.<benchmark>.<method>.<metric>``), with
+    their source; what an ordering or difference claim sets beside :func:`paired_difference`."""
+    pa, pb = paper(f"rome.{benchmark}.{a}.{metric}"), paper(f"rome.{benchmark}.{b}.{metric}")
+    value = 100 * (pa.value / pb.value - 1) if relative else pa.value - pb.value
+    how = f"{metric} of {a} relative to {b}, percent" if relative else f"{metric} of {a} minus {b}"
+    return PaperNumber(round(value, 6), pa.paper, pa.where, pa.model, note=how)
+
+
+def claim_difference(frames: Mapping[str, pd.DataFrame], a: str, b: str, metric: str, *,
+                     benchmark: str = "counterfact", paper_rows: Mapping[str, str] | None = None,
+                     relative: bool = False, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The evidence of a claim about ``metric(a) − metric(b)``: the keyword arguments ``paper``,
+    ``ours``, ``ci`` and ``n`` of ``factlens.results.Run.claim``.
+
+    Ours is :func:`paired_difference` of the two methods' frames (the same cases); the paper's
+    is :func:`paper_difference` of the rows our methods stand for (``paper_rows`` maps our row
+    names to the paper's, e.g. ``{"FT+L (layer 0: W)": "FT+L"}``)."""
+    rows = paper_rows or {}
+    diff, low, high = paired_difference(frames[a], frames[b], metric, relative=relative, n_boot=n_boot, seed=seed)
+    number = paper_difference(benchmark, rows.get(a, a), rows.get(b, b), metric, relative=relative)
+    return {"paper": number, "ours": diff, "ci": (low, high), "n": len(frames[a])}
+
+
+def claim_value(frames: Mapping[str, pd.DataFrame], method: str, metric: str, *, benchmark: str = "counterfact",
+                paper_rows: Mapping[str, str] | None = None, reference: str | None = "unedited",
+                n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The evidence of a claim that ``method``'s ``metric`` equals the paper's: the keyword
+    arguments ``paper``, ``ours``, ``ci``, ``n`` and ``reference`` (the ``reference`` method's
+    value on the same cases, e.g. the unedited model's) of ``factlens.results.Run.claim``."""
+    rows = paper_rows or {}
+    ours = summarize(frames[method], [metric], n_boot=n_boot, seed=seed)[metric]
+    out = {"paper": paper(f"rome.{benchmark}.{rows.get(method, method)}.{metric}"), "ours": ours["mean"],
+           "ci": (ours["low"], ours["high"]), "n": len(frames[method])}
+    if reference is not None:
+        out["reference"] = summarize(frames[reference], [metric], n_boot=1, seed=seed)[metric]["mean"]
+    return out
+
+
+def comparison_table(ours: Mapping[str, Mapping[str, Mapping[str, float]]],
+                     paper_rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str],
+                     row_of: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Ours (mean [low, high]) beside the paper's number, one row per method, two columns per metric.
+
+    ``paper_rows`` is ``{paper's method: {metric: value}}`` (:data:`PAPER_COUNTERFACT`,
+    :data:`PAPER_ZSRE`); ``row_of`` maps our row names to the paper's rows where they differ
+    (``{"FT+L (layer 0, W and b)": "FT+L"}``); a row with no counterpart shows "–"."""
+    row_of = row_of or {}
     table = {}
     for method, summary in ours.items():
         row = {}
+        reference = paper_rows.get(row_of.get(method, method), {})
         for m in metrics:
             s = summary.get(m)
             row[(m, "ours")] = f"{s['mean']:.1f} [{s['low']:.1f}, {s['high']:.1f}]" if s else "–"
-            p = paper.get(method, {}).get(m)
+            p = reference.get(m)
             row[(m, "paper")] = f"{p:.1f}" if p is not None else "–"
         table[method] = row
     frame = pd.DataFrame(table).T

@@ -21,12 +21,18 @@ embeddings, before grouped-query heads are repeated). :func:`run_blocks` re-runs
 new residual stream for positions ``start ..`` only; the bridge's own blocks do the work, so
 every TransformerLens hook fires (on tensors that cover positions ``start ..``) and gradients
 flow through the re-run part. The keys and values of earlier positions enter through the
-``past_key_values`` argument of TransformerLens' attention bridges, which concatenates them
-before the new positions (``update(k, v, layer_idx)``); the recorded causal (and sliding
-window) mask is cut to the re-run rows, so every query sees exactly the keys it saw before.
+``past_key_values`` argument of TransformerLens' attention bridges, which concatenate them
+before the new positions (``update(k, v, layer_idx)``); a forward pre-hook on each attention
+bridge hands it over, because Hugging Face's decoder layers (transformers 5) pass their cache on
+as ``cache``, which the bridges do not read. The recorded causal (and sliding-window) mask is
+cut to the re-run rows, so every query sees exactly the keys it saw before.
+
+Only some positions are read at the end, and Gemma's unembedding (262,144 tokens) costs more
+than several blocks per position: :func:`log_normalizer` and :func:`token_log_probs` give the
+log-probability of chosen tokens without writing out the logits.
 
 Reach these through the View: ``view(model).record(...)``, ``.run_blocks(...)``,
-``.run_from(...)``.
+``.run_from(...)``, ``.token_log_probs(...)``, ``.log_normalizer(...)``.
 """
 
 from __future__ import annotations
@@ -45,7 +51,6 @@ if TYPE_CHECKING:
 # How each block argument that has a token axis is cut to the re-run positions: name -> axis
 # (counted from the end). Masks keep their key axis: the re-run queries attend to every key.
 _TOKEN_AXIS = {"attention_mask": -2, "position_ids": -1, "cache_position": -1, "position_embeddings": -2}
-_CACHE_NAMES = ("past_key_values", "past_key_value", "layer_past", "cache")
 
 
 @dataclass

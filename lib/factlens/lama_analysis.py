@@ -1,7 +1,10 @@
-"""What goes with a model knowing a fact: analyses of a LAMA probe (Petroni et al. 2019, sections 4-5, and beyond).
+"""What goes with a model knowing a fact: analyses of a LAMA probe (Petroni et al. 2019, sections 4-5).
 
 :mod:`factlens.probing` ranks the candidates; this module asks what the ranks mean:
 
+* intervals: :func:`p_at_1_interval` and :func:`p_at_1_difference`, P@1 averaged over relations
+  as the paper's table does, with a bootstrap over facts stratified by relation;
+  :func:`interval_table` for the rows a sample is sized by;
 * stand-ins and samples: :func:`evidence_facts` (the fact's own evidence sentence, a labelled
   stand-in for the oracle relation extractor RE_o), :func:`split_object_sample` (single- against
   multi-token objects, matched per relation);
@@ -9,7 +12,8 @@
   :func:`object_frequency`, :func:`subject_object_similarity`, :func:`correlation` and
   :func:`binned_p_at_1`;
 * the same fact asked another way (ParaRel, Elazar et al. 2021): :func:`paraphrase_facts`,
-  :func:`consistency`.
+  :func:`consistency`;
+* whole objects: :func:`prefix_shadowed`, the facts whose object another candidate's tokens begin.
 """
 
 from __future__ import annotations
@@ -181,3 +185,92 @@ def consistency(result: ProbeResult) -> pd.DataFrame:
                      "p_at_1_mean": per_pattern.mean(), "p_at_1_min": per_pattern.min(),
                      "p_at_1_max": per_pattern.max()})
     return pd.DataFrame(rows).set_index("relation")
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def _macro_replicates(frame: pd.DataFrame, correct: Sequence[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
+    """Bootstrap replicates of the mean over relations of each relation's P@1 (%), for each column
+    of ``correct`` (1/0 per row of ``frame``), the facts resampled within each relation and, for
+    several columns, with the same draws (paired)."""
+    rng = np.random.default_rng(seed)
+    sums = [np.zeros(n_boot) for _ in correct]
+    groups = frame.groupby("relation").indices
+    for rows in groups.values():
+        draw = rows[rng.integers(0, len(rows), (n_boot, len(rows)))]
+        for total, column in zip(sums, correct):
+            total += column[draw].mean(1)
+    return [100 * total / len(groups) for total in sums]
+
+
+def _correct(result: ProbeResult) -> np.ndarray:
+    return (result.frame["rank"].to_numpy() == 1).astype(float)
+
+
+def p_at_1_interval(result: ProbeResult, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """P@1 (%) averaged over relations as the paper's table does, and its 95% interval:
+    ``(p_at_1, low, high)``, from a bootstrap over facts stratified by relation (each relation
+    keeps its number of facts, so the mean over relations keeps its weights)."""
+    if len(result) == 0:
+        raise ValueError("no probed facts: nothing to put an interval on")
+    value = float(result.by("relation")["p_at_1"].mean())
+    low, high = np.quantile(_macro_replicates(result.frame, [_correct(result)], n_boot, seed)[0], [0.025, 0.975])
+    return value, float(low), float(high)
+
+
+def p_at_1_difference(a: ProbeResult, b: ProbeResult, *, paired: bool, n_boot: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """``P@1(a) - P@1(b)`` (%, each averaged over its relations) and its 95% bootstrap interval:
+    ``(difference, low, high)``. ``paired``: ``a`` and ``b`` rank the same facts in the same order
+    (the model and a baseline), and are resampled together; otherwise each on its own."""
+    if paired:
+        if list(a.frame["uuid"]) != list(b.frame["uuid"]):
+            raise ValueError("paired results must rank the same facts in the same order")
+        reps = _macro_replicates(a.frame, [_correct(a), _correct(b)], n_boot, seed)
+        diffs = reps[0] - reps[1]
+    else:
+        diffs = (_macro_replicates(a.frame, [_correct(a)], n_boot, seed)[0]
+                 - _macro_replicates(b.frame, [_correct(b)], n_boot, seed + 1)[0])
+    value = float(a.by("relation")["p_at_1"].mean() - b.by("relation")["p_at_1"].mean())
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return value, float(low), float(high)
+
+
+def interval_table(result: ProbeResult, rows: dict[str, pd.Series], *, n_boot: int = 2000,
+                   seed: int = 0) -> pd.DataFrame:
+    """P@1 (%) with its 95% interval (:func:`p_at_1_interval`) for each named subset of the facts
+    (``rows``: name -> boolean mask over ``result.frame``): facts, relations, P@1, low, high and
+    the interval's half-width, the quantity a sample is sized by."""
+    table = []
+    for name, mask in rows.items():
+        part = ProbeResult(result.frame[mask.to_numpy()].reset_index(drop=True))
+        if len(part) == 0:
+            continue
+        value, low, high = p_at_1_interval(part, n_boot=n_boot, seed=seed)
+        table.append({"rows": name, "facts": len(part), "relations": part.frame["relation"].nunique(),
+                      "p_at_1": value, "low": low, "high": high, "half_width": (high - low) / 2})
+    return pd.DataFrame(table).set_index("rows")
+
+
+# --------------------------------------------------------------------------- whole objects
+
+
+def prefix_shadowed(model: Model, facts: Iterable[LamaFact], objects: dict[str, list[str]]) -> list[bool]:
+    """For each fact, whether another candidate of its relation (``objects[relation]``) is a strict
+    token prefix of its object (``Paris`` of ``Paris Saint-Germain``): scored without the
+    sentence's end, such a fact's object can never rank first (:func:`factlens.probing.tail`)."""
+    v = view(model)
+    ids: dict[str, tuple[int, ...]] = {}
+
+    def tokens(word: str) -> tuple[int, ...]:
+        if word not in ids:
+            ids[word] = tuple(v.target_ids(word))
+        return ids[word]
+
+    shadowed = []
+    for f in facts:
+        gold = tokens(f.object)
+        shadowed.append(any(len(tokens(o)) < len(gold) and gold[: len(tokens(o))] == tokens(o)
+                            for o in objects.get(f.relation, ()) if o != f.object))
+    return shadowed

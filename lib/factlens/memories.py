@@ -16,8 +16,10 @@ The module follows the paper's sections:
   keep, per key, the ``k`` prefixes with the highest coefficient (what the triggers share, and
   which token makes a key fire, section 3.2, is in :mod:`factlens.memory_patterns`);
 * values (section 4): :func:`value_logits` projects a value to the vocabulary (the one place
-  that decides how), :func:`value_agreement` compares its top token with the next token of
-  the key's triggers;
+  that decides how: Geva's ``v_i E``, or the labelled variant through the model's norms),
+  :func:`value_tokens` gives the token every value of a layer promotes with either sign of its
+  coefficient (cached), :func:`value_agreement` compares a value's top token with the next
+  token of its key's top trigger;
 * one prediction: :func:`strongest_memories`, the memories that add the most at a prompt's
   last token, and what they promote.
 

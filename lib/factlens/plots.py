@@ -215,7 +215,11 @@ def plot_average_effects(effects: dict, model_label: str, paper: str = "") -> "p
     ax.set_xlabel("layer")
     ax.set_title("AIE at the last subject token (95% band)", fontsize=9)
     ax.legend(fontsize=8)
-    title = f"{model_label}, {effects[kinds[0]].n_facts} known facts"
+    e = effects[kinds[0]]
+    fewest = min(c for c in e.count if c)
+    title = f"{model_label}, {e.n_facts} known facts"
+    if fewest < e.n_facts:
+        title += f" (rows other than the last subject token and last token: the {fewest} traced at every token)"
     fig.suptitle(title + (f"\n{paper}" if paper else ""), fontsize=9)
     fig.tight_layout()
     return fig
@@ -245,12 +249,13 @@ def plot_severed(baseline, severed: dict, model_label: str, paper: str = "") -> 
 
 
 def plot_edit_metrics(summaries: dict, paper: dict, metrics: list[str] | tuple[str, ...],
-                      title: str = "", model_label: str = "ours"):
+                      title: str = "", model_label: str = "ours", row_of: dict | None = None):
     """Grouped bars: one group per metric, one bar per method (our mean with its 95% interval),
     and the paper's number for the same method as a black diamond on the bar.
 
     ``summaries`` is ``{method: factlens.evaluation.summarize(...)}``, ``paper``
-    ``{method: {metric: value}}`` (``factlens.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``).
+    ``{method: {metric: value}}`` (``factlens.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``);
+    ``row_of`` maps our method names to the paper's rows where they differ.
     """
     import numpy as np
 
@@ -265,7 +270,7 @@ def plot_edit_metrics(summaries: dict, paper: dict, metrics: list[str] | tuple[s
         err = np.array([[s[m]["mean"] - s[m]["low"], s[m]["high"] - s[m]["mean"]] if m in s else [0, 0]
                         for m in metrics]).T
         ax.bar(x, mean, width, yerr=err, capsize=2, label=method, color=f"C{i}", alpha=0.85)
-        ref = [paper.get(method, {}).get(m, np.nan) for m in metrics]
+        ref = [paper.get((row_of or {}).get(method, method), {}).get(m, np.nan) for m in metrics]
         ax.scatter(x, ref, marker="D", color="black", s=14, zorder=3,
                    label="paper (GPT-2 XL)" if i == 0 else None)
     ax.axhline(0, color="grey", lw=0.5)
@@ -304,13 +309,13 @@ def plot_layer_sweep(sweep, tracing_peak: int | None = None, chosen: int | None 
 
 
 def plot_stats_convergence(frame, model_label: str = "ours"):
-    """How ROME converges with the number of keys in C (``frame``: columns ``samples``,
-    ``cosine`` (of C⁻¹k* to the direction with the most samples) and metrics in percent;
-    a row with ``samples`` 0 is the C = I ablation, drawn as horizontal lines)."""
-    real = frame[frame["samples"] > 0].sort_values("samples")
-    identity = frame[frame["samples"] == 0]
+    """How ROME converges with the number of keys in C (``frame``: columns ``keys``, ``cosine``
+    (of C⁻¹k* to the direction with the most keys) and metrics in percent; a row with ``keys``
+    0 is the C = I ablation, drawn as horizontal lines)."""
+    real = frame[frame["keys"] > 0].sort_values("keys")
+    identity = frame[frame["keys"] == 0]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    a.plot(real["samples"], real["cosine"], marker="o", color="C0")
+    a.plot(real["keys"], real["cosine"], marker="o", color="C0")
     if len(identity):
         a.axhline(float(identity["cosine"].iloc[0]), color="C3", ls="--", label="C = I")
         a.legend(fontsize=7, frameon=False)
@@ -320,7 +325,7 @@ def plot_stats_convergence(frame, model_label: str = "ours"):
     a.set_title("the update's direction")
     for i, m in enumerate(("S", "ES", "PS", "NS")):
         if m in frame:
-            b.plot(real["samples"], real[m], marker="o", ms=3, color=f"C{i}", label=m)
+            b.plot(real["keys"], real[m], marker="o", ms=3, color=f"C{i}", label=m)
             if len(identity):
                 b.axhline(float(identity[m].iloc[0]), color=f"C{i}", ls="--", lw=0.8)
     b.set_xscale("log")

@@ -49,6 +49,9 @@ from factlens import data
 from factlens.data import LamaFact
 from factlens.models import Model, View, view
 
+#: Google-RE's relations whose objects are words (the third, date_of_birth, has years).
+GOOGLE_RE_TWO = ("place_of_birth", "place_of_death")
+
 #: Corpora whose "template" is a masked sentence with no subject slot.
 SENTENCE_CORPORA = ("Squad", "ConceptNet")
 _PUNCTUATION = set(string.punctuation) | {" "}
@@ -222,43 +225,74 @@ def _rank_row(bound: torch.Tensor, needs: torch.Tensor, scored: dict[int, float]
     return _Ranked(rank, s_gold, [words[i] for i in top], values, bool(exact), prefix_rank)
 
 
-def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, Cloze], _Candidates], k: int,
-                rescore: int, batch_size: int, bar, suffix_tokens: int | None = None) -> list[tuple[LamaFact, _Ranked]]:
+@dataclass(frozen=True)
+class _Settings:
+    """How :func:`_rank_facts` ranks: ``k`` words kept, ``rescore`` candidates scored in full,
+    ``batch_size`` rows per forward pass, ``suffix_tokens`` of an inner ``[Y]``'s suffix scored,
+    ``close``: a final ``[Y]``'s candidates are followed by the sentence's end (see :func:`tail`)."""
+
+    k: int
+    rescore: int
+    batch_size: int
+    suffix_tokens: int | None
+    close: bool = False
+
+
+def tail(c: Cloze, word: str, close: bool) -> str:
+    """The text scored after a candidate ``word`` besides the word itself.
+
+    An inner ``[Y]``: the rest of the sentence with the candidate filled in. A final ``[Y]``
+    with ``close``: the sentence's end, the template's closing punctuation as it is written in
+    text (LAMA's tokenized ``" ."`` becomes ``"."``; ``"."`` when the template has none), which
+    closes the word: without it, a candidate whose tokens begin another's (``New`` and ``New
+    York``) always outranks it, since every further token only lowers the log-probability.
+    A final ``[Y]`` without ``close``: nothing.
+    """
+    if not c.final:
+        return c.suffix.replace("[Y]", word)
+    if not close:
+        return ""
+    return c.suffix.replace("[Y]", word).strip() or "."
+
+
+def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, Cloze], _Candidates],
+                settings: _Settings, bar) -> list[tuple[LamaFact, _Ranked]]:
     """Rank each fact's candidates (see :func:`probe`). Facts of every template share a batch,
     sorted by prompt length so that batches carry little padding; the next-token logits are
     read at each prefix's last position only, and a re-scored continuation's at its own tokens."""
     clozes = {id(f): fact_cloze(f) for f in facts}
     prefix_ids = {id(f): v.token_ids(clozes[id(f)].prefix) for f in facts}
     ordered = sorted(facts, key=lambda f: len(prefix_ids[id(f)]))
+    size = settings.batch_size
     out = []
-    for s in range(0, len(ordered), batch_size):
-        chunk = ordered[s : s + batch_size]
+    for s in range(0, len(ordered), size):
+        chunk = ordered[s : s + size]
         prefixes = [prefix_ids[id(f)] for f in chunk]
         logprobs = _next_token_logprobs(v, prefixes).cpu()
         pairs, owners, plans = [], [], []
         for i, fact in enumerate(chunk):
             c, cands = clozes[id(fact)], candidates(fact, clozes[id(fact)])
             bound = logprobs[i, cands.first]
-            needs = ~cands.single if c.final else torch.ones_like(cands.single)
+            needs = ~cands.single if c.final and not settings.close else torch.ones_like(cands.single)
             gold = cands.index[fact.object]
-            shortlist = bound.topk(min(rescore, len(cands.words))).indices.tolist()
+            shortlist = bound.topk(min(settings.rescore, len(cands.words))).indices.tolist()
             todo = [j for j in shortlist if needs[j]]
             if needs[gold] and gold not in todo:
                 todo.append(gold)
             for j in todo:  # log P(y_1 | prefix) is the bound already: score what follows y_1
-                tail = "" if c.final else c.suffix.replace("[Y]", cands.words[j])
-                tail_ids = v.tokenizer(tail, add_special_tokens=False)["input_ids"][:suffix_tokens] if tail else []
-                pairs.append((prefixes[i] + cands.ids[j][:1], cands.ids[j][1:] + tail_ids))
+                text = tail(c, cands.words[j], settings.close)
+                tail_ids = v.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+                pairs.append((prefixes[i] + cands.ids[j][:1], cands.ids[j][1:] + tail_ids[: settings.suffix_tokens]))
                 owners.append((i, j))
             plans.append((bound, needs, shortlist, gold, cands))
         scores: dict[int, dict[int, float]] = defaultdict(dict)
-        for r in range(0, len(pairs), batch_size):
-            part = pairs[r : r + batch_size]
+        for r in range(0, len(pairs), size):
+            part = pairs[r : r + size]
             lps = _continuation_logprobs(v, [p for p, _ in part], [c for _, c in part])
-            for (i, j), lp in zip(owners[r : r + batch_size], lps.tolist()):
+            for (i, j), lp in zip(owners[r : r + size], lps.tolist()):
                 scores[i][j] = float(plans[i][0][j]) + lp  # + log P(y_1 | prefix), the bound
         for i, (bound, needs, shortlist, gold, cands) in enumerate(plans):
-            out.append((chunk[i], _rank_row(bound, needs, scores[i], shortlist, gold, cands.words, k)))
+            out.append((chunk[i], _rank_row(bound, needs, scores[i], shortlist, gold, cands.words, settings.k)))
         bar.update(len(chunk))
     return out
 
@@ -335,10 +369,31 @@ class ProbeResult:
             curves[name] = np.mean(per_rel, axis=0) * 100
         return pd.DataFrame(curves, index=pd.Index(ks, name="k"))
 
+    @classmethod
+    def concat(cls, results: Sequence[ProbeResult]) -> ProbeResult:
+        """One result holding the facts of several (in order), e.g. probes of two parts of a sample."""
+        if not results:
+            raise ValueError("concat needs at least one ProbeResult")
+        frame = pd.concat([r.frame for r in results], ignore_index=True)
+        method = " + ".join(dict.fromkeys(r.method for r in results))
+        return cls(frame, [s for r in results for s in r.skipped], method=method)
+
+    def where(self, rows: pd.Series | Sequence[bool]) -> ProbeResult:
+        """The facts selected by a boolean mask over :attr:`frame`'s rows, in the same order."""
+        mask = np.asarray(rows, dtype=bool)
+        if len(mask) != len(self.frame):
+            raise ValueError(f"the mask has {len(mask)} rows, the result {len(self.frame)}")
+        return ProbeResult(self.frame[mask].reset_index(drop=True), method=self.method)
+
     def paper_rows(self) -> pd.Series:
         """P@1 (%) in the rows of the paper's Table 2: T-REx by relation type and in total,
         Google-RE by relation and in total, ConceptNet, SQuAD (NaN where there are no facts);
-        the rows of ``factlens.claims.paper_table("lama.p_at_1.BERT-large")``."""
+        the rows of ``factlens.claims.paper_table("lama.p_at_1.BERT-large")``.
+
+        The paper's Google-RE row is the mean of three relations, birth date among them; it is
+        NaN unless all three were probed, and ``Google-RE 2 relations`` is the mean of
+        place_of_birth and place_of_death (:data:`GOOGLE_RE_TWO`), the row to compare when the
+        birth years are left out (a year is never one token of our models' tokenizers)."""
         rows: dict[str, float] = {}
         trex = self.frame[self.frame["corpus"] == "TREx"]  # Google-RE's relations are typed N-1 too
         types = ProbeResult(trex).by("relation_type")["p_at_1"] if len(trex) else pd.Series(dtype=float)
@@ -347,10 +402,14 @@ class ProbeResult:
         corpora = self.by("corpus")["p_at_1"]
         rows["T-REx"] = corpora.get("TREx", math.nan)
         relations = self.by("relation")["p_at_1"]
+        google_re = [relations[rel] for rel in data.GOOGLE_RE_TEMPLATES if rel in relations]
         for rel in data.GOOGLE_RE_TEMPLATES:
             if rel in relations:
                 rows[f"Google-RE {rel}"] = relations[rel]
-        rows["Google-RE"] = corpora.get("Google_RE", math.nan)
+        # the paper's Google-RE row averages all three relations; without birth dates it is the two-relation row
+        rows["Google-RE"] = np.mean(google_re) if len(google_re) == len(data.GOOGLE_RE_TEMPLATES) else math.nan
+        two = [relations[rel] for rel in GOOGLE_RE_TWO if rel in relations]
+        rows["Google-RE 2 relations"] = np.mean(two) if len(two) == len(GOOGLE_RE_TWO) else math.nan
         rows["ConceptNet"] = corpora.get("ConceptNet", math.nan)
         rows["SQuAD"] = corpora.get("Squad", math.nan)
         return pd.Series(rows)
@@ -466,7 +525,8 @@ def probe(model: Model, facts: Sequence[LamaFact], k: int = 10, vocab: str = "co
                 spaced[space].index[f.object] = ids[0]
             keep.append(f)
     bar = tqdm(total=len(keep), desc=f"probing ({vocab} vocabulary)", disable=not progress)
-    ranked = _rank_facts(v, keep, lambda f, c: spaced[c.space], k, rescore, batch_size, bar, suffix_tokens)
+    settings = _Settings(k, rescore, batch_size, suffix_tokens)
+    ranked = _rank_facts(v, keep, lambda f, c: spaced[c.space], settings, bar)
     bar.close()
     single = lambda f: True  # noqa: E731  (only single-token objects are probed here)
     return ProbeResult(_frame(ranked, types, single, facts), skipped, method=f"probe({vocab})")
@@ -482,16 +542,18 @@ def relation_objects(facts: Iterable[LamaFact]) -> dict[str, list[str]]:
 
 
 def probe_objects(model: Model, facts: Sequence[LamaFact], k: int = 10, *, objects: dict[str, list[str]] | None = None,
-                  rescore: int = 10, suffix_tokens: int | None = 8, batch_size: int = 32,
+                  rescore: int = 10, suffix_tokens: int | None = 8, close: bool = True, batch_size: int = 32,
                   progress: bool = True) -> ProbeResult:
     """Rank each fact's relation's candidate objects by their whole token sequence.
 
-    ``score(y) = sum_t log P(y_t | prefix, y_<t)`` (+ the suffix's log-probability for an
-    inner ``[Y]``), so objects the tokenizer splits are probed too; ``single_token`` in the
-    result tells the two kinds apart. Candidates: ``objects[relation]`` (default: the
+    ``score(y) = sum_t log P(y_t | prefix, y_<t) + log P(tail | prefix, y)``, so objects the
+    tokenizer splits are probed too; ``single_token`` in the result tells the two kinds apart.
+    The tail (:func:`tail`) is an inner ``[Y]``'s suffix, scored up to ``suffix_tokens``, and at
+    a final ``[Y]`` the sentence's end when ``close`` (the default): without it a candidate whose
+    tokens begin another's always outranks it. Candidates: ``objects[relation]`` (default: the
     relation's distinct objects among ``facts``; the gold object is always one). The
     ``rescore`` candidates with the best first-token log-probability are scored in full and
-    re-ordered, and an inner ``[Y]``'s suffix is scored up to ``suffix_tokens``, as in :func:`probe`.
+    re-ordered, as in :func:`probe`.
     """
     facts = _check_facts(facts, k, rescore)
     v = view(model)
@@ -506,7 +568,7 @@ def probe_objects(model: Model, facts: Sequence[LamaFact], k: int = 10, *, objec
         return sets[key]
 
     bar = tqdm(total=len(facts), desc="probing whole objects", disable=not progress)
-    ranked = _rank_facts(v, facts, candidates, k, rescore, batch_size, bar, suffix_tokens)
+    ranked = _rank_facts(v, facts, candidates, _Settings(k, rescore, batch_size, suffix_tokens, close), bar)
     bar.close()
 
     def single(f: LamaFact) -> bool:
@@ -572,6 +634,8 @@ def query(model: Model, template: str, subject: str = "", k: int = 10, vocab: st
         if relation not in relations:
             raise UnknownRelationError(f"unknown relation {relation!r}; LAMA has: {', '.join(relations)}")
         template = template or relations[relation].template
+    if "[X]" in template and not subject.strip():
+        raise ValueError("the subject is empty: write the subject that fills [X], e.g. 'France'")
     c = cloze(template, subject, needs_subject=bool(subject) or "[X]" in template)
     v = view(model)
     if vocab == "common":

@@ -32,19 +32,26 @@ per row, ``view.mlp_out_weight``); ROME's ``W`` is its transpose ([d_model, d_ml
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
+from factlens.generation import generate  # noqa: F401  (re-exported: rome.generate, for the chapters)
 from factlens.models import Model, view
 from factlens.second_moment import (  # noqa: F401  (ROME's statistics, re-exported: rome.layer_stats)
     collect_layer_stats,
     layer_stats,
     layer_stats_seconds,
     precompute_layer_stats,
+)
+from factlens.v_star import (  # noqa: F401  (ROME's v*, eq. 4, re-exported: rome.compute_value)
+    RewritePrompts,
+    ValueResult,
+    compute_value,
+    kl_divergence,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +88,11 @@ class EditRequest:
     def text(self) -> str:
         """The prompt with the subject filled in."""
         return self.prompt.replace("{}", self.subject)
+
+    def prefixed(self, templates: Sequence[str]) -> list[str]:
+        """``x_j + p`` (eq. 3, 4): each context template ("<prefix>. {}") around the prompt, the
+        subject filled in."""
+        return [t.replace("{}", self.prompt).replace("{}", self.subject) for t in templates]
 
     @classmethod
     def from_counterfact(cls, case: CounterFactCase) -> EditRequest:
@@ -143,16 +155,36 @@ class ROMEHyperParams:
             (eq. 3, 4). The unprefixed prompt is always included. Paper: ((5, 10), (10, 10)).
         v_lr: Adam learning rate for the residual ``δ = v* − v``. Paper: 0.5.
         v_steps: at most this many steps for ``v*`` (see :func:`compute_value` for the early stop). Paper: 20.
-        kl_factor: weight of the essence term, KL(P[x | "{subject} is a"] before ‖ after). Paper: 0.0625.
+        kl_factor: weight of the essence term, D_KL(P_edited[x | "{subject} is a"] ‖ P[x | ...]). Paper: 0.0625.
         weight_decay: weight of ``‖δ‖ / ‖v‖²`` in the loss. Paper: 0.5.
         clamp_norm_factor: ``‖δ‖`` is clamped to this multiple of ``‖v‖`` after every step. Paper: 4.
-        mom2_samples: number of keys (token positions of the corpus) in ``C``. The paper uses
-            100,000 Wikipedia articles (tens of millions of tokens); see :func:`layer_stats`.
+        mom2_samples: the number of *keys* (token positions of the corpus) that ``C`` averages.
+            ROME's code names its 100,000 ``mom2_n_samples`` the same way, but counts Wikipedia
+            *texts* of up to 1,024 tokens, each token a key (``factlens.second_moment``).
         mom2_corpus: the corpus ``C`` is estimated on (``factlens.data.corpus``).
         essence_prompt: the KL prompt's template. Paper: "{} is a".
         damping: ``C + damping · mean(diag C) · I`` is solved (:func:`rank_one_update`), so that a
             C from fewer keys than its size stays invertible; too small to matter otherwise.
         seed: seed of the sampled prefixes.
+
+    Where ROME's reference code (kmeng01/rome: ``rome/compute_v.py``, ``rome/rome_main.py``)
+    departs from the paper's equations or from our choices, an option says which is used
+    (:data:`CODE_CHOICES`; :func:`as_in_code` sets them as the code has them):
+
+        kl_edited_first: the KL term is ``D_KL(P_edited ‖ P_unedited)`` (True: eq. 4 and the
+            code) or the reverse.
+        kl_at_subject: the KL term reads the distribution at the subject's last token of the
+            essence prompt (True: the code) or at its end, ``P[x | p']`` (False: eq. 4's text).
+        norm_of_unprefixed: ``‖v‖`` in the decay term and the clamp is the unprefixed prompt's
+            value (True: the code) or the mean over the rewriting prompts.
+        unprefixed_key_in_update: eq. 2's denominator uses the unprefixed prompt's key ``k₀``,
+            so that ``Ŵ k₀ = v₀ + δ`` (True: the code), or ``k*``, so that ``Ŵ k* = W k* + δ``
+            (False: eq. 2 as written, and r-ROME's fix of the code's disabling edits).
+        prefix_from_bos: the context templates are sampled from the start of text, ``length``
+            tokens counting the BOS (True: ROME's code), or after the words "The", "Therefore",
+            "Because", "I", "You" (False: MEMIT's code).
+        stop_on_total_loss: the optimization stops once the whole loss is below 0.05 (True:
+            the code) or once NLL + KL term is (False; the decay term alone can stay above it).
     """
 
     layer: int
@@ -167,6 +199,54 @@ class ROMEHyperParams:
     essence_prompt: str = "{} is a"
     damping: float = 1e-6
     seed: int = 0
+    kl_edited_first: bool = True
+    kl_at_subject: bool = False
+    norm_of_unprefixed: bool = True
+    unprefixed_key_in_update: bool = False
+    prefix_from_bos: bool = False
+    stop_on_total_loss: bool = False
+
+
+#: How ROME's reference code computes each optional part of ``v*`` and the update: option ->
+#: (the code's value, what it does, where). :func:`as_in_code` applies them.
+CODE_CHOICES: dict[str, tuple[Any, str]] = {
+    "kl_edited_first": (True, "KL(edited ‖ unedited), compute_v.py's kl_div(init, new)"),
+    "kl_at_subject": (True, "KL read at the subject's last token of \"{} is a\" (compute_v.py's lookup_idxs)"),
+    "norm_of_unprefixed": (True, "‖v‖ of the unprefixed prompt in the decay and the clamp "
+                                 "(compute_v.py's target_init)"),
+    "unprefixed_key_in_update": (True, "the unprefixed prompt's key in eq. 2's denominator (compute_v.py's cur_input)"),
+    "prefix_from_bos": (True, "10 + 10 context prefixes sampled from the start of text (rome_main.py)"),
+    "stop_on_total_loss": (True, "stop once the whole loss, decay included, is below 0.05 (compute_v.py)"),
+}
+
+#: ROME's code samples its context templates as ((5, 10), (10, 10)) from the start of text.
+CODE_CONTEXT_TEMPLATES: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+
+
+def as_in_code(hp: ROMEHyperParams, *options: str) -> ROMEHyperParams:
+    """``hp`` with ``options`` (default: every one of :data:`CODE_CHOICES`) set as ROME's
+    reference code has them; ``prefix_from_bos`` also takes the code's 10 + 10 prefixes."""
+    unknown = [o for o in options if o not in CODE_CHOICES]
+    if unknown:
+        raise ValueError(f"unknown options {unknown}; ROME's code differs in: {', '.join(CODE_CHOICES)}")
+    chosen = options or tuple(CODE_CHOICES)
+    changes: dict[str, Any] = {o: CODE_CHOICES[o][0] for o in chosen}
+    if "prefix_from_bos" in chosen:
+        changes["context_templates"] = CODE_CONTEXT_TEMPLATES
+    return replace(hp, **changes)
+
+
+def code_comparison(hp: ROMEHyperParams) -> dict[str, ROMEHyperParams]:
+    """The settings that isolate each difference from ROME's code: ``{option: hp with that option
+    switched}`` for every option of :data:`CODE_CHOICES` (to the code's choice where ``hp``
+    differs from the code, away from it where ``hp`` follows the code), and ``"all"``: every
+    option as the code has it (:func:`as_in_code`)."""
+    variants = {}
+    for option, (code_value, _) in CODE_CHOICES.items():
+        follows = getattr(hp, option) == code_value
+        variants[option] = replace(hp, **{option: not code_value}) if follows else as_in_code(hp, option)
+    variants["all"] = as_in_code(hp)
+    return variants
 
 
 # Defaults per model. For GPT-2 XL (and its smaller siblings, GPT-J) the paper's values. For the
@@ -236,19 +316,27 @@ _PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 
 @torch.no_grad()
 def context_templates(model: Model, spec: Sequence[tuple[int, int]] = ((5, 10), (10, 10)),
-                      seed: int = 0) -> list[str]:
+                      seed: int = 0, *, from_bos: bool = False) -> list[str]:
     """``["{}", "<prefix 1>. {}", ...]``: random text prefixes sampled from the model itself.
 
-    For each ``(length, count)``, ``count`` continuations of the words "The", "Therefore",
-    "Because", "I", "You" in turn, ``length`` tokens each, sampled from the model's top 5
-    next tokens (seeded), as MEMIT's code samples them.
+    For each ``(length, count)``, ``count`` prefixes sampled from the model's top 5 next tokens
+    (seeded): continuations of ``length`` tokens after the words "The", "Therefore",
+    "Because", "I", "You" in turn, as MEMIT's code samples them; or, with ``from_bos``, texts
+    of ``length`` tokens from the start of text (the BOS counted, as ROME's ``generate_fast``
+    counts its prompt), with blank lines as spaces, as ROME's code samples them.
     """
     v = view(model)
+    if from_bos and not v.bos:
+        raise ValueError(f"{v.name}'s tokenizer has no beginning-of-sequence token to sample prefixes from; "
+                         "use prefix_from_bos=False")
     generator = torch.Generator().manual_seed(seed)
     templates = ["{}"]
     for length, count in spec:
-        rows = [v.token_ids(_PREFIX_STARTS[i % len(_PREFIX_STARTS)]) for i in range(count)]
-        for _ in range(length):
+        if from_bos:
+            rows, steps = [list(v.bos) for _ in range(count)], length - 1
+        else:
+            rows, steps = [v.token_ids(_PREFIX_STARTS[i % len(_PREFIX_STARTS)]) for i in range(count)], length
+        for _ in range(steps):
             batch = v.batch(rows)
             logits = v.logits_at(batch.ids, batch.last).float().cpu()
             top = logits.topk(5, dim=-1)
@@ -257,6 +345,8 @@ def context_templates(model: Model, spec: Sequence[tuple[int, int]] = ((5, 10), 
                 r.append(int(top.indices[i, picks[i]]))
         for r in rows:
             text = v.tokenizer.decode(r[len(v.bos):], skip_special_tokens=True)
+            if from_bos:
+                text = unicodedata.normalize("NFKD", text).replace("\n\n", " ")
             templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
     return templates
 
@@ -264,15 +354,10 @@ def context_templates(model: Model, spec: Sequence[tuple[int, int]] = ((5, 10), 
 def templates_for(model: Model, hp: ROMEHyperParams) -> list[str]:
     """The prefix templates of ``hp`` (:func:`context_templates`), sampled once per model and spec."""
     memo = view(model).memo
-    key = ("rome.context_templates", tuple(map(tuple, hp.context_templates)), hp.seed)
+    key = ("rome.context_templates", tuple(map(tuple, hp.context_templates)), hp.seed, hp.prefix_from_bos)
     if key not in memo:
-        memo[key] = context_templates(model, hp.context_templates, hp.seed)
+        memo[key] = context_templates(model, hp.context_templates, hp.seed, from_bos=hp.prefix_from_bos)
     return memo[key]
-
-
-def _prefixed_texts(request: EditRequest, templates: Sequence[str]) -> list[str]:
-    """``x_j + p`` with the subject filled in: each template around the request's prompt."""
-    return [t.replace("{}", request.prompt).replace("{}", request.subject) for t in templates]
 
 
 @torch.no_grad()
@@ -280,138 +365,10 @@ def compute_key(model: Model, request: EditRequest, layer: int, templates: Seque
     """``k* = (1/N) Σ_j k(x_j + s)`` (paper eq. 3): the MLP key at the subject's last token,
     averaged over the prompts ``x_j + s`` (each prefix template filled with the request's prompt)."""
     v = view(model)
-    prompts = _prefixed_texts(request, templates)
+    prompts = request.prefixed(templates)
     last = torch.tensor([v.subject_span(p, request.subject).last for p in prompts])
     keys = v.capture(v.batch(prompts).ids, [v.key_hook(layer)])[v.key_hook(layer)]
     return keys[torch.arange(len(prompts)), last].mean(0)
-
-
-# --------------------------------------------------------------------------- the value v*
-
-
-@dataclass(frozen=True)
-class RewritePrompts:
-    """The prompts of eq. 4 in one right-padded batch, and where the loss reads them.
-
-    Rows ``0 … N−1`` are the rewriting prompts ``x_j + p`` followed by the new object's tokens
-    ``o*`` (teacher forced: ``o*_t`` is scored at the position before it); row ``N`` is the
-    essence prompt ``p'`` ("{subject} is a"). ``z = v + δ`` is written at ``subject_last``
-    in every row.
-    """
-
-    ids: torch.Tensor               # [N + 1, t]
-    subject_last: torch.Tensor      # [N + 1]: the subject's last token in each row
-    target: torch.Tensor            # [T]: o*'s token ids
-    target_rows: torch.Tensor       # [N·T]: the row of each scored position
-    target_positions: torch.Tensor  # [N·T]: the position whose next token must be o*_t
-    essence_position: int           # where the KL term reads P[x | p']
-    n: int                          # N, the number of rewriting prompts
-
-    @classmethod
-    def build(cls, model: Model, request: EditRequest, templates: Sequence[str],
-              essence_prompt: str) -> RewritePrompts:
-        v = view(model)
-        target = v.target_ids(request.target)
-        rewriting = _prefixed_texts(request, templates)
-        essence = essence_prompt.replace("{}", request.subject)
-        # each prompt's ids followed by the target's ids exactly (no retokenization)
-        heads = [v.token_ids(p) for p in rewriting]
-        rows = [h + target for h in heads] + [v.token_ids(essence)]
-        last = [v.subject_span(p, request.subject).last for p in [*rewriting, essence]]
-        t = len(target)
-        return cls(
-            ids=v.batch(rows).ids,
-            subject_last=torch.tensor(last, device=v.device),
-            target=torch.tensor(target, device=v.device),
-            target_rows=torch.arange(len(heads)).repeat_interleave(t),
-            target_positions=torch.tensor([len(h) - 1 + j for h in heads for j in range(t)]),
-            essence_position=len(rows[-1]) - 1,
-            n=len(heads),
-        )
-
-    def log_probs(self, model: Model, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the final-normed hidden states [N + 1, t, d]: ``log P[o*_t | x_j + p, o*_<t]``
-        as [N, T], and ``log P[x | p']`` as [1, d_vocab] (only these positions are unembedded)."""
-        v = view(model)
-        new = v.unembed(hidden[self.target_rows, self.target_positions][:, None])[:, 0].float().log_softmax(-1)
-        new = new[torch.arange(len(self.target_rows)), self.target.repeat(self.n)].view(self.n, -1)
-        essence = v.unembed(hidden[-1:, self.essence_position][:, None])[:, 0].float().log_softmax(-1)
-        return new, essence
-
-
-def _write_at(rows: torch.Tensor, positions: torch.Tensor, delta: torch.Tensor):
-    """A hook that adds ``δ`` to the value at ``(rows[i], positions[i])``: ``z = v + δ``."""
-    def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        x = x.clone()
-        x[rows, positions] = x[rows, positions] + delta
-        return x
-    return hook
-
-
-@torch.no_grad()
-def _values_before(model: Model, prompts: RewritePrompts, layer: int) -> torch.Tensor:
-    """``v``: the value at the subject's last token of each row before any change, [N + 1, d_model]."""
-    v = view(model)
-    values = v.capture(prompts.ids, [v.value_hook(layer)])[v.value_hook(layer)]
-    return values[torch.arange(len(prompts.subject_last), device=values.device), prompts.subject_last]
-
-
-@dataclass
-class ValueResult:
-    """What :func:`compute_value` found: ``v* = v + δ`` and how the optimization went."""
-
-    v_star: torch.Tensor          # the down projection's output to write (bias included)
-    v: torch.Tensor               # its output before the edit, averaged over the prompts
-    delta: torch.Tensor           # v* − v
-    losses: list[dict[str, float]] = field(default_factory=list)  # per step: nll, kl, decay, total
-    target_prob: float = 0.0      # mean P(target) over the prompts at the last step
-
-
-def compute_value(model: Model, request: EditRequest, layer: int, hp: ROMEHyperParams,
-                  templates: Sequence[str] = ("{}",), progress: bool = False) -> ValueResult:
-    """``v* = argmin_z  (1/N) Σ_j −log P_G(m_i:=z)[o* | x_j + p]  +  kl · D_KL(P_G[x | p'] ‖ P_G(m_i:=z)[x | p'])``
-    (paper eq. 4), plus ``weight_decay · ‖δ‖ / ‖v‖²``.
-
-    ``z = v + δ`` replaces the output of layer ``layer``'s down projection at the subject's
-    last token in every prompt ``x_j + p`` (the prefixed prompts followed by the target's
-    first tokens) and in the essence prompt ``p'`` ("{subject} is a"); ``δ`` is optimized with
-    Adam and clamped to ``clamp_norm_factor · ‖v‖`` after every step, for at most ``v_steps``
-    steps, stopping once NLL + KL term is below 0.05 (ROME's code stops on the whole loss; on
-    small models the decay term alone stays above that). The model's weights do not change here.
-    """
-    v = view(model)
-    prompts = RewritePrompts.build(model, request, templates, hp.essence_prompt)
-    rows = torch.arange(prompts.n + 1, device=v.device)
-    v_before = _values_before(model, prompts, layer)[:prompts.n].mean(0)
-    v_norm = v_before.norm()
-    delta = torch.zeros(v.d_model, device=v.device, requires_grad=True)
-    hooks = [(v.value_hook(layer), _write_at(rows, prompts.subject_last, delta))]
-    optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
-    losses: list[dict[str, float]] = []
-    essence_before: torch.Tensor | None = None  # log P_G[x | p'], the unedited model's
-    target_prob = 0.0
-    with v.frozen_except([]):
-        for _ in tqdm(range(hp.v_steps), desc="v*", disable=not progress, leave=False):
-            optimizer.zero_grad()
-            log_p_new, log_p_essence = prompts.log_probs(model, v.final_hidden(prompts.ids, fwd_hooks=hooks))
-            if essence_before is None:
-                essence_before = log_p_essence.detach().clone()
-            nll = -log_p_new.mean(1).mean()
-            kl = torch.nn.functional.kl_div(log_p_essence, essence_before, log_target=True, reduction="batchmean")
-            decay = hp.weight_decay * delta.norm() / v_norm**2
-            loss = nll + hp.kl_factor * kl + decay
-            target_prob = log_p_new.detach().sum(1).exp().mean().item()
-            losses.append({k: x.item() for k, x in (("nll", nll), ("kl", kl), ("decay", decay), ("total", loss))})
-            if (nll + hp.kl_factor * kl).item() < 5e-2:  # the fact is written; the decay term alone never gets there
-                break
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                max_norm = hp.clamp_norm_factor * v_norm
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
-    d = delta.detach().clone()
-    return ValueResult(v_star=v_before + d, v=v_before, delta=d, losses=losses, target_prob=target_prob)
 
 
 # --------------------------------------------------------------------------- the update
@@ -427,20 +384,32 @@ def update_direction(C: torch.Tensor, k_star: torch.Tensor, damping: float = 0.0
 
 
 def rank_one_update(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor,
-                    damping: float = 0.0) -> torch.Tensor:
+                    damping: float = 0.0, *, key: torch.Tensor | None = None) -> torch.Tensor:
     """``Ŵ = W + Λ (C⁻¹ k*)ᵀ`` with ``Λ = (v* − W k*) / ((C⁻¹ k*)ᵀ k*)`` (paper eq. 2).
 
     ``W`` is [d_out, d_in] (``W k = v``), ``C`` [d_in, d_in], ``k*`` [d_in], ``v*`` [d_out].
     Then ``Ŵ k* = v*`` exactly (up to rounding) and ``Ŵ k = W k`` for every ``k`` with
     ``(C⁻¹ k*)ᵀ k = 0``. ``damping`` adds ``damping · mean(diag C) · I`` to ``C`` before
     solving (0: none), for a ``C`` estimated from fewer keys than its size.
+
+    ``key``: another key ``k`` to map to ``v*`` in the same direction,
+    ``Λ = (v* − W k) / ((C⁻¹ k*)ᵀ k)``, so that ``Ŵ k = v*``: ROME's code passes the
+    unprefixed prompt's key here (``compute_v.py``), which r-ROME (Gupta et al. 2024) traces
+    disabling edits to.
     """
+    Lam, u = _update_factors(W, C, k_star, v_star, damping, key)
+    return (W.double() + torch.outer(Lam, u)).to(W.dtype)
+
+
+def _update_factors(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor,
+                    damping: float, key: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Λ, C⁻¹ k*)`` of :func:`rank_one_update` (float64)."""
     if W.shape != (v_star.shape[0], k_star.shape[0]) or C.shape != (k_star.shape[0],) * 2:
         raise ValueError(f"shapes do not fit: W {tuple(W.shape)}, C {tuple(C.shape)}, "
                          f"k* {tuple(k_star.shape)}, v* {tuple(v_star.shape)}")
+    k = (k_star if key is None else key).double()
     u = update_direction(C, k_star, damping)
-    Lam = (v_star.double() - W.double() @ k_star.double()) / (u @ k_star.double())
-    return (W.double() + torch.outer(Lam, u)).to(W.dtype)
+    return (v_star.double() - W.double() @ k) / (u @ k), u
 
 
 # --------------------------------------------------------------------------- apply / edit
@@ -448,14 +417,19 @@ def rank_one_update(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, v_st
 
 def apply(model: Model, request: EditRequest, *, layer: int | None = None,
           hparams: ROMEHyperParams | None = None, stats: torch.Tensor | None = None,
-          progress: bool = False) -> Edit:
+          progress: bool = False, partial: bool = True) -> Edit:
     """Write ``request`` into ``model`` with ROME; return the :class:`Edit` (``.undo()`` reverts).
 
     ``layer`` overrides ``hparams.layer``; ``hparams`` defaults to :func:`default_hparams`.
     ``stats`` is ``C`` for that layer (default: :func:`layer_stats` with ``hparams.mom2_samples``
     keys of ``hparams.mom2_corpus``, cached); ``torch.eye(d_mlp)`` gives the C = I ablation.
-    ``edit.info`` holds ``k_star``, ``v_star``, the loss curve, the target probability
-    reached by the optimization and the seconds taken.
+    The update maps ``k*`` to ``W k* + δ`` (eq. 2), or with ``unprefixed_key_in_update`` the
+    unprefixed prompt's key ``k₀`` to ``W k₀ + δ`` (ROME's code). ``partial``: see
+    :func:`compute_value` (False: the straightforward computation of ``v*``).
+
+    ``edit.info`` holds ``k_star``, ``v_star``, ``delta``, the loss curve (``losses``), the
+    Adam ``steps`` taken, the target probability reached by the optimization, the update's
+    ``denominator`` ``(C⁻¹ k*)ᵀ k`` and the ``seconds`` taken (C excluded).
     """
     v = view(model)
     hp = hparams or default_hparams(model)
@@ -470,16 +444,19 @@ def apply(model: Model, request: EditRequest, *, layer: int | None = None,
     start = time.perf_counter()
     templates = templates_for(model, hp)
     k_star = compute_key(model, request, hp.layer, templates)
-    value = compute_value(model, request, hp.layer, hp, templates, progress=progress)
+    key = compute_key(model, request, hp.layer) if hp.unprefixed_key_in_update else k_star
+    value = compute_value(model, request, hp.layer, hp, templates, progress=progress, partial=partial)
     W = v.mlp_out_weight(hp.layer).T  # ROME's W: [d_model, d_mlp]
     with torch.no_grad():
-        # v* is the down projection's output, bias included; W alone must map k* to W k* + δ
-        W_hat = rank_one_update(W, C.to(W.device), k_star, W @ k_star + value.delta, damping=hp.damping)
+        # v* is the down projection's output, bias included; W alone must map the key to W k + δ
+        Lam, u = _update_factors(W, C.to(W.device), k_star, W @ key + value.delta, hp.damping, key)
+        W_hat = (W.double() + torch.outer(Lam, u)).to(W.dtype)  # eq. 2
     record = Edit(model, hp.layer, "ROME", request)
     v.set_mlp_out_weight(hp.layer, W_hat.T)
+    denominator = float(u @ key.double())
     record.info.update(k_star=k_star, v_star=value.v_star, delta=value.delta, losses=value.losses,
-                       target_prob=value.target_prob, seconds=time.perf_counter() - start,
-                       hparams=asdict(hp))
+                       steps=value.steps, target_prob=value.target_prob, denominator=denominator,
+                       seconds=time.perf_counter() - start, hparams=asdict(hp))
     return record
 
 
@@ -487,30 +464,3 @@ def edit(model: Model, request: EditRequest, **kwargs: Any) -> Edit:
     """``with edit(model, request) as e:`` ROME applied for the body, undone on exit (also
     when the body raises). Same arguments as :func:`apply`."""
     return apply(model, request, **kwargs)
-
-
-# --------------------------------------------------------------------------- generation
-
-
-@torch.no_grad()
-def generate(model: Model, prompts: Iterable[str], max_new_tokens: int = 30, *,
-             top_k: int | None = None, seed: int = 0) -> list[str]:
-    """Continue each prompt by ``max_new_tokens`` tokens: greedy, or sampled from the top
-    ``top_k`` tokens with a seeded generator. Returns the continuations (prompt not included)."""
-    v = view(model)
-    generator = torch.Generator().manual_seed(seed)
-    prompts = list(prompts)
-    rows = [v.token_ids(p) for p in prompts]
-    start = [len(r) for r in rows]
-    for _ in range(max_new_tokens):
-        batch = v.batch(rows)
-        logits = v.logits_at(batch.ids, batch.last).float().cpu()
-        if top_k is None:
-            nxt = logits.argmax(-1)
-        else:
-            top = logits.topk(top_k, dim=-1)
-            nxt = top.indices.gather(1, torch.multinomial(top.values.softmax(-1), 1, generator=generator))[:, 0]
-        for r, t in zip(rows, nxt.tolist()):
-            r.append(t)
-    return [v.tokenizer.decode(r[s:], skip_special_tokens=True) for r, s in zip(rows, start)]
-

@@ -21,6 +21,7 @@ seconds its gathering took); :func:`precompute_layer_stats` fills several layers
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator, Sequence
 
@@ -35,19 +36,36 @@ PAPER_KEYS_UPPER_BOUND = 100_000 * 1_024
 
 
 def corpus_chunks(model: Model, corpus: str, length: int) -> Iterator[list[int]]:
-    """Token chunks of ``length`` tokens (BOS first) cut from the corpus, in order."""
+    """Token chunks of ``length`` tokens (BOS first) cut from the corpus's running text (its
+    pieces joined by a space, as they follow each other in the text), in order."""
     from factlens import data
 
     v = view(model)
     body = length - len(v.bos)
     buffer: list[int] = []
+    started = False
     for text in data.corpus(corpus):
         if not text.strip():
             continue
-        buffer += v.tokenizer(text, add_special_tokens=False)["input_ids"]
+        buffer += v.tokenizer(" " + text if started else text, add_special_tokens=False)["input_ids"]
+        started = True
         while len(buffer) >= body:
             yield v.bos + buffer[:body]
             buffer = buffer[body:]
+
+
+def _tokens_digest(model: Model, corpus: str, samples: int, chunk_tokens: int) -> str:
+    """sha256 of the token ids of the chunks :func:`collect_layer_stats` reads for ``samples`` keys:
+    part of the cache key, so that a change of the corpus's text or of the tokenizer rebuilds C."""
+    memo = view(model).memo
+    key = ("second_moment.tokens", corpus, samples, chunk_tokens)
+    if key not in memo:
+        digest = hashlib.sha256()
+        keys_per_chunk = chunk_tokens - len(view(model).bos)
+        for _, chunk in zip(range(-(-samples // keys_per_chunk)), corpus_chunks(model, corpus, chunk_tokens)):
+            digest.update(torch.tensor(chunk, dtype=torch.int64).numpy().tobytes())
+        memo[key] = digest.hexdigest()
+    return memo[key]
 
 
 @torch.no_grad()
@@ -84,7 +102,8 @@ def collect_layer_stats(model: Model, layers: Sequence[int], *, corpus: str = "w
 
 def _entry_key(model: Model, layer: int, corpus: str, samples: int, chunk_tokens: int) -> dict:
     return {"model": view(model).name, "layer": layer, "corpus": corpus, "samples": samples,
-            "chunk_tokens": chunk_tokens, "what": "uncentred second moment of mlp.hook_post, seconds"}
+            "chunk_tokens": chunk_tokens, "tokens_sha256": _tokens_digest(model, corpus, samples, chunk_tokens),
+            "what": "uncentred second moment of mlp.hook_post, seconds"}
 
 
 def _gather(model: Model, layers: Sequence[int], *, corpus: str, samples: int, chunk_tokens: int,

@@ -13,8 +13,8 @@ is run three times:
 
 Total effect ``TE = P[o] − P*[o]``; indirect effect ``IE = P*,clean h_i^(l)[o] − P*[o]``
 (paper, §2.1). :func:`trace` returns the restored probabilities over (token, layer);
-:func:`average_indirect_effects` averages the indirect effects over many facts by token
-group (paper, Figure 2).
+:mod:`factlens.average_effects` averages the indirect effects over many facts by token
+group (paper, §2.2 and Figure 2).
 
 Speed. The straightforward loop (:func:`trace_straightforward`, the paper's code) runs the
 whole model, with logits over the whole vocabulary at every position, once per (token,
@@ -44,6 +44,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from factlens import claims
 from factlens.cache import cached_tensors
 from factlens.forward import Recording
 from factlens.models import Model, TokenSpan, View, view
@@ -190,6 +191,14 @@ def _swap_delta(v: View, prompt: str, subject: str, *, samples: int, swap_subjec
 # --------------------------------------------------------------------------- the paper's definitions
 
 
+def default_window(n_layers: int) -> int:
+    """The paper's window (10 layers of GPT-2 XL's 48) scaled to a model's depth:
+    ``round(10 · L / 48)`` (halves rounded up), at least 1; 4 of Gemma 3 270M's 18 layers.
+    The paper's own 10 would span more than half of a small model."""
+    window, depth = claims.paper("tracing.window").value, claims.paper("tracing.n_layers").value
+    return max(1, math.floor(window * n_layers / depth + 0.5))
+
+
 def window_layers(layer: int, window: int, n_layers: int) -> range:
     """The layers restored together for an MLP or attention trace centered on ``layer``:
     ``[layer − ⌊w/2⌋, layer + ⌈w/2⌉)`` clipped to the model (the paper's code)."""
@@ -224,6 +233,19 @@ def restoration_can_matter(kind: str, token: int, layer: int, span: TokenSpan, n
     return not (kind == "hidden" and layer == n_layers - 1 and token != n_tokens - 1)
 
 
+def token_groups(span: TokenSpan, n_tokens: int) -> dict[str, list[int]]:
+    """The paper's token groups (Figure 2 rows): positions of each in a prompt of ``n_tokens``."""
+    last = n_tokens - 1
+    return {
+        "first subject token": [span.start],
+        "middle subject tokens": list(range(span.start + 1, span.last)),
+        "last subject token": [span.last],
+        "first subsequent token": [span.stop] if span.stop < last else [],
+        "further tokens": list(range(span.stop + 1, last)),
+        "last token": [last],
+    }
+
+
 def _check(kind: str, sever: str | None, window: int) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -240,12 +262,18 @@ def _site_hook(v: View, kind: str, layer: int) -> str:
     return {"hidden": v.resid_post_hook, "mlp": v.mlp_out_hook, "attn": v.attn_out_hook}[kind](layer)
 
 
-def _traced_tokens(positions: Sequence[int] | str | None, span: TokenSpan, n_tokens: int) -> list[int]:
+def _traced_tokens(positions: Sequence[int | str] | None, span: TokenSpan, n_tokens: int) -> list[int]:
+    """The token positions to trace: all, the given ones, or those of the named token groups."""
     if positions is None:
         return list(range(n_tokens))
-    if positions == "last_subject":
-        return [span.last]
-    return sorted({int(p) % n_tokens for p in positions})
+    if isinstance(positions, str):
+        raise TypeError(f"positions must be a list (e.g. [{positions!r}]), got the string {positions!r}")
+    groups = token_groups(span, n_tokens)
+    unknown = [p for p in positions if isinstance(p, str) and p not in groups]
+    if unknown:
+        raise ValueError(f"unknown token groups {unknown}; the groups are {list(groups)}")
+    picked = [q for p in positions for q in (groups[p] if isinstance(p, str) else [int(p) % n_tokens])]
+    return sorted(set(picked))
 
 
 # --------------------------------------------------------------------------- fast tracing
@@ -354,16 +382,12 @@ class _CorruptedRuns:
         return now
 
 
-def _answer_probs(v: View, finals: torch.Tensor, answer_id: int) -> torch.Tensor:
-    """softmax(unembed(final-normed h))[o] for each row (the vocabulary taken in blocks)."""
-    if not len(finals):
-        return torch.empty(0)
-    return v.token_log_probs(finals, [answer_id])[:, 0].exp().float().cpu()
-
-
-def _answer(v: View, clean_logits: torch.Tensor, target: str | None) -> int:
-    """The clean run's top token, or the first token of ``target``."""
-    return int(clean_logits[0].argmax()) if target is None else v.target_ids(target)[0]
+def _answer_probs(v: View, finals: torch.Tensor, target: str | None) -> tuple[int, torch.Tensor]:
+    """The answer ``o`` (the top token of row 0, the clean run, or the first token of ``target``) and
+    ``softmax(unembed(h))[o]`` for every final-normed row ``h``, in one pass over the unembedding."""
+    log_z, top = v.log_normalizer(finals)
+    answer_id = int(top[0]) if target is None else v.target_ids(target)[0]
+    return answer_id, v.token_log_probs(finals, [answer_id], log_z=log_z)[:, 0].exp().float().cpu()
 
 
 @torch.no_grad()
@@ -375,12 +399,12 @@ def trace(
     *,
     samples: int = 10,
     noise: float = 3.0,
-    window: int = 10,
+    window: int | None = None,
     noise_kind: str = "gaussian",
     swap_subjects: Sequence[str] = (),
     sever: str | None = None,
     target: str | None = None,
-    positions: Sequence[int] | str | None = None,
+    positions: Sequence[int | str] | None = None,
     seed: int = 0,
     std: float | None = None,
     delta: torch.Tensor | None = None,
@@ -391,45 +415,47 @@ def trace(
     ``scores[i, l] = P*,clean h_i^(l)[o]``: the answer's probability in the corrupted run
     with, for ``kind="hidden"``, the residual stream after block ``l`` at token ``i``
     restored; for ``"mlp"`` / ``"attn"``, the MLP / attention outputs of the ``window``
-    layers around ``l`` (:func:`window_layers`) at token ``i``. ``sever="mlp"`` / ``"attn"``
-    freezes the MLP / attention outputs of the layers above ``l`` at token ``i`` at their
-    corrupted values (the paper's Figure 7). The answer ``o`` is the clean run's top token,
-    or the first token of ``target``. The noise is ``noise`` × :func:`embedding_std`
-    (``std`` overrides the measured value; ``delta`` gives the corruption itself, as
-    :func:`corruption` returns it). ``positions``: the tokens to trace (default all;
-    ``"last_subject"``); the others are NaN. ``batch_size``: the most rows re-run together.
+    layers around ``l`` (:func:`window_layers`; by default :func:`default_window`) at token
+    ``i``. ``sever="mlp"`` / ``"attn"`` freezes the MLP / attention outputs of the layers above
+    ``l`` at token ``i`` at their corrupted values (the paper's Figure 7). The answer ``o`` is
+    the clean run's top token, or the first token of ``target``. The noise is ``noise`` ×
+    :func:`embedding_std` (``std`` overrides the measured value; ``delta`` gives the
+    corruption itself, as :func:`corruption` returns it). ``positions``: the tokens to trace, as positions or names
+    of :data:`TOKEN_GROUPS` (default all); the others are NaN. ``batch_size``: the most rows
+    re-run together.
     """
-    _check(kind, sever, window)
     v = view(model)
+    window = default_window(v.n_layers) if window is None else window
+    _check(kind, sever, window)
     span = v.subject_span(prompt, subject)
     if delta is None:
         delta = corruption(model, prompt, subject, samples=samples, noise=noise, noise_kind=noise_kind,
                            seed=seed, std=std, swap_subjects=swap_subjects)
     runs = _CorruptedRuns(v, prompt, span, delta, kind, sever)
     S, T, L = runs.samples, runs.n_tokens, v.n_layers
-    answer_id = _answer(v, v.unembed(runs.clean_final[:, None])[:, 0], target)
-    ends = _answer_probs(v, torch.cat([runs.clean_final, runs.corrupt_final]), answer_id)
-    clean_prob, corrupted_prob = float(ends[0]), float(ends[1:].mean())
-
-    scores = torch.full((T, L), float("nan"))
     finals, cells = [], []  # the restorations' final states, and the (token, layers) they score
+    traced = _traced_tokens(positions, span, T)
     with model.hooks(fwd_hooks=runs.hooks()):
-        for token in _traced_tokens(positions, span, T):
-            scores[token] = corrupted_prob
+        for token in traced:
             live = [l for l in range(L) if restoration_can_matter(kind, token, l, span, T, L)]
             per_batch = max(1, batch_size // S)
             for chunk in (live[k:k + per_batch] for k in range(0, len(live), per_batch)):
                 finals.append(runs.restored(token, chunk, window))
                 cells.append((token, chunk))
-    # one pass over the unembedding (the largest matrix of a small model) for every restoration
-    probs = _answer_probs(v, torch.cat(finals) if finals else runs.clean_final[:0], answer_id)
-    for (token, layers), p in zip(cells, probs.split([len(c) * S for _, c in cells])):
+    # one pass over the unembedding (the largest matrix of a small model): the clean and the
+    # corrupted runs' last positions, then every restoration's
+    answer_id, probs = _answer_probs(v, torch.cat([runs.clean_final, runs.corrupt_final, *finals]), target)
+    clean_prob, corrupted_prob = float(probs[0]), float(probs[1:S + 1].mean())
+    scores = torch.full((T, L), float("nan"))
+    scores[traced] = corrupted_prob  # what cannot change (restoration_can_matter) scores P*[o]
+    for (token, layers), p in zip(cells, probs[S + 1:].split([len(c) * S for _, c in cells])):
         scores[token, layers] = p.reshape(len(layers), S).mean(1)
 
     return Trace(prompt=prompt, subject=subject, kind=kind, tokens=v.str_tokens(prompt), subject_span=span,
                  answer=v.tokenizer.decode([answer_id]), answer_id=answer_id, clean_prob=clean_prob,
                  corrupted_prob=corrupted_prob, scores=scores,
-                 settings=dict(samples=S, noise=noise, noise_kind=noise_kind, window=window, sever=sever, seed=seed))
+                 settings=dict(samples=S, noise=noise, noise_kind=noise_kind, window=window, sever=sever,
+                               seed=seed))
 
 
 # --------------------------------------------------------------------------- the paper's loop
@@ -443,7 +469,7 @@ def trace_straightforward(
     kind: Kind = "hidden",
     *,
     delta: torch.Tensor,
-    window: int = 10,
+    window: int | None = None,
     sever: str | None = None,
     target: str | None = None,
     progress: bool = False,
@@ -452,8 +478,9 @@ def trace_straightforward(
     benchmark peer): for every (token, layer), one full forward pass of a batch of the clean
     prompt and ``S`` corrupted copies (noise ``delta``, [S, |subject|, d]), with the chosen
     states of the corrupted rows set to those of the clean row, and logits everywhere."""
-    _check(kind, sever, window)
     v = view(model)
+    window = default_window(v.n_layers) if window is None else window
+    _check(kind, sever, window)
     span = v.subject_span(prompt, subject)
     ids = v.batch([prompt]).ids
     samples, n_tokens, n_layers = delta.shape[0], ids.shape[1], v.n_layers
@@ -472,7 +499,7 @@ def trace_straightforward(
         got = v.capture(batch, sites, fwd_hooks=[embed])
         frozen = {layer: got[name] for name, layer in sites.items()}
     clean_logits = model(ids)[:, -1]
-    answer_id = _answer(v, clean_logits, target)
+    answer_id = int(clean_logits[0].argmax()) if target is None else v.target_ids(target)[0]
 
     def from_clean_row(token):
         def put(x, hook):
@@ -503,125 +530,3 @@ def trace_straightforward(
                  answer=v.tokenizer.decode([answer_id]), answer_id=answer_id,
                  clean_prob=float(clean_logits.softmax(-1)[0, answer_id]), corrupted_prob=float(corrupted),
                  scores=scores, settings=dict(samples=samples, window=window, sever=sever))
-
-
-# --------------------------------------------------------------------------- many facts
-
-
-def known_facts_answered(model: Model, facts: Sequence[Any], batch_size: int = 32,
-                         progress: bool = True) -> list[Any]:
-    """The facts whose answer the model gives: its top next token after ``fact.prompt`` is the
-    first token of ``fact.attribute`` (the paper traces the facts GPT-2 XL knows). Cached per
-    model and list of facts."""
-    v = view(model)
-    text = "\n".join(f"{f.prompt}\t{f.attribute}" for f in facts)
-    key = {"model": v.name, "facts": hashlib.sha256(text.encode()).hexdigest()[:16], "n": len(facts)}
-
-    @torch.no_grad()
-    def build() -> dict[str, torch.Tensor]:
-        answered = []
-        for i in tqdm(range(0, len(facts), batch_size), desc="known facts", disable=not progress):
-            chunk = facts[i:i + batch_size]
-            batch = v.batch([f.prompt for f in chunk])
-            top = v.logits_at(batch.ids, batch.last).argmax(-1).tolist()
-            answered += [t == v.target_ids(f.attribute)[0] for f, t in zip(chunk, top)]
-        return {"answered": torch.tensor(answered, dtype=torch.bool)}
-
-    answered = cached_tensors("tracing-known-facts", key, build)["answered"].tolist() if facts else []
-    return [f for f, ok in zip(facts, answered) if ok]
-
-
-def trace_facts(model: Model, facts: Sequence[Any], kind: Kind = "hidden", *, progress: bool = True,
-                seed: int = 0, **options: Any) -> list[Trace]:
-    """:func:`trace` every fact (``fact.prompt``, ``fact.subject``); fact ``k`` uses seed ``seed + k``."""
-    label = kind if options.get("sever") is None else f"{kind}, {options['sever']} severed"
-    return [trace(model, f.prompt, f.subject, kind, seed=seed + k, **options)
-            for k, f in enumerate(tqdm(facts, desc=f"tracing ({label})", disable=not progress))]
-
-
-def token_groups(span: TokenSpan, n_tokens: int) -> dict[str, list[int]]:
-    """The paper's token groups (Figure 2 rows): positions of each in a prompt of ``n_tokens``."""
-    last = n_tokens - 1
-    return {
-        "first subject token": [span.start],
-        "middle subject tokens": list(range(span.start + 1, span.last)),
-        "last subject token": [span.last],
-        "first subsequent token": [span.stop] if span.stop < last else [],
-        "further tokens": list(range(span.stop + 1, last)),
-        "last token": [last],
-    }
-
-
-@dataclass
-class AverageEffect:
-    """Average indirect effect (AIE) by token group × layer, with 95% confidence bands.
-
-    ``mean[g, l]`` averages, over the facts that have group ``g``, each fact's mean IE over
-    the group's tokens; ``low`` / ``high``: ``mean ∓ 1.96 · sd / √n``; ``count[g]``: n.
-    """
-
-    kind: str
-    sever: str | None
-    groups: tuple[str, ...]
-    mean: torch.Tensor
-    low: torch.Tensor
-    high: torch.Tensor
-    count: list[int]
-    n_facts: int
-    clean_prob: float
-    corrupted_prob: float
-
-    @property
-    def total_effect(self) -> float:
-        """ATE: the average of P[o] − P*[o]."""
-        return self.clean_prob - self.corrupted_prob
-
-    def row(self, group: str) -> torch.Tensor:
-        return self.mean[self.groups.index(group)]
-
-    def peak(self, group: str) -> tuple[int, float]:
-        """The layer where the group's AIE is largest, and that AIE."""
-        row = self.row(group)
-        if torch.isnan(row).all():
-            raise ValueError(f"no fact has a traced {group!r}")
-        layer = int(torch.nan_to_num(row, nan=-math.inf).argmax())
-        return layer, float(row[layer])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "sever": self.sever, "groups": list(self.groups),
-                "n_facts": self.n_facts, "count": self.count, "clean_prob": self.clean_prob,
-                "corrupted_prob": self.corrupted_prob, "total_effect": self.total_effect,
-                "aie": self.mean.tolist(), "low": self.low.tolist(), "high": self.high.tolist()}
-
-
-def average_indirect_effects(traces: Sequence[Trace]) -> AverageEffect:
-    """AIE over ``traces`` by token group × layer (the paper's Figure 2)."""
-    if not traces:
-        raise ValueError("average_indirect_effects needs at least one trace")
-    kinds = {(t.kind, t.settings.get("sever")) for t in traces}
-    if len(kinds) != 1:
-        raise ValueError(f"the traces mix kinds {sorted(kinds, key=str)}; average one kind at a time")
-    per_group: dict[str, list[torch.Tensor]] = {g: [] for g in TOKEN_GROUPS}
-    for t in traces:
-        ie = t.indirect_effect
-        for g, where in token_groups(t.subject_span, ie.shape[0]).items():
-            if where and not torch.isnan(ie[where]).any():
-                per_group[g].append(ie[where].mean(0))
-    n_layers = traces[0].scores.shape[1]
-    stats = []
-    for g in TOKEN_GROUPS:
-        if per_group[g]:
-            x = torch.stack(per_group[g]).double()
-            sd = x.std(0) if len(x) > 1 else torch.zeros(n_layers, dtype=torch.double)
-            stats.append((x.mean(0), 1.96 * sd / math.sqrt(len(x))))
-        else:
-            nan = torch.full((n_layers,), float("nan"), dtype=torch.double)
-            stats.append((nan, nan))
-    mean = torch.stack([m for m, _ in stats]).float()
-    half = torch.stack([h for _, h in stats]).float()
-    kind, sever = next(iter(kinds))
-    return AverageEffect(kind=kind, sever=sever, groups=TOKEN_GROUPS, mean=mean, low=mean - half,
-                         high=mean + half, count=[len(per_group[g]) for g in TOKEN_GROUPS],
-                         n_facts=len(traces),
-                         clean_prob=sum(t.clean_prob for t in traces) / len(traces),
-                         corrupted_prob=sum(t.corrupted_prob for t in traces) / len(traces))

@@ -392,7 +392,7 @@ def edit_case_browser(frames: Mapping[str, pd.DataFrame], cases: Sequence[data.C
     pick.observe(lambda _: panel.run(show), names="value")
 
 
-def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 20) -> list[str]:
+def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 10) -> list[str]:
     """Each prompt's top next token and greedy continuation (``rome.generate``), as "[top] text"."""
     top = [row[0] for row in view(model).top_tokens(list(prompts))]
     texts = rome.generate(model, prompts, max_new_tokens)
@@ -400,7 +400,7 @@ def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 20) -> l
 
 
 def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[str] = (), *,
-                    hparams: rome.ROMEHyperParams | None = None, max_new_tokens: int = 20,
+                    hparams: rome.ROMEHyperParams | None = None, max_new_tokens: int = 10,
                     progress: bool = False) -> pd.DataFrame:
     """What the ROME editor shows after a click: for the edited prompt and each probe, the top
     next token and greedy continuation (:func:`answers`) before and after ``request`` is written
@@ -417,7 +417,7 @@ def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[st
 
 def rome_editor(model: Model, prompt: str = "{} is located in the city of", subject: str = "The Eiffel Tower",
                 target: str = "Rome", probes: Sequence[str] = (), layer: int | None = None,
-                max_new_tokens: int = 20, *, hparams: rome.ROMEHyperParams | None = None,
+                max_new_tokens: int = 10, *, hparams: rome.ROMEHyperParams | None = None,
                 initial: pd.DataFrame | None = None) -> None:
     """Edit one fact with ROME and compare the model before and after (:func:`edit_comparison`):
     the top next token and a greedy continuation of the edited prompt and of each probe. Change
@@ -426,7 +426,9 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
     Creating it costs no edit: it shows the model before (the static book), or ``initial``, a
     comparison the notebook already computed. The first edit at a layer gathers that layer's
     statistics C (cached afterwards); ``hparams`` defaults to ``rome.default_hparams(model)``,
-    ``layer`` overrides its layer.
+    ``layer`` overrides its layer. A click costs the edit and two greedy generations (before and
+    after) of ``max_new_tokens`` for every prompt: on a CPU the generations cost as much as the
+    edit (bench/bench_widgets.py), hence 10 tokens by default.
     """
     hp = hparams or rome.default_hparams(model)
     fields = [_text("prompt", prompt, "prompt", wide=True), _text("subject", subject, "subject"),

@@ -1,0 +1,110 @@
+"""ROME's speed, fast against straightforward, with the same results; and cached generation.
+
+    PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_rome.py [--cases 8] [--prompts 20] [--tokens 24]
+
+1. ``v*`` (C precomputed, as the paper's "about 2 s per edit" on a GPU excludes it): each
+   CounterFact case (a seeded sample of the tuning split) is edited twice, with the partial
+   forward (``rome.apply``: blocks from the edited layer up, positions from the subject on,
+   logits only where read) and with whole forward passes (``partial=False``). Prints the
+   seconds per edit, the Adam steps taken (20 at most; fewer when the early stop fires), the
+   cosine of the two ``v*`` and whether ES/PS/NS agree.
+2. Generation: ``--prompts`` CounterFact prompts continued by ``--tokens`` greedy tokens through
+   the key-value cache (``rome.generate``) and by the recompute loop (``use_cache=False``):
+   seconds, the ratio, and how many texts are identical; then top-5 sampling, seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from factlens import data, evaluation, rome
+from factlens.models import load_model, view
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo where there is one)."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return platform.processor() or "unknown CPU"
+    text = info.read_text()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                platform.processor())
+    return f"{name}, {'with' if ' avx512f' in text else 'without'} AVX-512"
+
+
+def bench_edits(model, cases, hp, C) -> None:
+    rome.apply(model, rome.EditRequest.from_counterfact(cases[0]), hparams=hp, stats=C).undo()  # samples the prefixes
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    steps, cosines, agree = [], [], 0
+    for case in cases:
+        request = rome.EditRequest.from_counterfact(case)
+        out = {}
+        for partial in (True, False):
+            start = time.perf_counter()
+            with rome.edit(model, request, hparams=hp, stats=C, partial=partial) as e:
+                seconds[partial].append(time.perf_counter() - start)
+                scores = evaluation.counterfact_scores(model, case)
+                out[partial] = (e.info, {m: scores[m] for m in ("ES", "PS", "NS")})
+        cos = float(torch.nn.functional.cosine_similarity(out[True][0]["v_star"], out[False][0]["v_star"], dim=0))
+        cosines.append(cos)
+        steps.append(out[True][0]["steps"])
+        agree += out[True][1] == out[False][1]
+        print(f"  case {case.case_id:5d}: {seconds[True][-1]:6.2f} s vs {seconds[False][-1]:6.2f} s, "
+              f"{out[True][0]['steps']:2d}/{out[False][0]['steps']:2d} steps, cos(v*) {cos:.6f}, "
+              f"ES/PS/NS {out[True][1]} vs {out[False][1]}", flush=True)
+    fast, slow = statistics.median(seconds[True]), statistics.median(seconds[False])
+    print(f"ROME v*, {len(cases)} cases, layer {hp.layer}, {len(rome.templates_for(model, hp))} prompts:")
+    print(f"  partial forward  median {fast:6.2f} s per edit")
+    print(f"  whole forward    median {slow:6.2f} s per edit   ({slow / fast:.2f}x the partial)")
+    print(f"  Adam steps taken: median {statistics.median(steps)}, {min(steps)}..{max(steps)} of {hp.v_steps} "
+          f"({sum(s < hp.v_steps for s in steps)} of {len(steps)} stopped early)")
+    print(f"  cos(v*) min {min(cosines):.6f}; ES/PS/NS equal on {agree} of {len(cases)} cases")
+
+
+def bench_generation(model, prompts, tokens) -> None:
+    rome.generate(model, prompts[:2], 2)  # warm up
+    times, texts = {}, {}
+    for use_cache in (True, False):
+        start = time.perf_counter()
+        texts[use_cache] = rome.generate(model, prompts, tokens, use_cache=use_cache)
+        times[use_cache] = time.perf_counter() - start
+    same = sum(a == b for a, b in zip(texts[True], texts[False]))
+    print(f"generation, {len(prompts)} prompts x {tokens} greedy tokens:")
+    print(f"  key-value cache  {times[True]:6.2f} s")
+    print(f"  recompute loop   {times[False]:6.2f} s   ({times[False] / times[True]:.1f}x the cached)")
+    print(f"  identical texts: {same} of {len(prompts)}")
+    sampled = [rome.generate(model, prompts, tokens, top_k=5, seed=1, use_cache=c) for c in (True, True, False)]
+    print(f"  top-5 sampling, seed 1: repeatable {sampled[0] == sampled[1]}, "
+          f"equal to the recompute loop on {sum(a == b for a, b in zip(sampled[0], sampled[2]))} of {len(prompts)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--cases", type=int, default=8, help="CounterFact cases edited both ways")
+    parser.add_argument("--prompts", type=int, default=20, help="prompts continued both ways")
+    parser.add_argument("--tokens", type=int, default=24, help="new tokens per prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    model = load_model(args.model)
+    hp = rome.default_hparams(model)
+    C = rome.layer_stats(model, hp.layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False)
+    counterfact = rome.tuning_cases(data.counterfact())
+    cases = random.Random(args.seed).sample(counterfact, args.cases)
+    print(f"{view(model).label}; {cpu_name()}; torch threads {torch.get_num_threads()}")
+    if args.cases:
+        bench_edits(model, cases, hp, C)
+    if args.prompts:
+        prompts = [c.filled_prompt for c in random.Random(args.seed + 1).sample(counterfact, args.prompts)]
+        bench_generation(model, prompts, args.tokens)
+
+
+if __name__ == "__main__":
+    main()

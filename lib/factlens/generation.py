@@ -1,0 +1,123 @@
+"""Text generation from a bridged model, with a key-value cache.
+
+Generating ``n`` tokens by re-running the whole prefix for every new token costs ``n`` forward
+passes over ever longer inputs. A key-value cache keeps each layer's attention keys and values
+of the tokens already read, so each step runs the model on the one new token.
+
+Why the bridge's own cached generation repeats a token ("Seattle Seattle Seattle ..."): in
+transformers 5, a decoder layer hands its cache to the attention module as ``cache=``, while
+TransformerLens 4.3's attention bridges look for it under ``past_key_values`` (or
+``layer_past``) only (``AttentionBridge._update_kv_cache``). They find none, so at every decode
+step the new token attends to itself alone and the prompt is forgotten; and where a cache does
+reach them they call ``update(k, v, layer_idx)`` without a cache position, which a static or
+hybrid cache answers by writing every step into its first slot. :func:`generate` gives each
+attention bridge the model's own ``DynamicCache`` under ``past_key_values`` (a pre-hook on the
+bridge for the duration of the call): a dynamic cache appends, so no position is needed, and
+Hugging Face's forward reads the same cache to place the new token and build its masks
+(causal, sliding window, left padding). Prompts of different lengths are left-padded with an
+attention mask and explicit position ids, so every row is generated as if it were alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+
+from factlens.models import Model, view
+
+
+@contextlib.contextmanager
+def _cache_reaches_attention(model: Model, cache: Any) -> Iterator[None]:
+    """Within the block, every attention bridge reads and extends ``cache`` (see the module docstring)."""
+    def give(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "past_key_values": cache}
+
+    handles = [block.attn.register_forward_pre_hook(give, with_kwargs=True) for block in model.blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _next_token(top_k: int | None, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Greedy (``top_k`` None), or a sample from the softmax of the ``top_k`` largest logits."""
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float().cpu()
+        if top_k is None:
+            return logits.argmax(-1)
+        top = logits.topk(top_k, dim=-1)
+        return top.indices.gather(1, torch.multinomial(top.values.softmax(-1), 1, generator=generator))[:, 0]
+    return pick
+
+
+@torch.no_grad()
+def _generate_cached(model: Model, rows: list[list[int]], max_new_tokens: int,
+                     pick: Callable[[torch.Tensor], torch.Tensor]) -> list[list[int]]:
+    from transformers import DynamicCache
+
+    v = view(model)
+    hf = model.original_model
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), v.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):  # left-padded: every row's last token is the last column
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    ids, mask = ids.to(v.device), mask.to(v.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=hf.config)
+    new: list[torch.Tensor] = []
+    with _cache_reaches_attention(model, cache):
+        for _ in range(max_new_tokens):
+            logits = hf(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                        use_cache=True, logits_to_keep=1).logits[:, -1]
+            token = pick(logits)
+            new.append(token)
+            ids = token[:, None].to(v.device)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+    return torch.stack(new, 1).tolist() if new else [[] for _ in rows]
+
+
+@torch.no_grad()
+def _generate_recomputed(model: Model, rows: list[list[int]], max_new_tokens: int,
+                         pick: Callable[[torch.Tensor], torch.Tensor]) -> list[list[int]]:
+    v = view(model)
+    rows = [list(r) for r in rows]
+    start = [len(r) for r in rows]
+    for _ in range(max_new_tokens):
+        batch = v.batch(rows)
+        for r, t in zip(rows, pick(v.logits_at(batch.ids, batch.last)).tolist()):
+            r.append(t)
+    return [r[s:] for r, s in zip(rows, start)]
+
+
+def generate(model: Model, prompts: Iterable[str], max_new_tokens: int = 30, *, top_k: int | None = None,
+             seed: int = 0, use_cache: bool = True) -> list[str]:
+    """Continue each prompt by ``max_new_tokens`` tokens: greedy, or sampled from the top
+    ``top_k`` tokens with a generator seeded by ``seed`` (the same seed, the same texts).
+    Returns the continuations (prompt not included).
+
+    ``use_cache`` (default): one batched pass over the prompts, then one token per step through
+    a key-value cache; ``use_cache=False`` re-runs each whole prefix for every new token (the
+    straightforward loop; the tests and ``bench/bench_rome.py`` check that both give the same
+    text). Runs the model as it is now, so an applied edit shows; hooks are not needed.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive number of tokens (or None for greedy), got {top_k}")
+    v = view(model)
+    rows = [v.token_ids(p) for p in prompts]
+    if not rows:
+        return []
+    pick = _next_token(top_k, torch.Generator().manual_seed(seed))
+    run = _generate_cached if use_cache else _generate_recomputed
+    return [v.tokenizer.decode(t, skip_special_tokens=True) for t in run(model, rows, max_new_tokens, pick)]
+
+
+__all__ = ["generate"]
