@@ -120,12 +120,9 @@ def rome_step(model: Model, request: rome.EditRequest, hp: rome.ROMEHyperParams,
     first = v.subject_span(request.text, request.subject).start == len(v.bos)
     fc = forecast(W, C.to(W.device), k_star, k0, value.delta, subject=request.subject, subject_first=first,
                   key_mix=key_mix, flag_ratio=flag_ratio, damping=hp.damping)
-    with torch.no_grad():
-        if key_mix == "prefix":
-            W_hat = rome.rank_one_update(W, C.to(W.device), k_star, W @ k_star + value.delta, damping=hp.damping)
-        else:
-            u = rome.update_direction(C.to(W.device), k_star, hp.damping)
-            W_hat = (W.double() + torch.outer(value.delta.double(), u) / (u @ k0.double())).to(W.dtype)
+    key = k0 if key_mix == "original" else k_star
+    with torch.no_grad():  # eq. 2, mapping the key the denominator uses to W k + δ
+        W_hat = rome.rank_one_update(W, C.to(W.device), k_star, W @ key + value.delta, damping=hp.damping, key=key)
         v.set_mlp_out_weight(hp.layer, W_hat.T)
     return fc
 
