@@ -232,29 +232,30 @@ class LayerReading:
 @torch.no_grad()
 def read_layer(model: Model, requests: Sequence[rome.EditRequest], layer: int, hp: MEMITHyperParams,
                templates: Sequence[str]) -> LayerReading:
-    """The :class:`LayerReading` of layer ``layer``, in one forward pass over every (request, template) prompt.
+    """The :class:`LayerReading` of layer ``layer``: one forward pass over every (request, template)
+    prompt up to layer ``layer``, one over the prompts themselves up to ``L``.
 
     ``k_i^l`` is the MLP key at the subject's last token, averaged within each group of templates
     and then over the groups (the prompt alone, each prefix length), as MEMIT's ``compute_ks``
     does; ``v_i^l`` and ``h_i^L`` are read on the prompt itself (template ``"{}"``).
     """
     v = view(model)
-    top = hp.layers[-1]
-    prompts, last = [], []
-    for r in requests:
-        for t in templates:
-            text = t.replace("{}", r.prompt).replace("{}", r.subject)
-            prompts.append(text)
-            last.append(v.subject_span(text, r.subject).last)
-    batch = v.batch(prompts)
-    names = [v.key_hook(layer), v.value_hook(layer), v.resid_post_hook(top)]
-    got = v.capture(batch.ids, names)
-    rows = torch.arange(len(prompts), device=batch.ids.device)
-    at = torch.tensor(last, device=batch.ids.device)
-    keys, values, resid = (got[n][rows, at].float().view(len(requests), len(templates), -1) for n in names)
-    groups = keys.split(_template_groups(hp), dim=1)
+
+    def read(texts: list[str], subjects: list[str], names: list[str]) -> list[torch.Tensor]:
+        batch = v.batch(texts)
+        got = v.capture(batch.ids, names)
+        rows = torch.arange(len(texts), device=batch.ids.device)
+        at = torch.tensor([v.subject_span(t, s).last for t, s in zip(texts, subjects)], device=batch.ids.device)
+        return [got[n][rows, at].float() for n in names]
+
+    prompts = [p for r in requests for p in r.prefixed(templates)]
+    subjects = [r.subject for r in requests for _ in templates]
+    (keys,) = read(prompts, subjects, [v.key_hook(layer)])
+    groups = keys.view(len(requests), len(templates), -1).split(_template_groups(hp), dim=1)
     K = torch.stack([g.mean(1) for g in groups], 0).mean(0)
-    return LayerReading(K, values[:, 0], resid[:, 0])  # template 0 is the prompt itself ("{}")
+    values, resid = read([r.text for r in requests], [r.subject for r in requests],
+                         [v.value_hook(layer), v.resid_post_hook(hp.layers[-1])])
+    return LayerReading(K, values, resid)
 
 
 def value_changes(model: Model, layer: int, values: torch.Tensor, wanted: torch.Tensor,
