@@ -156,12 +156,12 @@ class MEMITHyperParams:
 
 # GPT-J and GPT-2 XL: MEMIT's code, but δ clamped to ROME's 4·‖v‖ (our δ is ROME's, at the MLP output;
 # MEMIT's 0.75·‖h^L‖ bounds the residual, whose norm is several times the MLP output's).
-# The default model (Gemma 3 270M, 18 layers): four layers ending at ROME's layer 6, as GPT-2 XL's 13-17 end at ROME's 17 (and span about a fifth of the depth, as
-# GPT-J's 3-8 of 28 do); δ's optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes,
-# see factlens.rome), C from 20,000 keys as ROME's. λ = 2,000: a typical key's kᵀ(λC)⁻¹k is about
-# d_mlp / λ, so GPT-J's 15,000 for 16,384 keys is about 2,000 for this MLP's 2,048; on the tuning
-# split (8 cases in one batch) λ = 1,000 and 2,000 write every fact (ES 100%), 15,000 none (ES 25%,
-# as unedited).
+# The default model (Gemma 3 270M, 18 layers): four layers ending at ROME's layer 6, as GPT-2 XL's
+# 13-17 end at ROME's 17 (and span about a fifth of the depth, as GPT-J's 3-8 of 28 do); δ's
+# optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes, see factlens.rome), C from
+# 20,000 keys as ROME's. λ = 2,000: a typical key's kᵀ(λC)⁻¹k is about d_mlp / λ, so GPT-J's
+# 15,000 for 16,384 keys is about 2,000 for this MLP's 2,048; on the tuning split (8 cases in one
+# batch) λ = 1,000 and 2,000 write every fact (ES 100%), 15,000 none (ES 25%, as unedited).
 _DEFAULTS: dict[str, MEMITHyperParams] = {
     "EleutherAI/gpt-j-6B": MEMITHyperParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15_000.0,
                                             clamp_norm_factor=4.0),
