@@ -267,6 +267,9 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
     layers = ahp.layers if batched else (rhp.layer,)
     record = memit.BatchEdit(model, layers, method)
     C = rome.layer_stats(model, rhp.layer, corpus=rhp.mom2_corpus, samples=rhp.mom2_samples, progress=False)
+    m = ahp.memit
+    stats = {l: rome.layer_stats(model, l, corpus=m.mom2_corpus, samples=m.mom2_samples, progress=False)
+             for l in m.layers} if method == "MEMIT" else None
     state = alphaedit.AlphaEditState.create(model, ahp) if method == "AlphaEdit" else None
     key_mix = "original" if method == "ROME (original key mix)" else "prefix"
 
@@ -289,7 +292,7 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
             else:
                 z = zs[first:first + size] if zs is not None else None
                 if method == "MEMIT":
-                    memit.apply(model, chunk, hparams=ahp.memit, zs=z)
+                    memit.apply(model, chunk, hparams=m, zs=z, stats=stats)
                 else:
                     alphaedit.apply(model, chunk, hparams=ahp, state=state, zs=z)
             edit_seconds.append(time.perf_counter() - tic)
