@@ -106,15 +106,21 @@ class AlphaEditState:
     @classmethod
     def create(cls, model: Model, hp: AlphaEditHyperParams | None = None,
                stats: dict[int, torch.Tensor] | None = None) -> AlphaEditState:
-        """Projectors from each layer's ``C`` (``stats``, default :func:`factlens.rome.layer_stats`);
-        no previous edits."""
+        """Projectors from each layer's ``C`` (``stats``, default :func:`factlens.rome.layer_stats`, whose
+        projectors are kept in the model's ``View.memo``); no previous edits."""
         hp = hp or default_hparams(model)
         m = hp.memit
+        memo = view(model).memo
         projectors = {}
         for layer in hp.layers:
-            C = stats[layer] if stats is not None and layer in stats else rome.layer_stats(
-                model, layer, corpus=m.mom2_corpus, samples=m.mom2_samples, progress=False)
-            projectors[layer] = null_space_projector(C, hp.nullspace_threshold)
+            if stats is not None and layer in stats:
+                projectors[layer] = null_space_projector(stats[layer], hp.nullspace_threshold)
+                continue
+            key = ("alphaedit.projector", layer, m.mom2_corpus, m.mom2_samples, hp.nullspace_threshold)
+            if key not in memo:  # one eigendecomposition per layer and model
+                C = rome.layer_stats(model, layer, corpus=m.mom2_corpus, samples=m.mom2_samples, progress=False)
+                memo[key] = null_space_projector(C, hp.nullspace_threshold)
+            projectors[layer] = memo[key]
         d = view(model).d_mlp
         return cls(projectors, {layer: torch.zeros(d, d, dtype=torch.float64) for layer in hp.layers})
 

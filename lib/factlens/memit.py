@@ -154,16 +154,19 @@ class MEMITHyperParams:
             mom2_corpus=self.mom2_corpus, essence_prompt=self.essence_prompt, seed=self.seed)
 
 
-# GPT-J and GPT-2 XL: MEMIT's code. The default model (Gemma 3 270M, 18 layers): four layers ending
-# at ROME's layer 6, as GPT-2 XL's 13-17 end at ROME's 17 (and span about a fifth of the depth, as
-# GPT-J's 3-8 of 28 do); δ's optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes,
-# see factlens.rome), C from 20,000 keys as ROME's. λ = 2,000: a typical key's kᵀ(λC)⁻¹k is about
-# d_mlp / λ, so GPT-J's 15,000 for 16,384 keys is about 2,000 for this MLP's 2,048; on the tuning
-# split (8 cases in one batch) λ = 1,000 and 2,000 write every fact (ES 100%), 15,000 none (ES 25%,
-# as unedited).
+# GPT-J and GPT-2 XL: MEMIT's code, but δ clamped to ROME's 4·‖v‖ (our δ is ROME's, at the MLP output;
+# MEMIT's 0.75·‖h^L‖ bounds the residual, whose norm is several times the MLP output's).
+# The default model (Gemma 3 270M, 18 layers): four layers ending at ROME's layer 6, as GPT-2 XL's
+# 13-17 end at ROME's 17 (and span about a fifth of the depth, as GPT-J's 3-8 of 28 do); δ's
+# optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes, see factlens.rome), C from
+# 20,000 keys as ROME's. λ = 2,000: a typical key's kᵀ(λC)⁻¹k is about d_mlp / λ, so GPT-J's
+# 15,000 for 16,384 keys is about 2,000 for this MLP's 2,048; on the tuning split (8 cases in one
+# batch) λ = 1,000 and 2,000 write every fact (ES 100%), 15,000 none (ES 25%, as unedited).
 _DEFAULTS: dict[str, MEMITHyperParams] = {
-    "EleutherAI/gpt-j-6B": MEMITHyperParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15_000.0),
-    "gpt2-xl": MEMITHyperParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20_000.0, v_steps=20),
+    "EleutherAI/gpt-j-6B": MEMITHyperParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15_000.0,
+                                            clamp_norm_factor=4.0),
+    "gpt2-xl": MEMITHyperParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20_000.0, v_steps=20,
+                                clamp_norm_factor=4.0),
     "gemma-3-270m": MEMITHyperParams(layers=(3, 4, 5, 6), mom2_update_weight=2_000.0,
                                      context_templates=((5, 3), (10, 3)), v_steps=20, clamp_norm_factor=1.0,
                                      mom2_samples=20_000),
@@ -232,29 +235,30 @@ class LayerReading:
 @torch.no_grad()
 def read_layer(model: Model, requests: Sequence[rome.EditRequest], layer: int, hp: MEMITHyperParams,
                templates: Sequence[str]) -> LayerReading:
-    """The :class:`LayerReading` of layer ``layer``, in one forward pass over every (request, template) prompt.
+    """The :class:`LayerReading` of layer ``layer``: one forward pass over every (request, template)
+    prompt up to layer ``layer``, one over the prompts themselves up to ``L``.
 
     ``k_i^l`` is the MLP key at the subject's last token, averaged within each group of templates
     and then over the groups (the prompt alone, each prefix length), as MEMIT's ``compute_ks``
     does; ``v_i^l`` and ``h_i^L`` are read on the prompt itself (template ``"{}"``).
     """
     v = view(model)
-    top = hp.layers[-1]
-    prompts, last = [], []
-    for r in requests:
-        for t in templates:
-            text = t.replace("{}", r.prompt).replace("{}", r.subject)
-            prompts.append(text)
-            last.append(v.subject_span(text, r.subject).last)
-    batch = v.batch(prompts)
-    names = [v.key_hook(layer), v.value_hook(layer), v.resid_post_hook(top)]
-    got = v.capture(batch.ids, names)
-    rows = torch.arange(len(prompts), device=batch.ids.device)
-    at = torch.tensor(last, device=batch.ids.device)
-    keys, values, resid = (got[n][rows, at].float().view(len(requests), len(templates), -1) for n in names)
-    groups = keys.split(_template_groups(hp), dim=1)
+
+    def read(texts: list[str], subjects: list[str], names: list[str]) -> list[torch.Tensor]:
+        batch = v.batch(texts)
+        got = v.capture(batch.ids, names)
+        rows = torch.arange(len(texts), device=batch.ids.device)
+        at = torch.tensor([v.subject_span(t, s).last for t, s in zip(texts, subjects)], device=batch.ids.device)
+        return [got[n][rows, at].float() for n in names]
+
+    prompts = [p for r in requests for p in r.prefixed(templates)]
+    subjects = [r.subject for r in requests for _ in templates]
+    (keys,) = read(prompts, subjects, [v.key_hook(layer)])
+    groups = keys.view(len(requests), len(templates), -1).split(_template_groups(hp), dim=1)
     K = torch.stack([g.mean(1) for g in groups], 0).mean(0)
-    return LayerReading(K, values[:, 0], resid[:, 0])  # template 0 is the prompt itself ("{}")
+    values, resid = read([r.text for r in requests], [r.subject for r in requests],
+                         [v.value_hook(layer), v.resid_post_hook(hp.layers[-1])])
+    return LayerReading(K, values, resid)
 
 
 def value_changes(model: Model, layer: int, values: torch.Tensor, wanted: torch.Tensor,

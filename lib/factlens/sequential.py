@@ -120,12 +120,9 @@ def rome_step(model: Model, request: rome.EditRequest, hp: rome.ROMEHyperParams,
     first = v.subject_span(request.text, request.subject).start == len(v.bos)
     fc = forecast(W, C.to(W.device), k_star, k0, value.delta, subject=request.subject, subject_first=first,
                   key_mix=key_mix, flag_ratio=flag_ratio, damping=hp.damping)
-    with torch.no_grad():
-        if key_mix == "prefix":
-            W_hat = rome.rank_one_update(W, C.to(W.device), k_star, W @ k_star + value.delta, damping=hp.damping)
-        else:
-            u = rome.update_direction(C.to(W.device), k_star, hp.damping)
-            W_hat = (W.double() + torch.outer(value.delta.double(), u) / (u @ k0.double())).to(W.dtype)
+    key = k0 if key_mix == "original" else k_star
+    with torch.no_grad():  # eq. 2, mapping the key the denominator uses to W k + δ
+        W_hat = rome.rank_one_update(W, C.to(W.device), k_star, W @ key + value.delta, damping=hp.damping, key=key)
         v.set_mlp_out_weight(hp.layer, W_hat.T)
     return fc
 
@@ -270,6 +267,9 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
     layers = ahp.layers if batched else (rhp.layer,)
     record = memit.BatchEdit(model, layers, method)
     C = rome.layer_stats(model, rhp.layer, corpus=rhp.mom2_corpus, samples=rhp.mom2_samples, progress=False)
+    m = ahp.memit
+    stats = {l: rome.layer_stats(model, l, corpus=m.mom2_corpus, samples=m.mom2_samples, progress=False)
+             for l in m.layers} if method == "MEMIT" else None
     state = alphaedit.AlphaEditState.create(model, ahp) if method == "AlphaEdit" else None
     key_mix = "original" if method == "ROME (original key mix)" else "prefix"
 
@@ -292,7 +292,7 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
             else:
                 z = zs[first:first + size] if zs is not None else None
                 if method == "MEMIT":
-                    memit.apply(model, chunk, hparams=ahp.memit, zs=z)
+                    memit.apply(model, chunk, hparams=m, zs=z, stats=stats)
                 else:
                     alphaedit.apply(model, chunk, hparams=ahp, state=state, zs=z)
             edit_seconds.append(time.perf_counter() - tic)
@@ -321,11 +321,14 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
 
 
 def collapse_point(run: SequenceRun, metric: str = "lama_p_at_1", drop: float = 0.5) -> int | None:
-    """The first checkpoint (number of edits) where ``metric`` fell below ``drop`` times its value
-    before any edit: where the model collapses by that measure (None if it never does)."""
-    rows = run.curve[run.curve["metric"] == metric].sort_values("n_edits")
-    if rows.empty:
+    """The first checkpoint (number of edits) where ``metric`` fell below ``drop`` times its first
+    measured value (before any edit; retention: after the second batch of edits): where the model
+    collapses by that measure (None if it never does)."""
+    if metric not in set(run.curve["metric"]):
         raise KeyError(f"no metric {metric!r} in this run")
+    rows = run.curve[(run.curve["metric"] == metric) & run.curve["value"].notna()].sort_values("n_edits")
+    if rows.empty:
+        return None
     base = float(rows.iloc[0]["value"])
     below = rows[rows["value"] < drop * base]
     return int(below.iloc[0]["n_edits"]) if len(below) else None
