@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from factlens.average_effects import average_indirect_effects, fact_effects, peak_depth, peak_effect, trace_facts
+from factlens.average_effects import average_indirect_effects, fact_effects, peak_depth, peak_effect
 from factlens.models import SubjectNotFoundError, TokenSpan, load_model, view
 from factlens.tracing import (
     TOKEN_GROUPS,
@@ -18,6 +19,7 @@ from factlens.tracing import (
     embedding_std,
     token_groups,
     trace,
+    trace_facts,
     trace_straightforward,
     window_layers,
 )
@@ -86,13 +88,26 @@ def test_traced_positions_only(tiny):
 def test_trace_facts_maps_the_first_facts_and_reads_the_rest_at_their_tokens(tiny):
     facts = [SimpleNamespace(subject=SUBJECT, prompt=PROMPT),
              SimpleNamespace(subject="Dante", prompt="Dante was born in Florence")] * 2
-    traces = trace_facts(tiny, facts, "hidden", full_maps=1, positions=["last token"], samples=1, std=1.0,
-                         progress=False)
+    # rows_per_pass=30: the facts' restorations share some passes over the unembedding, not all
+    traces = trace_facts(tiny, facts, "hidden", full_maps=1, positions=["last token"], samples=2, std=1.0,
+                         rows_per_pass=30, progress=False)
     assert not torch.isnan(traces[0].scores).any()
     for t in traces[1:]:
         assert (~torch.isnan(t.scores[:, 0])).nonzero().flatten().tolist() == [t.scores.shape[0] - 1]
-    alone = trace(tiny, facts[2].prompt, facts[2].subject, samples=1, std=1.0, seed=2)  # fact k: seed + k
-    torch.testing.assert_close(traces[2].scores[-1], alone.scores[-1])
+    for k in (0, 3):  # fact k: seed + k
+        alone = trace(tiny, facts[k].prompt, facts[k].subject, samples=2, std=1.0, seed=k,
+                      positions=None if k == 0 else ["last token"])
+        torch.testing.assert_close(traces[k].scores, alone.scores, equal_nan=True, rtol=1e-5, atol=1e-8)
+        assert traces[k].answer_id == alone.answer_id
+        assert traces[k].corrupted_prob == pytest.approx(alone.corrupted_prob, rel=1e-5)
+
+
+def test_trace_and_trace_facts_share_their_options():
+    shared = {k: p.default for k, p in inspect.signature(trace).parameters.items() if k not in ("delta",)}
+    many = inspect.signature(trace_facts).parameters
+    assert {k: many[k].default for k in shared if k in many and many[k].default is not inspect.Parameter.empty} == \
+        {k: d for k, d in shared.items() if k in many and d is not inspect.Parameter.empty}
+    assert set(shared) - set(many) == {"prompt", "subject"}
 
 
 def test_the_window_scales_with_depth():
@@ -264,3 +279,16 @@ def test_gemma_recalls_the_space_needle_through_the_last_subject_token():
     assert torch.isnan(t.scores[1]).all()  # a token not asked for
     # the late site: the last token's state at the top carries the answer
     assert float(ie[-1, -1]) == pytest.approx(t.total_effect, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_fast_trace_equals_the_straightforward_loop_on_the_default_model():
+    model = load_model()
+    prompt, subject = "Dante was born in", "Dante"
+    delta = corruption(model, prompt, subject, samples=2, seed=3)
+    for kind in ("hidden", "attn"):
+        fast = trace(model, prompt, subject, kind, delta=delta)
+        slow = trace_straightforward(model, prompt, subject, kind, delta=delta)
+        assert fast.answer_id == slow.answer_id
+        torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-4, atol=2e-6)
+        assert slow.indirect_effect.abs().max() > 0.01

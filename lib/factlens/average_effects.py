@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from factlens.cache import cached_tensors
 from factlens.models import Model, view
-from factlens.tracing import TOKEN_GROUPS, Kind, Trace, token_groups, trace
+from factlens.tracing import TOKEN_GROUPS, Trace, token_groups
 
 
 def known_facts_answered(model: Model, facts: Sequence[Any], batch_size: int = 32,
@@ -50,20 +50,6 @@ def known_facts_answered(model: Model, facts: Sequence[Any], batch_size: int = 3
 
     answered = cached_tensors("tracing-known-facts", key, build)["answered"].tolist() if facts else []
     return [f for f, ok in zip(facts, answered) if ok]
-
-
-def trace_facts(model: Model, facts: Sequence[Any], kind: Kind = "hidden", *, full_maps: int | None = None,
-                positions: Sequence[int | str] | None = None, progress: bool = True, seed: int = 0,
-                **options: Any) -> list[Trace]:
-    """:func:`trace` every fact (``fact.prompt``, ``fact.subject``); fact ``k`` uses seed ``seed + k``.
-
-    ``positions`` as in :func:`trace`; with ``full_maps = n``, the first ``n`` facts are traced
-    at every token (for the maps of the paper's Figure 2) and the others at ``positions`` only
-    (the rows that the claims read, at a fraction of the cost)."""
-    label = kind if options.get("sever") is None else f"{kind}, {options['sever']} severed"
-    return [trace(model, f.prompt, f.subject, kind, seed=seed + k, **options,
-                  positions=None if full_maps is not None and k < full_maps else positions)
-            for k, f in enumerate(tqdm(facts, desc=f"tracing ({label})", disable=not progress))]
 
 
 @dataclass

@@ -382,12 +382,66 @@ class _CorruptedRuns:
         return now
 
 
-def _answer_probs(v: View, finals: torch.Tensor, target: str | None) -> tuple[int, torch.Tensor]:
-    """The answer ``o`` (the top token of row 0, the clean run, or the first token of ``target``) and
-    ``softmax(unembed(h))[o]`` for every final-normed row ``h``, in one pass over the unembedding."""
-    log_z, top = v.log_normalizer(finals)
-    answer_id = int(top[0]) if target is None else v.target_ids(target)[0]
-    return answer_id, v.token_log_probs(finals, [answer_id], log_z=log_z)[:, 0].exp().float().cpu()
+@dataclass
+class _Restored:
+    """One prompt's clean, corrupted and restored runs, read at the last position (``finals``:
+    [1 + S + restorations, d_model], final-normed), before the unembedding that scores them."""
+
+    prompt: str
+    subject: str
+    kind: str
+    span: TokenSpan
+    samples: int
+    n_tokens: int
+    traced: list[int]
+    cells: list[tuple[int, list[int]]]  # the (token, layers) each block of restorations scores
+    finals: torch.Tensor
+    target: str | None
+    settings: dict[str, Any]
+
+
+def _restore(v: View, prompt: str, subject: str, kind: str, delta: torch.Tensor, *, window: int, sever: str | None,
+             target: str | None, positions: Sequence[int | str] | None, batch_size: int,
+             settings: dict[str, Any]) -> _Restored:
+    """Record the clean and corrupted runs of ``prompt`` and run every restoration above it."""
+    span = v.subject_span(prompt, subject)
+    runs = _CorruptedRuns(v, prompt, span, delta, kind, sever)
+    S, T, L = runs.samples, runs.n_tokens, v.n_layers
+    finals, cells = [runs.clean_final, runs.corrupt_final], []
+    traced = _traced_tokens(positions, span, T)
+    with v.model.hooks(fwd_hooks=runs.hooks()):
+        for token in traced:
+            live = [l for l in range(L) if restoration_can_matter(kind, token, l, span, T, L)]
+            per_batch = max(1, batch_size // S)
+            for chunk in (live[k:k + per_batch] for k in range(0, len(live), per_batch)):
+                finals.append(runs.restored(token, chunk, window))
+                cells.append((token, chunk))
+    return _Restored(prompt, subject, kind, span, S, T, traced, cells, torch.cat(finals), target, settings)
+
+
+def _scored(v: View, restored: Sequence[_Restored]) -> list[Trace]:
+    """The traces of ``restored``, with one pass over the unembedding (the largest matrix of a small
+    model) for all of their rows: the answer ``o`` is the clean run's top token (or the first
+    token of the target) and each row scores ``softmax(unembed(h))[o]``."""
+    if not restored:
+        return []
+    log_z, top = v.log_normalizer(torch.cat([r.finals for r in restored]))
+    traces, at = [], 0
+    for r in restored:
+        S, rows = r.samples, slice(at, at + len(r.finals))
+        answer_id = int(top[at]) if r.target is None else v.target_ids(r.target)[0]
+        probs = v.token_log_probs(r.finals, [answer_id], log_z=log_z[rows])[:, 0].exp().float().cpu()
+        clean_prob, corrupted_prob = float(probs[0]), float(probs[1:S + 1].mean())
+        scores = torch.full((r.n_tokens, v.n_layers), float("nan"))
+        scores[r.traced] = corrupted_prob  # what cannot change (restoration_can_matter) scores P*[o]
+        for (token, layers), p in zip(r.cells, probs[S + 1:].split([len(c) * S for _, c in r.cells])):
+            scores[token, layers] = p.reshape(len(layers), S).mean(1)
+        traces.append(Trace(prompt=r.prompt, subject=r.subject, kind=r.kind, tokens=v.str_tokens(r.prompt),
+                            subject_span=r.span, answer=v.tokenizer.decode([answer_id]), answer_id=answer_id,
+                            clean_prob=clean_prob, corrupted_prob=corrupted_prob, scores=scores,
+                            settings=r.settings))
+        at += len(r.finals)
+    return traces
 
 
 @torch.no_grad()
@@ -420,42 +474,65 @@ def trace(
     ``l`` at token ``i`` at their corrupted values (the paper's Figure 7). The answer ``o`` is
     the clean run's top token, or the first token of ``target``. The noise is ``noise`` ×
     :func:`embedding_std` (``std`` overrides the measured value; ``delta`` gives the
-    corruption itself, as :func:`corruption` returns it). ``positions``: the tokens to trace, as positions or names
-    of :data:`TOKEN_GROUPS` (default all); the others are NaN. ``batch_size``: the most rows
-    re-run together.
+    corruption itself, as :func:`corruption` returns it). ``positions``: the tokens to trace,
+    as positions or names of :data:`TOKEN_GROUPS` (default all); the others are NaN.
+    ``batch_size``: the most rows re-run together.
     """
     v = view(model)
     window = default_window(v.n_layers) if window is None else window
     _check(kind, sever, window)
-    span = v.subject_span(prompt, subject)
     if delta is None:
         delta = corruption(model, prompt, subject, samples=samples, noise=noise, noise_kind=noise_kind,
                            seed=seed, std=std, swap_subjects=swap_subjects)
-    runs = _CorruptedRuns(v, prompt, span, delta, kind, sever)
-    S, T, L = runs.samples, runs.n_tokens, v.n_layers
-    finals, cells = [], []  # the restorations' final states, and the (token, layers) they score
-    traced = _traced_tokens(positions, span, T)
-    with model.hooks(fwd_hooks=runs.hooks()):
-        for token in traced:
-            live = [l for l in range(L) if restoration_can_matter(kind, token, l, span, T, L)]
-            per_batch = max(1, batch_size // S)
-            for chunk in (live[k:k + per_batch] for k in range(0, len(live), per_batch)):
-                finals.append(runs.restored(token, chunk, window))
-                cells.append((token, chunk))
-    # one pass over the unembedding (the largest matrix of a small model): the clean and the
-    # corrupted runs' last positions, then every restoration's
-    answer_id, probs = _answer_probs(v, torch.cat([runs.clean_final, runs.corrupt_final, *finals]), target)
-    clean_prob, corrupted_prob = float(probs[0]), float(probs[1:S + 1].mean())
-    scores = torch.full((T, L), float("nan"))
-    scores[traced] = corrupted_prob  # what cannot change (restoration_can_matter) scores P*[o]
-    for (token, layers), p in zip(cells, probs[S + 1:].split([len(c) * S for _, c in cells])):
-        scores[token, layers] = p.reshape(len(layers), S).mean(1)
+    settings = dict(samples=delta.shape[0], noise=noise, noise_kind=noise_kind, window=window, sever=sever, seed=seed)
+    return _scored(v, [_restore(v, prompt, subject, kind, delta, window=window, sever=sever, target=target,
+                                positions=positions, batch_size=batch_size, settings=settings)])[0]
 
-    return Trace(prompt=prompt, subject=subject, kind=kind, tokens=v.str_tokens(prompt), subject_span=span,
-                 answer=v.tokenizer.decode([answer_id]), answer_id=answer_id, clean_prob=clean_prob,
-                 corrupted_prob=corrupted_prob, scores=scores,
-                 settings=dict(samples=S, noise=noise, noise_kind=noise_kind, window=window, sever=sever,
-                               seed=seed))
+
+@torch.no_grad()
+def trace_facts(
+    model: Model,
+    facts: Sequence[Any],
+    kind: Kind = "hidden",
+    *,
+    samples: int = 10,
+    noise: float = 3.0,
+    window: int | None = None,
+    noise_kind: str = "gaussian",
+    swap_subjects: Sequence[str] = (),
+    sever: str | None = None,
+    target: str | None = None,
+    positions: Sequence[int | str] | None = None,
+    full_maps: int | None = None,
+    seed: int = 0,
+    std: float | None = None,
+    batch_size: int = 256,
+    rows_per_pass: int = 2048,
+    progress: bool = True,
+) -> list[Trace]:
+    """:func:`trace` every fact (``fact.prompt``, ``fact.subject``); fact ``k`` uses seed ``seed + k``.
+
+    The same options as :func:`trace`; with ``full_maps = n``, the first ``n`` facts are traced
+    at every token (for the maps of the paper's Figure 2) and the others at ``positions`` only
+    (the rows that the claims read, at a fraction of the cost). The facts share the passes over
+    the unembedding, ``rows_per_pass`` restorations at a time: a pass costs about as much for
+    a few rows as for a hundred, the matrix being read from memory either way."""
+    v = view(model)
+    window = default_window(v.n_layers) if window is None else window
+    _check(kind, sever, window)
+    label = kind if sever is None else f"{kind}, {sever} severed"
+    traces, waiting = [], []
+    for k, f in enumerate(tqdm(facts, desc=f"tracing ({label})", disable=not progress)):
+        delta = corruption(model, f.prompt, f.subject, samples=samples, noise=noise, noise_kind=noise_kind,
+                           seed=seed + k, std=std, swap_subjects=swap_subjects)
+        settings = dict(samples=samples, noise=noise, noise_kind=noise_kind, window=window, sever=sever, seed=seed + k)
+        waiting.append(_restore(v, f.prompt, f.subject, kind, delta, window=window, sever=sever, target=target,
+                                positions=None if full_maps is not None and k < full_maps else positions,
+                                batch_size=batch_size, settings=settings))
+        if sum(len(r.finals) for r in waiting) >= rows_per_pass:
+            traces += _scored(v, waiting)
+            waiting = []
+    return traces + _scored(v, waiting)
 
 
 # --------------------------------------------------------------------------- the paper's loop
