@@ -259,7 +259,8 @@ def test_importing_factlens_makes_idle_openmp_threads_sleep():
 
     code = "import os, factlens; print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip()
+    assert default == "PASSIVE"
     kept = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                           capture_output=True, text=True).stdout.strip()
     assert kept == "ACTIVE"  # the user's choice wins

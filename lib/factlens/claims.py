@@ -139,7 +139,8 @@ _register("rome.counterfact.ROME", MENG, "Table 4", "GPT-2 XL", {
     "S": 89.2, "ES": 100.0, "PS": 96.4, "NS": 75.4, "EM": 97.9, "PM": 62.7, "NM": 4.2, "GE": 621.9, "RS": 41.9})
 # Meng et al. 2022, Table 3: zsRE, GPT-2 XL, token accuracy in percent (ROME's protocol: edit toward the
 # true answer, answers[0]).
-_register("rome.zsre.unedited", MENG, "Table 3", "GPT-2 XL", {"efficacy": 22.2, "paraphrase": 21.3, "specificity": 24.2})
+_register("rome.zsre.unedited", MENG, "Table 3", "GPT-2 XL",
+          {"efficacy": 22.2, "paraphrase": 21.3, "specificity": 24.2})
 _register("rome.zsre.FT", MENG, "Table 3", "GPT-2 XL", {"efficacy": 99.6, "paraphrase": 82.1, "specificity": 23.2})
 _register("rome.zsre.FT+L", MENG, "Table 3", "GPT-2 XL", {"efficacy": 92.3, "paraphrase": 47.2, "specificity": 23.4})
 _register("rome.zsre.ROME", MENG, "Table 3", "GPT-2 XL", {"efficacy": 99.8, "paraphrase": 88.1, "specificity": 24.2})

@@ -6,7 +6,7 @@ model, and returns the matplotlib ``Figure`` so a notebook shows it and a test c
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt  # noqa: F401  (used by every section)
+import matplotlib.pyplot as plt
 
 # --- LAMA (chapter 1) ---------------------------------------------------------------------
 
