@@ -23,12 +23,12 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from factlens.cache import replacing
 from factlens.claims import Claim, PaperNumber
 
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython"}
@@ -141,19 +141,14 @@ def _version() -> str:
 
 
 def write_json_atomically(path: Path, record: Any) -> Path:
-    """Write ``record`` as JSON to ``path`` through a temporary file renamed into place."""
+    """Write ``record`` as JSON to ``path`` through a temporary file renamed into place
+    (:func:`factlens.cache.replacing`), so a reader never meets a half-written file."""
     text = json.dumps(record, indent=2, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+    with replacing(path) as tmp:
+        with tmp.open("w") as f:
             f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
