@@ -153,7 +153,9 @@ def test_normed_value_projection_by_hand(tiny):
         if hasattr(block, "ln2_post"):  # Gemma: RMSNorm with weight (1 + w), then the final RMSNorm, then W_U
             hf_post = block.ln2_post.original_component
             hf_final = tiny.ln_final.original_component
-            rms = lambda x, w, eps: x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1 + w)  # noqa: E731
+            def rms(x, w, eps):
+                return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1 + w)
+
             x = rms(values, hf_post.weight, hf_post.eps)
             x = rms(x, hf_final.weight, hf_final.eps)
         else:  # GPT-2: no post norm; the final LayerNorm

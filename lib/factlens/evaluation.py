@@ -33,6 +33,7 @@ the paper's number (``factlens.results.Run.claim``).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -218,7 +219,7 @@ def zsre_edit(record: ZsreCase | Mapping[str, Any], case_id: int = -1) -> ZsreEd
         answers, cid = record["answers"], record.get("case_id", case_id)
         answer = answers if isinstance(answers, str) else answers[0]
     else:
-        get = lambda key: getattr(record, key)  # noqa: E731
+        get = functools.partial(getattr, record)
         answer, cid = record.answer, record.case_id
     subject, question = get("subject"), get("src")
     if subject not in question:
