@@ -59,6 +59,16 @@ def test_ordering_verdicts_on_hand_made_intervals(interval, expected):
     assert verdict("ordering", 5.0, *interval, tolerance=0.5) == expected
 
 
+def test_too_few_cases_are_inconclusive_whatever_the_interval():
+    # one case: the bootstrap interval is a point, which must not decide a verdict
+    assert verdict("value", 32.3, 32.0, 32.0, tolerance=3.23, n=1) == "inconclusive"
+    assert verdict("ordering", 5.0, -2.0, -2.0, tolerance=0.5, n=claims.MIN_N - 1) == "inconclusive"
+    assert verdict("ordering", 5.0, -2.0, -2.0, tolerance=0.5, n=claims.MIN_N) == "not reproduced"
+    c = Claim("rome", "es", "ROME's efficacy", "Gemma", "rome.counterfact.ROME.ES", 100.0, (100.0, 100.0), 2,
+              tolerance=10)
+    assert c.verdict == "inconclusive"
+
+
 def test_claim_sentence_and_record_round_trip():
     c = Claim("rome", "es", "ROME's efficacy", "Gemma", "rome.counterfact.ROME.ES", 87.5, (75.0, 95.0), 50,
               tolerance=10, reference=37.5)

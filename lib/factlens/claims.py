@@ -246,6 +246,8 @@ VERDICTS: tuple[str, ...] = ("reproduced", "partly", "not reproduced", "inconclu
 
 VERDICT_RULE = """\
 A claim compares our number, with its 95% interval [lo, hi] over n facts or cases, with the paper's.
+Any claim on fewer than 5 facts or cases (MIN_N) is inconclusive, whatever its interval: a
+bootstrap over so few undercovers (over one case it is a point).
 
 A value claim (ours should equal the paper's), with tolerance τ (the smallest difference that matters):
   inconclusive    the interval is wider than 4τ: too wide to tell;
@@ -261,13 +263,21 @@ An ordering claim (ours is a difference A − B; the paper found A − B with it
 """
 
 
+MIN_N = 5  # fewer facts or cases than this: inconclusive (VERDICT_RULE)
+
+
 def verdict(kind: str, paper_value: float, low: float, high: float, *, tolerance: float,
-            reference: float | None = None) -> Verdict:
-    """The verdict of :data:`VERDICT_RULE` for an interval ``[low, high]`` against the paper's value."""
+            reference: float | None = None, n: int = MIN_N) -> Verdict:
+    """The verdict of :data:`VERDICT_RULE` for an interval ``[low, high]`` over ``n`` facts or
+    cases against the paper's value."""
     if not low <= high:
         raise ValueError(f"an interval needs low <= high, got [{low}, {high}]")
     if tolerance <= 0:
         raise ValueError(f"the tolerance must be positive, got {tolerance}")
+    if kind not in ("value", "ordering"):
+        raise ValueError(f"kind must be 'value' or 'ordering', got {kind!r}")
+    if n < MIN_N:
+        return "inconclusive"
     if kind == "value":
         if high - low > 4 * tolerance:
             return "inconclusive"
@@ -278,7 +288,7 @@ def verdict(kind: str, paper_value: float, low: float, high: float, *, tolerance
             if same_side:
                 return "partly"
         return "not reproduced"
-    if kind == "ordering":
+    else:  # ordering
         if paper_value == 0:
             raise ValueError("an ordering claim needs the paper's difference to have a sign")
         if (low > 0 and paper_value > 0) or (high < 0 and paper_value < 0):
@@ -288,7 +298,6 @@ def verdict(kind: str, paper_value: float, low: float, high: float, *, tolerance
         if -tolerance < low and high < tolerance:
             return "not reproduced"
         return "inconclusive"
-    raise ValueError(f"kind must be 'value' or 'ordering', got {kind!r}")
 
 
 def _fmt(x: float) -> str:
@@ -333,7 +342,7 @@ class Claim:
         if self.tolerance is None:
             self.tolerance = max(abs(self.paper.value) * 0.1, 1e-6)
         self.verdict = verdict(self.kind, self.paper.value, low, high, tolerance=self.tolerance,
-                               reference=self.reference)
+                               reference=self.reference, n=self.n)
 
     def sentence(self) -> str:
         """The claim in one sentence, with both numbers and the verdict (the prose uses this)."""
@@ -377,5 +386,5 @@ def claims_frame(claims: Sequence[Claim]):
     return pd.DataFrame(rows)
 
 
-__all__ = ["PAPER", "VERDICTS", "VERDICT_RULE", "Claim", "PaperNumber", "bootstrap",
+__all__ = ["MIN_N", "PAPER", "VERDICTS", "VERDICT_RULE", "Claim", "PaperNumber", "bootstrap",
            "bootstrap_difference", "claims_frame", "paper", "paper_table", "verdict", "wilson"]
