@@ -59,6 +59,16 @@ def test_ordering_verdicts_on_hand_made_intervals(interval, expected):
     assert verdict("ordering", 5.0, *interval, tolerance=0.5) == expected
 
 
+def test_wilson_reaches_the_ends_exactly():
+    # 6 of 6: the upper bound is 1 exactly (rounding gave 0.99999999999999, which missed a paper's 100%)
+    low, high = claims.wilson(6, 6)
+    assert high == 1.0 and low == pytest.approx(0.6097, abs=1e-4)
+    assert claims.wilson(0, 6)[0] == 0.0
+    c = Claim("editing", "es", "ES", "Gemma", "rome.counterfact.ROME.ES", 100.0, (100 * low, 100 * high), 6,
+              tolerance=10, reference=50.0)
+    assert c.verdict == "reproduced"
+
+
 def test_too_few_cases_are_inconclusive_whatever_the_interval():
     # one case: the bootstrap interval is a point, which must not decide a verdict
     assert verdict("value", 32.3, 32.0, 32.0, tolerance=3.23, n=1) == "inconclusive"
