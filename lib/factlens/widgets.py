@@ -41,7 +41,7 @@ from factlens import data, rome
 from factlens.memories import key_coefficients, strongest_memories, value_logits
 from factlens.models import Model, view
 from factlens.probing import UnknownRelationError, query
-from factlens.tracing import KINDS, Trace, trace
+from factlens.tracing import KINDS, Trace, default_window, trace
 
 if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
@@ -318,9 +318,10 @@ def memory_explorer(model: Model, search: TriggerSearch, corpus: Corpus,
 
 def trace_explorer(model: Model, prompt: str = "The Space Needle is located in the city of",
                    subject: str = "The Space Needle", kind: str = "hidden", samples: int = 3,
-                   noise: float = 3.0, window: int = 10, initial: Trace | None = None) -> None:
+                   noise: float = 3.0, window: int | None = None, initial: Trace | None = None) -> None:
     """Causal tracing of any prompt (chapter 3a): write a prompt and its subject, choose the
-    kind of state restored, the noise samples, the noise (× the embeddings' std) and the window;
+    kind of state restored, the noise samples, the noise (× the embeddings' std) and the window
+    (default: ``tracing.default_window``, the paper's 10 of 48 layers scaled to depth);
     press "trace" to see the heatmap (``factlens.tracing.trace``). The default is shown
     at once (``initial``: a trace of the default already computed, shown instead of tracing it again)."""
     import matplotlib.pyplot as plt
@@ -332,8 +333,8 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
     kinds = w.Dropdown(options=list(KINDS), value=kind, description="restore").add_class("factlens-kind")
     n = w.IntSlider(value=samples, min=1, max=20, description="samples").add_class("factlens-samples")
     scale = w.FloatSlider(value=noise, min=0.0, max=10.0, step=0.5, description="noise × σ").add_class("factlens-noise")
-    width = w.IntSlider(value=window, min=1, max=view(model).n_layers,
-                        description="window").add_class("factlens-window")
+    width = w.IntSlider(value=default_window(view(model).n_layers) if window is None else window, min=1,
+                        max=view(model).n_layers, description="window").add_class("factlens-window")
     go = _Button(description="trace").add_class("factlens-go")
     controls = [text, subj, kinds, n, scale, width, go]
     panel = _Panel("trace", "trace", [w.HBox([text, subj]), w.HBox([kinds, n]), w.HBox([scale, width, go])], controls)
