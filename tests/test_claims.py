@@ -115,3 +115,15 @@ def test_no_notebook_code_cell_retypes_a_papers_number():
                 if m in numbers and not math.isclose(float(m), 0.5):
                     hits.append(f"{nb.relative_to(root)} cell {i}: {m}")
     assert not hits, "notebooks retype papers' numbers (read them from factlens.claims): " + "; ".join(hits)
+
+
+def test_the_verdicts_figure_counts_every_claim_once_per_model():
+    from factlens.plots import plot_verdicts
+
+    made = [Claim("lama", f"c{i}", "s", model, "rome.counterfact.ROME.ES", 90.0, (80.0, 99.0), 50, tolerance=10)
+            for i, model in enumerate(["A", "A", "B"])]
+    frame = claims.claims_frame(made)
+    frame["model"] = [c.model for c in made]
+    fig = plot_verdicts(frame)
+    widths = [sum(bar.get_width() for bar in ax.patches) for ax in fig.axes]
+    assert [ax.get_title() for ax in fig.axes] == ["A", "B"] and widths == [2, 1]

@@ -406,3 +406,34 @@ def plot_forecast(forecasts, flag_ratio: float, model_label: str = "ours"):
     fig.suptitle(f"What predicts a disabling edit ({model_label})", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --- the Claims page ------------------------------------------------------------------------
+
+VERDICT_COLOURS = {"reproduced": "#2e7d32", "partly": "#9ccc65", "inconclusive": "#bdbdbd",
+                   "not reproduced": "#c62828"}
+
+
+def plot_verdicts(frame) -> "plt.Figure":
+    """The claims' verdicts per chapter, one panel per model: a bar per chapter, split by
+    verdict (``frame``: ``claims.claims_frame`` with a ``model`` column)."""
+    import pandas as pd
+
+    models = list(dict.fromkeys(frame["model"])) or ["none"]
+    chapters = list(dict.fromkeys(frame["chapter"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 0.45 * max(len(chapters), 2) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        counts = pd.crosstab(frame.loc[frame["model"] == model, "chapter"],
+                             frame.loc[frame["model"] == model, "verdict"])
+        counts = counts.reindex(index=chapters, columns=list(VERDICT_COLOURS), fill_value=0)
+        left = [0] * len(chapters)
+        for verdict, colour in VERDICT_COLOURS.items():
+            ax.barh(chapters, counts[verdict], left=left, color=colour, label=verdict)
+            left = [a + b for a, b in zip(left, counts[verdict])]
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("claims")
+        ax.invert_yaxis()
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    fig.tight_layout()
+    return fig
