@@ -30,11 +30,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import headless_chromium
+
 pytestmark = pytest.mark.live
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 JUPYTER = Path(sys.executable).with_name("jupyter")
 # seconds: what the kernel computes on a loaded 2-core machine (the model's first load, a
 # ROME edit whose layer statistics are not cached yet) can take minutes
@@ -198,22 +198,10 @@ def lab(tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
-        pytest.fail("headless Chromium is missing: `make test` installs Debian's chromium and chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
     profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"factlens-live-chromium-{secrets.token_hex(4)}"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1400,2400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(60)
-    yield driver
-    driver.quit()
+    with headless_chromium("1400,2400", f"--user-data-dir={profile}") as driver:
+        driver.set_script_timeout(60)
+        yield driver
     shutil.rmtree(profile, ignore_errors=True)
 
 
