@@ -221,3 +221,21 @@ def test_partial_forward_on_the_real_models(name):
     assert n > 520
     _check_resid_change(model, text, v.n_layers // 2, n - 8, rtol=1e-4, atol=2e-4)
     _check_resid_change(model, LONG, 3, 7, rtol=1e-4, atol=2e-4)
+
+
+def test_unembed_pads_few_rows_and_gives_the_bridges_logits(tiny):
+    """View.unembed pads rows to a multiple of forward.ROW_MULTIPLE (a speed matter) and drops the
+    padding: every shape gives the bridge's own logits, and gradients reach every input row."""
+    v = view(tiny)
+    assert [forward.row_padding(n) for n in (1, 2, 3, 4, 5, 7, 8, 9)] == [0, 2, 1, 0, 3, 1, 0, 3]
+    for shape in [(1, 1), (3, 1), (7, 1), (2, 3), (5,)]:
+        normed = torch.randn(*shape, v.d_model, requires_grad=True)
+        logits = v.unembed(normed)
+        assert logits.shape == (*shape, v.d_vocab)
+        torch.testing.assert_close(logits, tiny.unembed(normed.reshape(-1, 1, v.d_model)).reshape(logits.shape),
+                                   rtol=1e-5, atol=1e-5)
+        logits.sum().backward()
+        assert normed.grad is not None and (normed.grad != 0).all(-1).all()
+    normed = torch.randn(3, v.d_model)
+    torch.testing.assert_close(forward.log_normalizer(v, normed)[0], v.unembed(normed).logsumexp(-1),
+                               rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from factlens import rome, second_moment, v_star
+from factlens import generation, rome, second_moment, v_star
 from factlens.models import SubjectNotFoundError, load_model, view
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
@@ -317,8 +317,13 @@ def test_cached_generation_equals_the_recompute_loop(tiny):
     cached = rome.generate(tiny, PROMPTS, 20)
     assert cached == rome.generate(tiny, PROMPTS, 20, use_cache=False)
     assert all(len(view(tiny).tokenizer(t, add_special_tokens=False)["input_ids"]) >= 15 for t in cached)
-    # one prompt alone continues as it does in the batch
+    # one prompt alone continues as it does in the batch, and three (padded to four rows, see
+    # forward.row_padding) as they do among four
     assert rome.generate(tiny, PROMPTS[1:2], 20) == cached[1:2]
+    assert rome.generate(tiny, PROMPTS[:3], 20) == cached[:3]
+    # the first greedy token is the top next token
+    first = [view(tiny).tokenizer.decode(t[:1]) for t in generation.generate_tokens(tiny, PROMPTS, 1)]
+    assert first == [top[0] for top in view(tiny).top_tokens(PROMPTS)]
 
 
 def test_sampled_generation_is_seeded(tiny):

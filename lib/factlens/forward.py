@@ -48,6 +48,18 @@ import torch
 if TYPE_CHECKING:
     from factlens.models import View
 
+#: Products of a few rows with a large matrix (the 262k-token unembedding above all) are padded to
+#: a multiple of this many rows: MKL's fp32 product took 2 to 3.4 times as long for 2, 3, 7 or 11
+#: rows as for 4, 8 or 12 on an AMD EPYC (``bench/bench_forward.py``), where reading the matrix
+#: should cost the same for all of them.
+ROW_MULTIPLE = 4
+
+
+def row_padding(n: int) -> int:
+    """How many rows to add to ``n`` rows for a multiple of :data:`ROW_MULTIPLE` (none to one row)."""
+    return -n % ROW_MULTIPLE if n > 1 else 0
+
+
 # How each block argument that has a token axis is cut to the re-run positions: name -> axis
 # (counted from the end). Masks keep their key axis: the re-run queries attend to every key.
 _TOKEN_AXIS = {"attention_mask": -2, "position_ids": -1, "cache_position": -1, "position_embeddings": -2}
@@ -284,6 +296,9 @@ def log_normalizer(v: View, normed: torch.Tensor, *, vocab_block: int = 4096,
     log-sum-exp, so that the [N, d_vocab] logits (262,144 per row for Gemma) are never written
     out: the blocks stay in the processor's cache. Gradients flow (through the log-sum-exp).
     """
+    n = normed.shape[0]
+    if row_padding(n):  # padded as View.unembed pads
+        normed = torch.cat([normed, normed.new_zeros(row_padding(n), normed.shape[-1])])
     weight, bias = v.model.unembed.W_U.T, v.model.unembed.b_U
     log_z, top = [], []
     for rows in normed.split(row_block):
@@ -299,7 +314,7 @@ def log_normalizer(v: View, normed: torch.Tensor, *, vocab_block: int = 4096,
             best = new_best
         log_z.append(best + total.log())
         top.append(best_id)
-    return torch.cat(log_z), torch.cat(top)
+    return torch.cat(log_z)[:n], torch.cat(top)[:n]
 
 
 def token_log_probs(v: View, normed: torch.Tensor, tokens: torch.Tensor | Sequence[int], *,

@@ -37,7 +37,7 @@ import ipywidgets as w
 import pandas as pd
 from IPython.display import HTML, display
 
-from factlens import data, rome
+from factlens import data, generation, rome
 from factlens.memories import key_coefficients, strongest_memories, value_logits
 from factlens.models import Model, view
 from factlens.probing import UnknownRelationError, query
@@ -394,10 +394,11 @@ def edit_case_browser(frames: Mapping[str, pd.DataFrame], cases: Sequence[data.C
 
 
 def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 10) -> list[str]:
-    """Each prompt's top next token and greedy continuation (``rome.generate``), as "[top] text"."""
-    top = [row[0] for row in view(model).top_tokens(list(prompts))]
-    texts = rome.generate(model, prompts, max_new_tokens)
-    return [f"[{t.strip()}] {s.strip()}" for t, s in zip(top, texts)]
+    """Each prompt's top next token and greedy continuation, as "[top] text": one generation
+    (``generation.generate_tokens``), whose first greedy token is the top next token."""
+    decode = view(model).tokenizer.decode
+    return [f"[{decode(t[:1]).strip()}] {decode(t[:max_new_tokens], skip_special_tokens=True).strip()}"
+            for t in generation.generate_tokens(model, prompts, max(1, max_new_tokens))]
 
 
 def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[str] = (), *,
