@@ -17,8 +17,8 @@ checked equal:
 
 Then the unembedding of 1 to 12 rows (``--unembed-rows``): the bridge's own product against
 ``View.unembed``, which pads the rows to a multiple of ``forward.ROW_MULTIPLE``, forward and
-backward, with the logits checked equal. MKL's fp32 product took 2 to 3.4 times as long for some
-row counts (2, 3, 7, 11) as for 4, 8 or 12 on an AMD EPYC; the padding removes that.
+backward, with the logits checked equal. MKL's fp32 product took about twice as long for some
+row counts (3, 7, 11) as for 4, 8 or 12 on an AMD EPYC; the padding removes that.
 """
 
 from __future__ import annotations

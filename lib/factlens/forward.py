@@ -49,15 +49,21 @@ if TYPE_CHECKING:
     from factlens.models import View
 
 #: Products of a few rows with a large matrix (the 262k-token unembedding above all) are padded to
-#: a multiple of this many rows: MKL's fp32 product took 2 to 3.4 times as long for 2, 3, 7 or 11
-#: rows as for 4, 8 or 12 on an AMD EPYC (``bench/bench_forward.py``), where reading the matrix
-#: should cost the same for all of them.
+#: a multiple of this many rows: MKL's fp32 product took about twice as long for 3, 7 or 11 rows as
+#: for 4, 8 or 12 on an AMD EPYC (``bench/bench_forward.py``), where reading the matrix should cost
+#: the same for all of them.
 ROW_MULTIPLE = 4
 
 
 def row_padding(n: int) -> int:
     """How many rows to add to ``n`` rows for a multiple of :data:`ROW_MULTIPLE` (none to one row)."""
     return -n % ROW_MULTIPLE if n > 1 else 0
+
+
+def padded_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` [n, ...] with zero rows appended (:func:`row_padding`); callers keep the first ``n``."""
+    pad = row_padding(rows.shape[0])
+    return torch.cat([rows, rows.new_zeros(pad, *rows.shape[1:])]) if pad else rows
 
 
 # How each block argument that has a token axis is cut to the re-run positions: name -> axis
@@ -297,8 +303,7 @@ def log_normalizer(v: View, normed: torch.Tensor, *, vocab_block: int = 4096,
     out: the blocks stay in the processor's cache. Gradients flow (through the log-sum-exp).
     """
     n = normed.shape[0]
-    if row_padding(n):  # padded as View.unembed pads
-        normed = torch.cat([normed, normed.new_zeros(row_padding(n), normed.shape[-1])])
+    normed = padded_rows(normed)
     weight, bias = v.model.unembed.W_U.T, v.model.unembed.b_U
     log_z, top = [], []
     for rows in normed.split(row_block):

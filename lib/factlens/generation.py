@@ -119,7 +119,7 @@ def generate_tokens(model: Model, prompts: Iterable[str], max_new_tokens: int = 
     pick = _next_token(top_k, torch.Generator().manual_seed(seed))
     run = _generate_cached if use_cache else _generate_recomputed
     # every product of a step has as many rows as prompts: padded with copies of the last prompt,
-    # dropped afterwards (forward.ROW_MULTIPLE: 3 rows cost up to 3.4 times as much as 4)
+    # dropped afterwards (forward.ROW_MULTIPLE: 3 rows cost about twice as much as 4)
     return run(model, rows + rows[-1:] * forward.row_padding(len(rows)), max_new_tokens, pick)[:len(rows)]
 
 

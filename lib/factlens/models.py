@@ -501,15 +501,11 @@ class View:
 
     def unembed(self, normed: torch.Tensor) -> torch.Tensor:
         """Logits of final-normed states [..., d_model] -> [..., d_vocab], the states taken as rows
-        padded with zeros to a multiple of ``forward.ROW_MULTIPLE`` (``forward.row_padding``:
-        a few rows cost up to 3.4 times as much otherwise); the padding rows are dropped."""
+        padded with zeros to a multiple of ``forward.ROW_MULTIPLE`` (``forward.padded_rows``:
+        a few rows cost up to twice as much otherwise); the padding rows are dropped."""
         shape = normed.shape
         flat = normed.reshape(-1, 1, shape[-1])
-        n = flat.shape[0]
-        pad = forward.row_padding(n)
-        if pad:
-            flat = torch.cat([flat, flat.new_zeros(pad, 1, shape[-1])])
-        return self.model.unembed(flat)[:n].reshape(*shape[:-1], -1)
+        return self.model.unembed(forward.padded_rows(flat))[:len(flat)].reshape(*shape[:-1], -1)
 
     def to_logits(self, resid: torch.Tensor) -> torch.Tensor:
         """Logit lens: a residual-stream vector (..., d_model) through the final norm and unembedding."""
