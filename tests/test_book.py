@@ -366,4 +366,6 @@ def test_real_book_smoke_profile(repo_root, smoke_book):
         assert (smoke_book / nb.with_suffix(".html")).is_file(), nb
     assert book.toc_notebooks(repo_root)[-1] == Path("chapters/claims.ipynb")  # the Claims page closes the book
     assert "Claims: what held up" in (smoke_book / "chapters" / "claims.html").read_text()
-    _check_claims_file(build / "results" / "claims.json")
+    records = _check_claims_file(build / "results" / "claims.json")
+    chapters = {p.stem for p in (build / "results").glob("*.json")} - {"claims"}
+    assert {r["chapter"] for r in records} == chapters  # every chapter registers its headline claims

@@ -39,7 +39,8 @@ def test_the_report_lists_exactly_the_answers_that_changed(tiny):
     original = v.mlp_out_weight(2).detach().clone()
     try:
         v.set_mlp_out_weight(2, -3 * original)  # a crude edit that moves many answers
-        after = probing.probe(tiny, facts, k=1, progress=False).frame["top"].str[0].tolist()
+        edited = probing.probe(tiny, facts, k=1, progress=False).frame
+        after = edited["top"].str[0].tolist()
         report = probe.report()
     finally:
         v.set_mlp_out_weight(2, original)
@@ -52,8 +53,32 @@ def test_the_report_lists_exactly_the_answers_that_changed(tiny):
     assert set(report.changed["kind"]) <= set(ripple.KINDS)
     assert not torch.equal(torch.tensor(report.reverse["log_p_before"].to_numpy()),
                            torch.tensor(report.reverse["log_p_after"].to_numpy()))
+    # P@1 after minus before (ROME's specificity) against the probe's own ranks, by hand
+    right_before, right_after = (frame["rank"] == 1).to_numpy(), (edited["rank"] == 1).to_numpy()
+    relation = report.answers[report.answers["kind"] == "relation"]
+    assert relation["right_before"].tolist() == right_before.tolist()
+    assert relation["right_after"].tolist() == right_after.tolist()
+    assert report.counts.loc["relation", "right_after"] == right_after.sum()
+    diff, low, high, n = report.p_at_1_change("relation")
+    assert n == len(facts) and low <= diff <= high
+    assert diff == pytest.approx(100 * (right_after.mean() - right_before.mean()))
+    with pytest.raises(ValueError, match="no 'reverse' questions"):
+        report.p_at_1_change("reverse")
 
 
 def test_unknown_relation_is_a_clear_error(tiny):
     with pytest.raises(probing.UnknownRelationError, match="P9999"):
         ripple.RippleProbe(tiny, [REQUEST], request_relations=["P9999"])
+
+
+def test_p_at_1_change_is_the_paired_difference_of_accuracies():
+    import pandas as pd
+
+    answers = pd.DataFrame({"kind": ["relation"] * 4 + ["edited"], "right_before": [True, True, True, False, False],
+                            "right_after": [False, False, True, False, True]})
+    report = ripple.RippleReport(answers, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    diff, low, high, n = report.p_at_1_change("relation")
+    assert (diff, n) == (-50.0, 4)  # 1 of 4 right after, 3 of 4 before
+    assert -100.0 <= low <= diff <= high <= 0.0  # a fact only ever lost: the paired interval never goes above 0
+    edited = report.p_at_1_change("edited")
+    assert (edited[0], edited[3]) == (100.0, 1)

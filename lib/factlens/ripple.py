@@ -16,6 +16,10 @@ every question whose answer changed:
   written from subject to object is one-directional, so these should not move.
 
 Edited subjects are left out of the relation and paraphrase facts (their answers are meant to change).
+
+:meth:`RippleReport.p_at_1_change` turns the relation questions into one number with its interval:
+LAMA P@1 of the untouched facts after the edit minus before, the specificity of ROME's Table 3
+(accuracy on other facts, before and after) asked of the edited fact's own relation.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from factlens import data, evaluation, probing
+from factlens import claims, data, evaluation, probing
 from factlens.data import LamaFact
 from factlens.lama_analysis import paraphrase_facts
 from factlens.models import Model, view
@@ -38,12 +42,31 @@ KINDS = ("edited", "relation", "paraphrase", "reverse")
 
 @dataclass
 class RippleReport:
-    """What changed: ``changed`` (one row per question whose answer changed: kind, relation, subject,
-    object, template, before, after, to_target) and ``counts`` (per kind: asked, changed, to_target)."""
+    """What changed: ``answers`` (every LAMA question: kind, relation, subject, object, template, the
+    top answer before and after, and whether it was the fact's object, ``right_before`` and
+    ``right_after``; an edited fact's object is the new one), ``changed`` (the questions whose answer
+    changed, and whether to a target: ``to_target``), ``counts`` (per kind: asked, changed,
+    to_target, right_before, right_after) and ``reverse`` (every reverse question)."""
 
+    answers: pd.DataFrame
     changed: pd.DataFrame
     counts: pd.DataFrame
     reverse: pd.DataFrame  # every reverse question: prompt, answer, top before/after, log p before/after
+
+    def p_at_1_change(self, kind: str = "relation", *, seed: int = 0) -> tuple[float, float, float, int]:
+        """P@1 after minus P@1 before over the ``kind``'s questions, in points, with the 95% interval of a
+        bootstrap paired by question: ``(difference, low, high, n)``.
+
+        For ``relation`` this is ROME's specificity (Meng et al. 2022, Table 3: token accuracy on other
+        facts, the edited model's minus the unedited model's) on the other facts of the edited relation."""
+        asked = self.answers[self.answers["kind"] == kind]
+        if asked.empty:
+            raise ValueError(f"the report asked no {kind!r} questions; it has: "
+                             f"{', '.join(sorted(set(self.answers['kind']))) or 'none'}")
+        diff, low, high = claims.bootstrap_difference(100.0 * asked["right_after"].to_numpy(),
+                                                      100.0 * asked["right_before"].to_numpy(), paired=True,
+                                                      seed=seed)
+        return diff, low, high, len(asked)
 
 
 def _edited_facts(requests: Sequence[EditRequest], relations: Sequence[str | None]) -> list[LamaFact]:
@@ -122,19 +145,23 @@ class RippleProbe:
         """Ask every question again on the model as it is now; list the answers that changed."""
         after = self._ask()
         targets = {r.target.strip() for r in self.requests}
-        rows, counts = [], []
-        for kind in ("edited", "relation", "paraphrase"):
-            if kind not in self.before:
-                counts.append({"kind": kind, "asked": 0, "changed": 0, "to_target": 0})
-                continue
-            b, a = self.before[kind], after[kind]
-            moved = b.assign(after=a["answer"].to_numpy()).rename(columns={"answer": "before"})
-            moved = moved[moved["before"] != moved["after"]]
-            moved = moved.assign(kind=kind, to_target=moved["after"].isin(targets))
-            rows.append(moved[["kind", "relation", "subject", "object", "template", "before", "after",
-                               "to_target"]])
-            counts.append({"kind": kind, "asked": len(b), "changed": len(moved),
-                           "to_target": int(moved["to_target"].sum())})
+        columns = ["kind", "relation", "subject", "object", "template", "before", "after", "to_target"]
+        asked = [self.before[kind].assign(kind=kind, after=after[kind]["answer"].to_numpy(),
+                                          right_before=self.before[kind]["rank"] == 1,
+                                          right_after=(after[kind]["rank"] == 1).to_numpy())
+                 .rename(columns={"answer": "before"})
+                 for kind in ("edited", "relation", "paraphrase") if kind in self.before]
+        answers = (pd.concat(asked, ignore_index=True) if asked else pd.DataFrame(columns=columns[:-1]))
+        answers = answers.assign(to_target=answers["after"].isin(targets))[
+            [*columns[:-1], "right_before", "right_after", "to_target"]]
+        moved = answers[answers["before"] != answers["after"]]
+        rows = [moved[columns]]
+        counts = [{"kind": kind, "asked": int((answers["kind"] == kind).sum()),
+                   "changed": int((moved["kind"] == kind).sum()),
+                   "to_target": int(moved.loc[moved["kind"] == kind, "to_target"].sum()),
+                   "right_before": int(answers.loc[answers["kind"] == kind, "right_before"].sum()),
+                   "right_after": int(answers.loc[answers["kind"] == kind, "right_after"].sum())}
+                  for kind in ("edited", "relation", "paraphrase")]
         reverse = pd.DataFrame(columns=["prompt", "answer", "top_before", "top_after", "log_p_before", "log_p_after"])
         if "reverse" in self.before:
             b, a = self.before["reverse"], after["reverse"]
@@ -144,9 +171,9 @@ class RippleProbe:
             rows.append(pd.DataFrame({"kind": "reverse", "relation": None, "subject": moved["answer"], "object": None,
                                       "template": moved["prompt"], "before": moved["top_before"],
                                       "after": moved["top_after"], "to_target": False}))
-            counts.append({"kind": "reverse", "asked": len(b), "changed": len(moved), "to_target": 0})
-        columns = ["kind", "relation", "subject", "object", "template", "before", "after", "to_target"]
+            counts.append({"kind": "reverse", "asked": len(b), "changed": len(moved), "to_target": 0,
+                           "right_before": 0, "right_after": 0})
         kept = [r for r in rows if len(r)]
         changed = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=columns)
-        return RippleReport(changed, pd.DataFrame(counts).set_index("kind"), reverse)
+        return RippleReport(answers.reset_index(drop=True), changed, pd.DataFrame(counts).set_index("kind"), reverse)
 
