@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -72,8 +73,6 @@ def test_unknown_relation_is_a_clear_error(tiny):
 
 
 def test_p_at_1_change_is_the_paired_difference_of_accuracies():
-    import pandas as pd
-
     answers = pd.DataFrame({"kind": ["relation"] * 4 + ["edited"], "right_before": [True, True, True, False, False],
                             "right_after": [False, False, True, False, True]})
     report = ripple.RippleReport(answers, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())

@@ -146,22 +146,21 @@ class RippleProbe:
         after = self._ask()
         targets = {r.target.strip() for r in self.requests}
         columns = ["kind", "relation", "subject", "object", "template", "before", "after", "to_target"]
-        asked = [self.before[kind].assign(kind=kind, after=after[kind]["answer"].to_numpy(),
-                                          right_before=self.before[kind]["rank"] == 1,
-                                          right_after=(after[kind]["rank"] == 1).to_numpy())
-                 .rename(columns={"answer": "before"})
+        asked = [self.before[kind].rename(columns={"answer": "before"})
+                 .assign(kind=kind, after=after[kind]["answer"].to_numpy(), right_before=self.before[kind]["rank"] == 1,
+                         right_after=(after[kind]["rank"] == 1).to_numpy())
                  for kind in ("edited", "relation", "paraphrase") if kind in self.before]
-        answers = (pd.concat(asked, ignore_index=True) if asked else pd.DataFrame(columns=columns[:-1]))
-        answers = answers.assign(to_target=answers["after"].isin(targets))[
-            [*columns[:-1], "right_before", "right_after", "to_target"]]
+        answers = pd.concat(asked, ignore_index=True) if asked else pd.DataFrame(
+            columns=[*columns[:-1], "right_before", "right_after"])
+        answers = answers.assign(to_target=answers["after"].isin(targets))
         moved = answers[answers["before"] != answers["after"]]
-        rows = [moved[columns]]
-        counts = [{"kind": kind, "asked": int((answers["kind"] == kind).sum()),
-                   "changed": int((moved["kind"] == kind).sum()),
-                   "to_target": int(moved.loc[moved["kind"] == kind, "to_target"].sum()),
-                   "right_before": int(answers.loc[answers["kind"] == kind, "right_before"].sum()),
-                   "right_after": int(answers.loc[answers["kind"] == kind, "right_after"].sum())}
-                  for kind in ("edited", "relation", "paraphrase")]
+        rows, counts = [moved[columns]], []
+        for kind in ("edited", "relation", "paraphrase"):
+            of_kind, moved_of_kind = answers[answers["kind"] == kind], moved[moved["kind"] == kind]
+            counts.append({"kind": kind, "asked": len(of_kind), "changed": len(moved_of_kind),
+                           "to_target": int(moved_of_kind["to_target"].sum()),
+                           "right_before": int(of_kind["right_before"].sum()),
+                           "right_after": int(of_kind["right_after"].sum())})
         reverse = pd.DataFrame(columns=["prompt", "answer", "top_before", "top_after", "log_p_before", "log_p_after"])
         if "reverse" in self.before:
             b, a = self.before["reverse"], after["reverse"]
