@@ -1,4 +1,4 @@
-"""Seconds per edit of FT and FT+L (factlens.baselines), fast against straightforward, in one run.
+"""Seconds per edit of FT and FT+L (factlens.editing.fine_tuning), fast against straightforward, in one run.
 
     PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_baselines.py [--model gemma-3-270m] [--cases 8] [--batch 8]
 
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from factlens import baselines, data, rome
-from factlens.models import load_model
+from factlens import data
+from factlens.core.models import load_model
+from factlens.editing import fine_tuning, rome
 
 
 def cpu_name() -> str:
@@ -54,9 +55,9 @@ def main() -> None:
     model = load_model(args.model)
     requests = [rome.EditRequest.from_counterfact(c)
                 for c in random.Random(args.seed).sample(data.counterfact(), args.cases)]
-    configs = [baselines.default_hparams(model), baselines.default_hparams(model, constrained=True),
-               baselines.paper_hparams(model)]
-    baselines.fine_tune(model, requests[:1], configs[0])  # warm up
+    configs = [fine_tuning.default_hparams(model), fine_tuning.default_hparams(model, constrained=True),
+               fine_tuning.paper_hparams(model)]
+    fine_tuning.fine_tune(model, requests[:1], configs[0])  # warm up
     print(f"{args.model}; {cpu_name()}; torch threads {torch.get_num_threads()}; {args.cases} requests, "
           f"batches of {args.batch}")
     print("seconds per edit, and the ratio to straightforward")
@@ -67,7 +68,7 @@ def main() -> None:
         timings, results = {}, {}
         for name, (batch, from_layer) in variants.items():
             start = time.perf_counter()
-            results[name] = baselines.fine_tune(model, requests, hp, batch_size=batch, from_layer=from_layer)
+            results[name] = fine_tuning.fine_tune(model, requests, hp, batch_size=batch, from_layer=from_layer)
             timings[name] = (time.perf_counter() - start) / len(requests)
         pairs = list(zip(results["straightforward"], results["fast"]))
         same_steps = all(s.steps == f.steps for s, f in pairs)
@@ -75,7 +76,7 @@ def main() -> None:
         loss_gap = max(abs(s.losses[-1] - f.losses[-1]) for s, f in pairs)
         steps = sum(f.steps for _, f in pairs) / len(pairs)
         cells = " ".join(f"{t:6.2f} s ({timings['straightforward'] / t:4.1f}x)" for t in timings.values())
-        print(f"{baselines.method_label(model, hp):28s} {cells} {steps:6.1f}  "
+        print(f"{fine_tuning.method_label(model, hp):28s} {cells} {steps:6.1f}  "
               f"steps {'equal' if same_steps else 'DIFFER'}, final loss within {loss_gap:.1e}, "
               f"‖ΔW_fast − ΔW‖/‖ΔW‖ ≤ {worst:.1e}")
 

@@ -1,4 +1,4 @@
-"""The partial forward (factlens.forward through the View): is re-running only positions ≥ i worth it
+"""The partial forward (factlens.core.forward through the View): is re-running only positions ≥ i worth it
 against re-running every position from layer l, and both against a full forward pass?
 
     flock /tmp/factlens-cpu.lock env OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_forward.py
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from factlens.models import load_model, view
+from factlens.core.models import load_model, view
 
 CONTEXTS = ["", "The.", "Therefore, it is.", "I love this place.", "Today the weather is nice and warm.",
             "The following is a list of facts about the world.", "He said that", "In the news today,",

@@ -3,7 +3,7 @@ the cost of the sequential runs of the many-edits chapter.
 
     PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_many_edits.py [--model gemma-3-270m] [--batches 1 10 100]
 
-* ROME edits one fact at a time, so a "batch" of n is n edits in sequence (``sequential.rome_step``).
+* ROME edits one fact at a time, so a "batch" of n is n edits in sequence (``sequences.rome_step``).
 * MEMIT and AlphaEdit: the target residuals ``z`` are timed per fact on ``--z-facts`` facts (the
   cost every batch pays per fact); the update over the critical layers is timed per batch size on
   distinct requests, with those ``z`` repeated (the update's cost does not depend on their values).
@@ -11,7 +11,7 @@ the cost of the sequential runs of the many-edits chapter.
   timed apart.
 * MEMIT's keys for a batch: one forward pass over every (request, template) prompt
   (``memit.read_layer``) against the straightforward peer, ROME's ``compute_key`` per request.
-* The sequential runs: ``sequential.run_sequence`` on ``--sequence`` edits per method, measured every
+* The sequential runs: ``sequences.run_sequence`` on ``--sequence`` edits per method, measured every
   ``--every``; seconds per edit and per measurement.
 Every edit is undone; the model is the same at the end.
 """
@@ -26,8 +26,10 @@ from dataclasses import replace
 
 import torch
 
-from factlens import alphaedit, data, knowledge_neurons, memit, probing, rome, sequential
-from factlens.models import load_model, view
+from factlens import data
+from factlens.core.models import load_model, view
+from factlens.editing import alphaedit, knowledge_neurons, memit, rome, sequences
+from factlens.probing import lama
 
 
 def _cpu() -> str:
@@ -72,7 +74,7 @@ def main() -> None:
     # ROME, one edit at a time
     rome.templates_for(model, rhp)  # sampled once per model (not an edit's cost)
     record = memit.BatchEdit(model, [rhp.layer], "ROME")
-    _, rome_s = _timed(lambda: [sequential.rome_step(model, r, rhp, stats[rhp.layer]) for r in requests[:args.z_facts]])
+    _, rome_s = _timed(lambda: [sequences.rome_step(model, r, rhp, stats[rhp.layer]) for r in requests[:args.z_facts]])
     record.undo()
     rome_per_edit = rome_s / args.z_facts
     print(f"ROME       {rome_per_edit:6.2f} s per edit at every batch size (one fact per update)")
@@ -108,15 +110,15 @@ def main() -> None:
     print(f"KN         {kn_s / args.z_facts:6.2f} s per edit (integrated gradients over {v.n_layers} layers)")
 
     # the sequential runs
-    lama = probing.lama_facts("TREx", per_relation=5, seed=args.seed)
-    yardstick = sequential.Yardstick(lama, [r.text for r in requests[:5]], generate_tokens=20, seed=args.seed)
+    facts = lama.lama_facts("TREx", per_relation=5, seed=args.seed)
+    yardstick = sequences.Yardstick(facts, [r.text for r in requests[:5]], generate_tokens=20, seed=args.seed)
     seq_z, seq_z_s = _timed(memit.compute_zs, model, requests[:args.sequence], mhp)
-    for method in sequential.METHODS:
-        run, total = _timed(sequential.run_sequence, model, cases[:args.sequence], method, yardstick,
+    for method in sequences.METHODS:
+        run, total = _timed(sequences.run_sequence, model, cases[:args.sequence], method, yardstick,
                             every=args.every, zs=seq_z, rome_hparams=rhp, alphaedit_hparams=ahp, progress=False)
         checkpoints = run.curve["n_edits"].nunique()
         print(f"sequence {method:24s} {sum(run.edit_seconds) / args.sequence:6.2f} s per edit, "
-              f"{run.measure_seconds / checkpoints:6.2f} s per measurement ({checkpoints} of them, {len(lama)} LAMA "
+              f"{run.measure_seconds / checkpoints:6.2f} s per measurement ({checkpoints} of them, {len(facts)} LAMA "
               f"facts), {total:6.1f} s in all" + (f" + z {seq_z_s:.1f} s" if method in ("MEMIT", "AlphaEdit") else ""))
 
 

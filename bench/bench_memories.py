@@ -1,5 +1,5 @@
 """Trigger search throughput (prefixes per second): the streamed search of
-``factlens.memories.trigger_search`` against a brute force that keeps every coefficient of
+``factlens.memories.keys.trigger_search`` against a brute force that keeps every coefficient of
 the corpus and sorts them at the end (what the streamed search avoids).
 
     PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_memories.py [--model tiny-gemma3] [--texts 64]
@@ -19,7 +19,7 @@ import torch
 
 def brute_force(model, keys: dict[int, list[int]], corpus, k: int, batch_size: int):
     """Store m for every prefix and every sampled key, then top-k: memory grows with the corpus."""
-    from factlens.models import view
+    from factlens.core.models import view
 
     v = view(model)
     stored = {l: [] for l in keys}
@@ -43,9 +43,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from factlens.cache import cache_dir
-    from factlens.memories import Corpus, sample_keys, trigger_search, wikitext_sentences
-    from factlens.models import load_model, view
+    from factlens.core.cache import cache_dir
+    from factlens.core.models import load_model, view
+    from factlens.memories.keys import Corpus, sample_keys, trigger_search, wikitext_sentences
 
     model = load_model(args.model)
     # never time a cache hit: the searches go to an empty cache (the converted model stays where it is)

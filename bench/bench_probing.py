@@ -1,4 +1,4 @@
-"""LAMA probing throughput (facts per second): ``factlens.probing.probe`` (facts of every template
+"""LAMA probing throughput (facts per second): ``factlens.probing.lama.probe`` (facts of every template
 batched together, logits only at the position that is read) against the straightforward loop a
 reader would write first: one fact at a time, full logits for every position, then rank.
 
@@ -19,8 +19,8 @@ import torch
 @torch.no_grad()
 def one_at_a_time(model, facts) -> list[int]:
     """The peer: per fact, the full [1, t, vocab] logits, then the gold token's rank among LAMA's tokens."""
-    from factlens.models import view
-    from factlens.probing import fact_cloze, vocabulary_tokens
+    from factlens.core.models import view
+    from factlens.probing.lama import fact_cloze, vocabulary_tokens
 
     v = view(model)
     candidates = torch.tensor(list(vocabulary_tokens(model)))
@@ -40,8 +40,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from factlens.models import load_model
-    from factlens.probing import fact_cloze, lama_facts, probe
+    from factlens.core.models import load_model
+    from factlens.probing.lama import fact_cloze, lama_facts, probe
 
     model = load_model(args.model)
     pool = [f for f in lama_facts("TREx", per_relation=max(2, args.facts // 20), seed=0) if fact_cloze(f).final]
@@ -57,7 +57,7 @@ def main() -> None:
 
     agree = sum(int(a == b) for a, b in zip(ours.frame["rank"], peer))
     print(f"model {args.model}, {len(facts)} T-REx facts (final [Y]), {torch.get_num_threads()} threads")
-    print(f"  factlens.probing.probe (batched):  {len(facts) / t_ours:8.1f} facts/s")
+    print(f"  factlens.probing.lama.probe (batched):  {len(facts) / t_ours:8.1f} facts/s")
     print(f"  one fact at a time, full logits:   {len(facts) / t_peer:8.1f} facts/s")
     print(f"  ratio {t_peer / t_ours:.1f}x; same rank for {agree}/{len(facts)} facts")
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from factlens import data, evaluation, rome
-from factlens.models import load_model, view
+from factlens import data
+from factlens.core.models import load_model, view
+from factlens.editing import evaluation, rome
 
 
 def cpu_name() -> str:

@@ -26,7 +26,7 @@ import sys
 WORKER = r"""
 import json, os, statistics, sys, time
 import torch
-from factlens.models import load_model, view
+from factlens.core.models import load_model, view
 torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 model = load_model("gemma-3-270m")
 v = view(model)

@@ -1,4 +1,4 @@
-"""Causal tracing speed: factlens.tracing.trace against the paper's straightforward loop and the
+"""Causal tracing speed: factlens.locating.tracing.trace against the paper's straightforward loop and the
 causal-tracer package (chanind), on the same model, prompt, kind, noise and number of samples.
 
     .venv/bin/pip install --no-deps -r bench/requirements.txt
@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from factlens.models import load_model, model_folder, view
-from factlens.tracing import embedding_std, trace, trace_straightforward
+from factlens.core.models import load_model, model_folder, view
+from factlens.locating.tracing import embedding_std, trace, trace_straightforward
 
 PEER_SEED = 1  # causal-tracer's default patch_seed
 
@@ -95,7 +95,7 @@ def main() -> None:
 
     trace(model, args.prompt, args.subject, args.kind, delta=delta[:1], window=window, positions=[-1])  # warm up
     ours, t_first = _timed(run_ours)
-    print(f"{'factlens.tracing.trace':34s} {t_first:8.2f} s   P={ours.clean_prob:.4f} P*={ours.corrupted_prob:.4f}")
+    print(f"{'locating.tracing.trace':34s} {t_first:8.2f} s   P={ours.clean_prob:.4f} P*={ours.corrupted_prob:.4f}")
     if args.profile:
         _profile(run_ours)
     rows = []
@@ -116,7 +116,7 @@ def main() -> None:
             print(f"causal-tracer: P={flow.high_score:.4f} P*={flow.low_score:.4f}")
     # timed again after the others, so that a machine shared with other work biases every ratio alike
     t_ours = (t_first + _timed(run_ours)[1]) / 2
-    print(f"{'factlens.tracing.trace, again':34s} {2 * t_ours - t_first:8.2f} s   (ratios below: to the mean, "
+    print(f"{'locating.tracing.trace, again':34s} {2 * t_ours - t_first:8.2f} s   (ratios below: to the mean, "
           f"{t_ours:.2f} s)")
     for label, seconds, scores in rows:
         same = scores.shape == ours.scores.shape

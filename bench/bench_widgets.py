@@ -3,7 +3,7 @@ click, with the ROME editor's layer statistics C already cached (as after the ed
 
     PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_widgets.py [--model gemma-3-270m] [--repeats 3]
 
-Times the functions the widgets call (``factlens.widgets``), not the browser; the live test
+Times the functions the widgets call (``factlens.show.widgets``), not the browser; the live test
 (tests/test_widgets_live.py) prints the editor's click-to-answer time in JupyterLab. Side by
 side, for the ROME editor:
 
@@ -26,8 +26,11 @@ from collections.abc import Callable
 
 import torch
 
-from factlens import data, rome, tracing, widgets
-from factlens.models import Model, load_model
+from factlens import data
+from factlens.core.models import Model, load_model
+from factlens.editing import rome
+from factlens.locating import tracing
+from factlens.show import widgets
 
 PLAYGROUND = ("The Space Needle", "Rome", ["{}, a landmark of the city of", "Where is {}? It is in the city of"],
               ["Pike Place Market is located in the city of", "The Golden Gate Bridge is located in the city of"], 20)

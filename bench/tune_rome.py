@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from factlens import data, evaluation, rome
-from factlens.models import load_model
+from factlens import data
+from factlens.core.models import load_model
+from factlens.editing import evaluation, rome
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""FT and FT+L (factlens.baselines): exact invariants on tiny random models, the batched
+"""FT and FT+L (factlens.editing.fine_tuning): exact invariants on tiny random models, the batched
 optimization against the straightforward one (torch's Adam on the model's own weight, one
 request at a time), the paper's configuration, and an edit of a known fact on the default model."""
 
@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from factlens import baselines, rome
-from factlens.models import load_model, view
+from factlens.core.models import load_model, view
+from factlens.editing import fine_tuning, rome
 
 REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
 
@@ -27,8 +27,8 @@ def _weights(model):
 def test_ft_changes_only_the_layer_and_undo_restores_bit_for_bit(tiny):
     before = _weights(tiny)
     grads = [p.requires_grad for p in tiny.parameters()]
-    hp = baselines.FTHyperParams(layer=1, lr=1e-2, steps=5)
-    edit = baselines.ft(tiny, REQUEST, hparams=hp)
+    hp = fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=5)
+    edit = fine_tuning.ft(tiny, REQUEST, hparams=hp)
     assert edit.method == "FT" and edit.layer == 1
     changed = [not torch.equal(a, b) for a, b in zip(before, tiny.parameters())]
     assert sum(changed) == 1  # the one output weight
@@ -41,8 +41,8 @@ def test_ft_changes_only_the_layer_and_undo_restores_bit_for_bit(tiny):
 
 def test_ft_l_keeps_every_entry_within_epsilon(tiny):
     eps = 1e-3
-    hp = baselines.FTHyperParams(layer=1, lr=1e-2, steps=5, norm_constraint=eps)
-    with baselines.ft_l(tiny, REQUEST, hparams=hp) as edit:
+    hp = fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=5, norm_constraint=eps)
+    with fine_tuning.ft_l(tiny, REQUEST, hparams=hp) as edit:
         change = edit.delta().abs().max().item()
         assert edit.method == "FT+L"
     assert change <= eps * (1 + 1e-5)
@@ -53,7 +53,7 @@ def test_ft_l_keeps_every_entry_within_epsilon(tiny):
 def test_a_failing_body_restores_the_weights(tiny):
     before = _weights(tiny)
     with pytest.raises(RuntimeError, match="boom"):
-        with baselines.ft(tiny, REQUEST, hparams=baselines.FTHyperParams(layer=2, lr=1e-2, steps=2)):
+        with fine_tuning.ft(tiny, REQUEST, hparams=fine_tuning.FTHyperParams(layer=2, lr=1e-2, steps=2)):
             raise RuntimeError("boom")
     assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))
 
@@ -66,7 +66,7 @@ def _straightforward(model, request, hp):
     ids = v.batch([head + tail]).ids
     positions = torch.arange(len(head) - 1, len(head) - 1 + len(tail))
     values = v.mlp_out_weight(hp.layer)
-    bias = baselines.output_bias(model, hp.layer) if hp.tune_bias else None
+    bias = fine_tuning.output_bias(model, hp.layer) if hp.tune_bias else None
     params = [v.mlp_out_parameter(hp.layer)] + ([bias] if bias is not None else [])
     starts = [values.detach().clone()] + ([bias.detach().clone()] if bias is not None else [])
     losses = []
@@ -100,14 +100,14 @@ REQUESTS = [REQUEST, rome.EditRequest("{} was born in", "Dante", "Paris"),
 
 
 @pytest.mark.parametrize("hp", [
-    baselines.FTHyperParams(layer=1, lr=1e-2, steps=6),
-    baselines.FTHyperParams(layer=1, lr=1e-2, steps=6, norm_constraint=2e-3),
-    baselines.FTHyperParams(layer=0, lr=1e-2, steps=6, norm_constraint=2e-3, tune_bias=True),
-    baselines.FTHyperParams(layer=2, lr=1e-2, steps=3),  # the last layer: only the final norm above it
+    fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=6),
+    fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=6, norm_constraint=2e-3),
+    fine_tuning.FTHyperParams(layer=0, lr=1e-2, steps=6, norm_constraint=2e-3, tune_bias=True),
+    fine_tuning.FTHyperParams(layer=2, lr=1e-2, steps=3),  # the last layer: only the final norm above it
 ], ids=["FT", "FT+L", "FT+L W and b", "last layer"])
 @pytest.mark.parametrize("from_layer", [True, False], ids=["blocks above l", "whole model"])
 def test_batched_fine_tuning_equals_the_straightforward_loop(tiny, hp, from_layer):
-    tuned = baselines.fine_tune(tiny, REQUESTS, hp, batch_size=2, from_layer=from_layer)  # batches of 2 and 1
+    tuned = fine_tuning.fine_tune(tiny, REQUESTS, hp, batch_size=2, from_layer=from_layer)  # batches of 2 and 1
     assert [t.request for t in tuned] == REQUESTS
     for request, got in zip(REQUESTS, tuned):
         delta, delta_bias, losses = _straightforward(tiny, request, hp)
@@ -121,13 +121,13 @@ def test_batched_fine_tuning_equals_the_straightforward_loop(tiny, hp, from_laye
 
 def test_each_request_stops_on_its_own(tiny):
     # a stop loss between the requests' losses: some stop before any step, the others run on
-    hp = baselines.FTHyperParams(layer=1, lr=1e-2, steps=4)
-    first = [baselines.fine_tune(tiny, [r], hp)[0].losses[0] for r in REQUESTS]
+    hp = fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=4)
+    first = [fine_tuning.fine_tune(tiny, [r], hp)[0].losses[0] for r in REQUESTS]
     stop = sorted(first)[1] + 1e-6
-    hp = baselines.FTHyperParams(layer=1, lr=1e-2, steps=4, stop_loss=stop)
-    together = baselines.fine_tune(tiny, REQUESTS, hp, batch_size=3)
+    hp = fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=4, stop_loss=stop)
+    together = fine_tuning.fine_tune(tiny, REQUESTS, hp, batch_size=3)
     for r, loss, both in zip(REQUESTS, first, together):
-        alone = baselines.fine_tune(tiny, [r], hp)[0]
+        alone = fine_tuning.fine_tune(tiny, [r], hp)[0]
         assert both.steps == alone.steps
         torch.testing.assert_close(both.delta, alone.delta, atol=1e-3 * alone.delta.abs().max().item(), rtol=0)
         if loss < stop:
@@ -137,17 +137,17 @@ def test_each_request_stops_on_its_own(tiny):
 
 
 def test_the_tuner_tunes_each_batch_once_in_order_and_applies_what_fine_tune_finds(tiny, monkeypatch):
-    hp = baselines.FTHyperParams(layer=1, lr=1e-2, steps=3)
-    eager = baselines.fine_tune(tiny, REQUESTS, hp, batch_size=2)
+    hp = fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=3)
+    eager = fine_tuning.fine_tune(tiny, REQUESTS, hp, batch_size=2)
     calls = []
-    real = baselines.fine_tune
+    real = fine_tuning.fine_tune
 
     def counted(model, requests, *args, **kwargs):
         calls.append(list(requests))
         return real(model, requests, *args, **kwargs)
 
-    monkeypatch.setattr(baselines, "fine_tune", counted)
-    tuner = baselines.FineTuner(tiny, REQUESTS, hp, batch_size=2)
+    monkeypatch.setattr(fine_tuning, "fine_tune", counted)
+    tuner = fine_tuning.FineTuner(tiny, REQUESTS, hp, batch_size=2)
     before = _weights(tiny)
     for request, expected in zip(REQUESTS, eager):
         with tuner.apply(tiny, request) as edit:
@@ -160,16 +160,16 @@ def test_the_tuner_tunes_each_batch_once_in_order_and_applies_what_fine_tune_fin
 
 
 def test_the_papers_configuration_tunes_layer_0_weight_and_bias(tiny):
-    hp = baselines.paper_hparams(tiny)
+    hp = fine_tuning.paper_hparams(tiny)
     assert (hp.layer, hp.norm_constraint, hp.tune_bias, hp.method) == (0, 5e-4, True, "FT+L")
-    assert baselines.paper_hparams(tiny, constrained=False).layer == 1
-    bias = baselines.output_bias(tiny, 0)
+    assert fine_tuning.paper_hparams(tiny, constrained=False).layer == 1
+    bias = fine_tuning.output_bias(tiny, 0)
     if view(tiny).name == "tiny-gemma3":
         assert bias is None  # Gemma's down projection has no bias: the weight alone is tuned
     else:
         assert bias is not None and bias.shape == (view(tiny).d_model,)
     before = _weights(tiny)
-    with baselines.ft_l(tiny, REQUEST, hparams=replace(hp, lr=1e-2, steps=3)) as edit:
+    with fine_tuning.ft_l(tiny, REQUEST, hparams=replace(hp, lr=1e-2, steps=3)) as edit:
         changed = [name for (name, p), b in zip(tiny.named_parameters(), before) if not torch.equal(p, b)]
         assert len(changed) == (1 if bias is None else 2)  # W, and b where there is one
         if bias is not None:
@@ -179,14 +179,14 @@ def test_the_papers_configuration_tunes_layer_0_weight_and_bias(tiny):
 
 def test_bad_requests_give_clear_errors(tiny):
     with pytest.raises(IndexError, match="out of range"):
-        baselines.ft(tiny, REQUEST, layer=3)
+        fine_tuning.ft(tiny, REQUEST, layer=3)
     with pytest.raises(ValueError, match="norm_constraint"):
-        baselines.ft_l(tiny, REQUEST, hparams=baselines.FTHyperParams(layer=1))
+        fine_tuning.ft_l(tiny, REQUEST, hparams=fine_tuning.FTHyperParams(layer=1))
     with pytest.raises(ValueError, match="positive"):
-        baselines.fine_tune(tiny, REQUEST, hparams=baselines.FTHyperParams(layer=1, norm_constraint=-1.0))
+        fine_tuning.fine_tune(tiny, REQUEST, hparams=fine_tuning.FTHyperParams(layer=1, norm_constraint=-1.0))
     with pytest.raises(ValueError, match="batch_size"):
-        baselines.fine_tune(tiny, [REQUEST], baselines.FTHyperParams(layer=1), batch_size=0)
-    tuner = baselines.FineTuner(tiny, [REQUEST], baselines.FTHyperParams(layer=1, steps=1))
+        fine_tuning.fine_tune(tiny, [REQUEST], fine_tuning.FTHyperParams(layer=1), batch_size=0)
+    tuner = fine_tuning.FineTuner(tiny, [REQUEST], fine_tuning.FTHyperParams(layer=1, steps=1))
     with pytest.raises(KeyError, match="not among this tuner's requests"):
         tuner.apply(tiny, REQUESTS[1])
 
@@ -203,7 +203,7 @@ def test_ft_writes_a_known_fact_on_the_default_model_and_undo_brings_it_back():
         return v.tokenizer.decode(v.logits_at(ids, [ids.shape[1] - 1]).argmax(-1)).strip()
 
     assert top(REQUEST.text) == "Paris"
-    with baselines.ft(model, rome.EditRequest(REQUEST.prompt, REQUEST.subject, "Rome")) as edit:
+    with fine_tuning.ft(model, rome.EditRequest(REQUEST.prompt, REQUEST.subject, "Rome")) as edit:
         assert top(REQUEST.text) == "Rome"
         assert edit.layer == rome.default_hparams(model).layer
     assert top(REQUEST.text) == "Paris"
@@ -216,9 +216,9 @@ def test_tuning_from_layer_l_gives_the_edits_of_the_whole_model_on_the_default_m
     model = load_model()
     requests = [rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"),
                 rome.EditRequest("{} plays the sport of", "LeBron James", "football")]
-    hp = baselines.default_hparams(model, constrained=True)
-    fast = baselines.fine_tune(model, requests, hp, batch_size=2)
-    slow = baselines.fine_tune(model, requests, hp, batch_size=1, from_layer=False)
+    hp = fine_tuning.default_hparams(model, constrained=True)
+    fast = fine_tuning.fine_tune(model, requests, hp, batch_size=2)
+    slow = fine_tuning.fine_tune(model, requests, hp, batch_size=1, from_layer=False)
     for f, s in zip(fast, slow):
         assert f.steps == s.steps
         assert f.losses[-1] == pytest.approx(s.losses[-1], rel=0.05, abs=1e-3)

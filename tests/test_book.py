@@ -18,8 +18,8 @@ import yaml
 
 from factlens import book
 from factlens.book import BookError
-from factlens.claims import Claim, PaperNumber
-from factlens.results import load_results, save_results
+from factlens.evidence.claims import Claim, PaperNumber
+from factlens.evidence.results import load_results, save_results
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -35,7 +35,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 def test_the_builder_imports_no_torch():
     """The builder and the data loaders start fast: neither imports torch (nor TransformerLens)."""
-    code = ("import sys, factlens.book, factlens.book.__main__, factlens.data, factlens.cache; "
+    code = ("import sys, factlens.book, factlens.book.__main__, factlens.data, factlens.core.cache; "
             "print(sorted(m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 import torch
 
-from factlens.cache import DownloadError, cached_tensors, download, replacing, tensor_file
+from factlens.core.cache import DownloadError, cached_tensors, download, replacing, tensor_file
 
 
 @pytest.fixture(autouse=True)

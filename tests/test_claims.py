@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factlens import claims
-from factlens.claims import Claim, bootstrap, bootstrap_difference, paper, paper_table, verdict, wilson
+from factlens.evidence import claims
+from factlens.evidence.claims import Claim, bootstrap, bootstrap_difference, paper, paper_table, verdict, wilson
 
 
 def test_paper_numbers_carry_their_source():
@@ -114,11 +114,11 @@ def test_no_notebook_code_cell_retypes_a_papers_number():
             for m in NUMBER.findall("".join(cell["source"])):
                 if m in numbers and not math.isclose(float(m), 0.5):
                     hits.append(f"{nb.relative_to(root)} cell {i}: {m}")
-    assert not hits, "notebooks retype papers' numbers (read them from factlens.claims): " + "; ".join(hits)
+    assert not hits, "notebooks retype papers' numbers (read them from factlens.evidence.claims): " + "; ".join(hits)
 
 
 def test_the_verdicts_figure_counts_every_claim_once_per_model():
-    from factlens.plots import plot_verdicts
+    from factlens.show.plots import plot_verdicts
 
     made = [Claim("lama", f"c{i}", "s", model, "rome.counterfact.ROME.ES", 90.0, (80.0, 99.0), 50, tolerance=10)
             for i, model in enumerate(["A", "A", "B"])]

@@ -1,4 +1,4 @@
-"""CounterFact and zsRE metrics (factlens.evaluation): hand-computed numbers and exact invariants
+"""CounterFact and zsRE metrics (factlens.editing.evaluation): hand-computed numbers and exact invariants
 on a tiny random model, and the unedited default model on a fact it knows."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from factlens import evaluation, rome
+from factlens.core.models import load_model, view
 from factlens.data import CounterFactCase
-from factlens.models import load_model, view
+from factlens.editing import evaluation, rome
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_paired_differences_by_hand():
 
 
 def test_paper_differences_come_from_the_registry():
-    from factlens.claims import paper
+    from factlens.evidence.claims import paper
 
     s = evaluation.paper_difference("counterfact", "ROME", "FT", "S")
     assert s.value == pytest.approx(paper("rome.counterfact.ROME.S").value - paper("rome.counterfact.FT.S").value)
@@ -103,7 +103,7 @@ def test_summarize_means_intervals_and_score():
         assert s[m]["low"] <= s[m]["mean"] <= s[m]["high"]
     assert s["ES"]["low"] < s["ES"]["high"]
     # proportions get Wilson's interval: 4 of 4 is not a certainty (a bootstrap would say [100, 100])
-    from factlens.claims import wilson
+    from factlens.evidence.claims import wilson
 
     assert (s["NS"]["low"], s["NS"]["high"]) == pytest.approx(tuple(100 * x for x in wilson(4, 4)))
     assert (s["ES"]["low"], s["ES"]["high"]) == pytest.approx(tuple(100 * x for x in wilson(3, 4)))

@@ -1,4 +1,4 @@
-"""The partial forward pass (factlens.forward through the View) equals a full forward pass with the
+"""The partial forward pass (factlens.core.forward through the View) equals a full forward pass with the
 same change, on every architecture: GPT-2, Gemma 3 (sliding and full attention, GQA, its norms)
 and Llama (SmolLM2)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factlens import forward
-from factlens.models import load_model, view
+from factlens.core import forward
+from factlens.core.models import load_model, view
 
 # longer than tiny-gemma3's sliding window (16 tokens), so that its sliding layers mask keys
 LONG = ("The Eiffel Tower is located in the city of Paris. The Space Needle is in Seattle. "

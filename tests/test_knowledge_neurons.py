@@ -1,4 +1,4 @@
-"""Knowledge neurons (factlens.knowledge_neurons): integrated gradients by their completeness, and an
+"""Knowledge neurons (factlens.editing.knowledge_neurons): integrated gradients by their completeness, and an
 edit that changes the neurons it reports and nothing else, on tiny random models."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factlens import knowledge_neurons as kn
-from factlens import rome
-from factlens.models import load_model, view
+from factlens.core.models import load_model, view
+from factlens.editing import knowledge_neurons as kn
+from factlens.editing import rome
 
 REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
 

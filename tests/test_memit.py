@@ -1,4 +1,4 @@
-"""MEMIT and AlphaEdit (factlens.memit, factlens.alphaedit): the update equations by hand, exact
+"""MEMIT and AlphaEdit (factlens.editing.memit, factlens.editing.alphaedit): the update equations by hand, exact
 properties on tiny random models, and a batch of facts on the default model."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factlens import alphaedit, memit, rome
-from factlens.models import load_model, view
+from factlens.core.models import load_model, view
+from factlens.editing import alphaedit, memit, rome
 
 FAST = memit.MEMITHyperParams(layers=(0, 1), context_templates=((3, 1),), v_steps=3, mom2_samples=300)
 REQUESTS = [rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle"),
@@ -169,7 +169,7 @@ def gemma():
 
 @pytest.mark.slow
 def test_memit_batch_makes_the_default_model_say_the_new_objects(gemma):
-    from factlens import evaluation
+    from factlens.editing import evaluation
 
     requests = [rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"),
                 rome.EditRequest("{} is a citizen of", "Angela Merkel", "Canada"),

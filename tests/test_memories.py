@@ -1,4 +1,4 @@
-"""Tests of factlens.memories, memory_patterns and memory_aggregation (Geva et al. 2021): tiny
+"""Tests of factlens.memories (keys, values, patterns and aggregation) (Geva et al. 2021): tiny
 random models, constructed activations, and a few properties of the default model."""
 
 from __future__ import annotations
@@ -9,21 +9,11 @@ import random
 import pytest
 import torch
 
-from factlens.memories import (
-    Corpus,
-    ValueTokens,
-    key_coefficients,
-    paper_layer_split,
-    strongest_memories,
-    top_triggers,
-    trigger_search,
-    value_agreement,
-    value_logits,
-    value_tokens,
-)
-from factlens.memory_aggregation import composition_counts, mass_fraction, read_layers, refinement_counts
-from factlens.memory_patterns import pattern_scores, removal_drops, remove_token
-from factlens.models import load_model, view
+from factlens.core.models import load_model, view
+from factlens.memories.aggregation import composition_counts, mass_fraction, read_layers, refinement_counts
+from factlens.memories.keys import Corpus, key_coefficients, paper_layer_split, top_triggers, trigger_search
+from factlens.memories.patterns import pattern_scores, removal_drops, remove_token
+from factlens.memories.values import ValueTokens, strongest_memories, value_agreement, value_logits, value_tokens
 
 TEXTS = [
     "The Eiffel Tower is located in the city of Paris.",
@@ -42,7 +32,7 @@ TEXTS = [
 def _fresh_cache(tmp_path, monkeypatch):
     """Every test builds its own trigger tables (nothing read from another run's cache);
     the converted models stay where they are."""
-    from factlens import cache
+    from factlens.core import cache
 
     real = cache.cache_dir
 

@@ -6,8 +6,8 @@ import socket
 import pytest
 import torch
 
-from factlens import cache, models
-from factlens.models import ModelUnavailableError, SubjectNotFoundError, TargetSplitError, load_model, view
+from factlens.core import cache, models
+from factlens.core.models import ModelUnavailableError, SubjectNotFoundError, TargetSplitError, load_model, view
 
 TINY = ["tiny-gpt2", "tiny-gemma3"]
 

@@ -1,4 +1,4 @@
-"""LAMA probing (factlens.probing): rankings checked against sums of log-probabilities computed by
+"""LAMA probing (factlens.probing.lama): rankings checked against sums of log-probabilities computed by
 hand from the model's full logits, the metrics on hand-made ranks, and bad input."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from factlens import lama_analysis, probing
+from factlens.core.models import load_model, view
 from factlens.data import LamaFact
-from factlens.models import load_model, view
+from factlens.probing import analysis, lama
 
 CAPITAL = "The capital of [X] is [Y] ."
 INNER = "[X] speaks [Y] at home ."
@@ -48,7 +48,7 @@ def test_paper_rows_average_relations_as_the_papers_table():
         "corpus": ["TREx", "TREx", "TREx", "Google_RE", "Google_RE", "Squad"],
         "relation": ["P36", "P19", "P19", "place_of_birth", "place_of_death", "Squad"],
         "relation_type": ["1-1", "N-1", "N-1", "N-1", "N-1", "Squad"], "rank": [1, 1, 3, 2, 2, 1]})
-    rows = probing.ProbeResult(frame).paper_rows()
+    rows = lama.ProbeResult(frame).paper_rows()
     # T-REx's types only: Google-RE's relations, also N-1, would pull N-1 down to (50 + 0 + 0) / 3
     assert rows["T-REx 1-1"] == 100.0 and rows["T-REx N-1"] == 50.0 and math.isnan(rows["T-REx N-M"])
     assert rows["T-REx"] == 75.0  # the mean of its relations (100 and 50), not of its facts
@@ -60,37 +60,37 @@ def test_google_re_row_needs_its_three_relations():
     """The paper's Google-RE mean has birth dates; without them the row is the two-relation one."""
     frame = pd.DataFrame({"corpus": ["Google_RE"] * 4, "relation": ["place_of_birth", "place_of_birth",
                           "place_of_death", "place_of_death"], "relation_type": ["N-1"] * 4, "rank": [1, 2, 1, 1]})
-    rows = probing.ProbeResult(frame).paper_rows()
+    rows = lama.ProbeResult(frame).paper_rows()
     assert math.isnan(rows["Google-RE"])  # not the mean of two relations labelled as the paper's three
     assert rows["Google-RE 2 relations"] == 75.0  # (50 + 100) / 2
     three = pd.concat([frame, pd.DataFrame({"corpus": ["Google_RE"], "relation": ["date_of_birth"],
                                             "relation_type": ["N-1"], "rank": [1]})])
-    assert probing.ProbeResult(three).paper_rows()["Google-RE"] == pytest.approx((50 + 100 + 100) / 3)
+    assert lama.ProbeResult(three).paper_rows()["Google-RE"] == pytest.approx((50 + 100 + 100) / 3)
 
 
 def test_p_at_1_interval_averages_relations_and_resamples_within_them():
     frame = pd.DataFrame({"corpus": ["TREx"] * 6, "relation": ["P1"] * 4 + ["P2"] * 2,
                           "relation_type": ["N-1"] * 6, "rank": [1, 1, 1, 1, 3, 4], "uuid": list("abcdef")})
-    value, low, high = lama_analysis.p_at_1_interval(probing.ProbeResult(frame))
+    value, low, high = analysis.p_at_1_interval(lama.ProbeResult(frame))
     assert value == 50.0  # (100 + 0) / 2: relations, not facts
     assert low == high == 50.0  # every relation is all right or all wrong: no resample can change it
     mixed = frame.assign(rank=[1, 2, 1, 2, 1, 2])
-    value, low, high = lama_analysis.p_at_1_interval(probing.ProbeResult(mixed), seed=3)
+    value, low, high = analysis.p_at_1_interval(lama.ProbeResult(mixed), seed=3)
     assert value == 50.0 and low < 50.0 < high
-    assert lama_analysis.p_at_1_interval(probing.ProbeResult(mixed), seed=3) == (value, low, high)  # seeded
-    same = lama_analysis.p_at_1_difference(probing.ProbeResult(mixed), probing.ProbeResult(mixed), paired=True)
+    assert analysis.p_at_1_interval(lama.ProbeResult(mixed), seed=3) == (value, low, high)  # seeded
+    same = analysis.p_at_1_difference(lama.ProbeResult(mixed), lama.ProbeResult(mixed), paired=True)
     assert same == (0.0, 0.0, 0.0)  # paired: the same facts resampled together
-    diff, low, high = lama_analysis.p_at_1_difference(probing.ProbeResult(frame), probing.ProbeResult(mixed),
+    diff, low, high = analysis.p_at_1_difference(lama.ProbeResult(frame), lama.ProbeResult(mixed),
                                                       paired=True)
     assert diff == 0.0 and low < 0.0 < high
     with pytest.raises(ValueError, match="same facts"):
-        lama_analysis.p_at_1_difference(probing.ProbeResult(frame), probing.ProbeResult(mixed[::-1]), paired=True)
+        analysis.p_at_1_difference(lama.ProbeResult(frame), lama.ProbeResult(mixed[::-1]), paired=True)
 
 
 def test_metrics_of_hand_made_ranks():
     frame = pd.DataFrame({"corpus": ["TREx"] * 4, "relation": ["P1", "P1", "P2", "P2"],
                           "relation_type": ["N-1", "N-1", "1-1", "1-1"], "rank": [1, 2, 5, 20]})
-    result = probing.ProbeResult(frame)
+    result = lama.ProbeResult(frame)
     assert result.p_at_1 == 25.0
     assert result.p_at_10 == 75.0
     assert result.mrr == pytest.approx(100 * (1 + 1 / 2 + 1 / 5 + 1 / 20) / 4)
@@ -105,9 +105,9 @@ def test_metrics_of_hand_made_ranks():
 
 
 def test_concat_and_where_keep_facts_in_order():
-    a = probing.ProbeResult(pd.DataFrame({"relation": ["P1", "P2"], "rank": [1, 2]}), method="probe(common)")
-    b = probing.ProbeResult(pd.DataFrame({"relation": ["P3"], "rank": [5]}), method="probe(common)")
-    both = probing.ProbeResult.concat([a, b])
+    a = lama.ProbeResult(pd.DataFrame({"relation": ["P1", "P2"], "rank": [1, 2]}), method="probe(common)")
+    b = lama.ProbeResult(pd.DataFrame({"relation": ["P3"], "rank": [5]}), method="probe(common)")
+    both = lama.ProbeResult.concat([a, b])
     assert both.frame["rank"].tolist() == [1, 2, 5] and both.method == "probe(common)"
     picked = both.where(both.frame["rank"] > 1)
     assert picked.frame["relation"].tolist() == ["P2", "P3"] and list(picked.frame.index) == [0, 1]
@@ -117,7 +117,7 @@ def test_concat_and_where_keep_facts_in_order():
 
 def test_freq_baseline_ranks_by_object_counts():
     facts = [fact("a", "Paris"), fact("b", "Paris"), fact("c", "Rome"), fact("d", "Dutch", relation="P37")]
-    result = probing.freq_baseline(facts)
+    result = lama.freq_baseline(facts)
     assert result.frame["rank"].tolist() == [1, 1, 2, 1]
     assert result.frame["top"][2][:2] == ["Paris", "Rome"]
     assert result.frame["gold_logprob"][2] == pytest.approx(math.log(1 / 3))
@@ -129,7 +129,7 @@ def test_freq_baseline_ranks_by_object_counts():
 def test_final_y_matches_a_ranking_by_hand(tiny):
     """[Y] ends the sentence: rank = 1 + #tokens with a higher next-token log-probability."""
     facts = [fact("France", "Paris"), fact("Italy", "Rome"), fact("Dutch", "Italy")]
-    result = probing.probe(tiny, facts, k=5, vocab="full", progress=False)
+    result = lama.probe(tiny, facts, k=5, vocab="full", progress=False)
     v = view(tiny)
     for row, f in zip(result.frame.itertuples(), facts):
         ids = torch.tensor([v.token_ids(f"The capital of {f.subject} is")])
@@ -146,7 +146,7 @@ def test_inner_y_reranks_by_sentence_likelihood(tiny):
     """[Y] inside: the shortlist is ordered by log P(y + suffix | prefix), computed here by hand."""
     rescore = 6
     f = fact("Dante", "Dutch", INNER, relation="P103")
-    row = probing.probe(tiny, [f], k=3, vocab="full", rescore=rescore, progress=False).frame.iloc[0]
+    row = lama.probe(tiny, [f], k=3, vocab="full", rescore=rescore, progress=False).frame.iloc[0]
     v = view(tiny)
     prefix = v.token_ids("Dante speaks")
     tail = v.tokenizer(" at home .", add_special_tokens=False)["input_ids"]
@@ -172,7 +172,7 @@ def test_multi_token_objects_ranked_by_whole_sequence(tiny):
     """probe_objects: score = sum of the object's token log-probabilities; 'French' is two tokens."""
     objects = {"P103": ["French", "Dutch", "Eiffel Tower", "Paris"]}
     facts = [fact("Danielle", "French", "The mother tongue of [X] is [Y] .", relation="P103")]
-    result = probing.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, close=False, progress=False)
+    result = lama.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, close=False, progress=False)
     row = result.frame.iloc[0]
     scores = {o: sentence_score(tiny, "The mother tongue of Danielle is", " " + o) for o in objects["P103"]}
     order = sorted(scores, key=scores.get, reverse=True)
@@ -189,25 +189,25 @@ def test_whole_object_probe_closes_the_word(tiny):
     objects = {"P103": ["Eiffel", "Eiffel Tower", "Paris", "Dutch"]}
     assert v.target_ids("Eiffel Tower")[: len(v.target_ids("Eiffel"))] == v.target_ids("Eiffel")
     facts = [fact("Danielle", "Eiffel Tower", "The mother tongue of [X] is [Y] .", relation="P103")]
-    closed = probing.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, progress=False).frame.iloc[0]
+    closed = lama.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, progress=False).frame.iloc[0]
     scores = {o: sentence_score(tiny, "The mother tongue of Danielle is", f" {o}.") for o in objects["P103"]}
     order = sorted(scores, key=scores.get, reverse=True)
     assert closed["top"] == order and closed["rank"] == order.index("Eiffel Tower") + 1
     assert closed["gold_logprob"] == pytest.approx(scores["Eiffel Tower"], abs=1e-3)
-    open_ = probing.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, close=False, progress=False)
+    open_ = lama.probe_objects(tiny, facts, k=4, objects=objects, rescore=4, close=False, progress=False)
     top = open_.frame.iloc[0]["top"]
     assert top.index("Eiffel") < top.index("Eiffel Tower")  # unclosed: the prefix always wins
-    assert lama_analysis.prefix_shadowed(tiny, facts, objects) == [True]
-    assert lama_analysis.prefix_shadowed(tiny, [fact("a", "Paris", relation="P103")], objects) == [False]
+    assert analysis.prefix_shadowed(tiny, facts, objects) == [True]
+    assert analysis.prefix_shadowed(tiny, [fact("a", "Paris", relation="P103")], objects) == [False]
 
 
 def test_vocabulary_tokens_keeps_single_tokens_only(tiny):
-    tokens = probing.vocabulary_tokens(tiny, ["Paris", "French", "Rome", "Paris"])
+    tokens = lama.vocabulary_tokens(tiny, ["Paris", "French", "Rome", "Paris"])
     assert tokens == {view(tiny).single_token_id("Paris"): "Paris", view(tiny).single_token_id("Rome"): "Rome"}
 
 
 def test_split_objects_are_skipped_by_the_token_probe(tiny):
-    result = probing.probe(tiny, [fact("France", "Paris"), fact("Danielle", "French")], vocab="full", progress=False)
+    result = lama.probe(tiny, [fact("France", "Paris"), fact("Danielle", "French")], vocab="full", progress=False)
     assert len(result) == 1 and len(result.skipped) == 1
     assert "split" in result.skipped[0][1]
 
@@ -216,18 +216,18 @@ def test_split_object_sample_matches_the_two_kinds_per_relation(tiny):
     """As many one-token as split objects from each relation that has both; others left out."""
     facts = [fact(s, "Paris") for s in ("France", "Gaul", "Lutetia")] + [fact("Danielle", "French"),
              fact("Ana", "Rome", relation="P103"), fact("Bo", "Eiffel Tower", relation="P17")]
-    sample = lama_analysis.split_object_sample(tiny, facts, per_relation=5, seed=0)
+    sample = analysis.split_object_sample(tiny, facts, per_relation=5, seed=0)
     assert sorted(f.object for f in sample) == ["French", "Paris"]
     assert {f.relation for f in sample} == {"P36"}
-    assert lama_analysis.split_object_sample(tiny, facts, per_relation=5, seed=0) == sample  # seeded
+    assert analysis.split_object_sample(tiny, facts, per_relation=5, seed=0) == sample  # seeded
     with pytest.raises(ValueError, match="per_relation"):
-        lama_analysis.split_object_sample(tiny, facts, per_relation=0)
+        analysis.split_object_sample(tiny, facts, per_relation=0)
 
 
 def test_paraphrase_consistency_counts_agreeing_pairs():
     frame = pd.DataFrame({"relation": ["P36"] * 3, "uuid": ["f#0", "f#1", "f#2"], "template": ["a", "b", "c"],
                           "top": [["Paris"], ["Paris"], ["Lyon"]], "rank": [1, 1, 2]})
-    table = lama_analysis.consistency(probing.ProbeResult(frame))
+    table = analysis.consistency(lama.ProbeResult(frame))
     assert table.loc["P36", "consistency"] == pytest.approx(100 / 3)  # 1 agreeing pair of 3
     assert table.loc["P36", "p_at_1_mean"] == pytest.approx(200 / 3)
 
@@ -237,21 +237,21 @@ def test_paraphrase_consistency_counts_agreeing_pairs():
 
 def test_bad_input_gives_clear_errors(tiny):
     with pytest.raises(ValueError, match="no facts"):
-        probing.probe(tiny, [], progress=False)
+        lama.probe(tiny, [], progress=False)
     with pytest.raises(ValueError, match=r"no \[X\]"):
-        probing.probe(tiny, [fact("France", "Paris", "The capital is [Y] .")], progress=False)
+        lama.probe(tiny, [fact("France", "Paris", "The capital is [Y] .")], progress=False)
     with pytest.raises(ValueError, match=r"no \[Y\]"):
-        probing.probe(tiny, [fact("France", "Paris", "The capital of [X] .")], progress=False)
-    with pytest.raises(probing.UnknownRelationError, match="P9999"):
-        probing.probe(tiny, [fact("France", "Paris", relation="P9999")], progress=False)
-    with pytest.raises(probing.UnknownRelationError, match="P9999"):
-        probing.lama_facts("TREx", ["P9999"])
+        lama.probe(tiny, [fact("France", "Paris", "The capital of [X] .")], progress=False)
+    with pytest.raises(lama.UnknownRelationError, match="P9999"):
+        lama.probe(tiny, [fact("France", "Paris", relation="P9999")], progress=False)
+    with pytest.raises(lama.UnknownRelationError, match="P9999"):
+        lama.lama_facts("TREx", ["P9999"])
     with pytest.raises(ValueError, match="vocab"):
-        probing.probe(tiny, [fact("France", "Paris")], vocab="bert", progress=False)
+        lama.probe(tiny, [fact("France", "Paris")], vocab="bert", progress=False)
     with pytest.raises(ValueError, match="subject is empty"):
-        probing.query(tiny, CAPITAL, "  ")
-    with pytest.raises(probing.UnknownRelationError, match="P9999"):
-        probing.query(tiny, "", "France", relation="P9999")
+        lama.query(tiny, CAPITAL, "  ")
+    with pytest.raises(lama.UnknownRelationError, match="P9999"):
+        lama.query(tiny, "", "France", relation="P9999")
 
 
 # --------------------------------------------------------------------------- the default model
@@ -260,7 +260,7 @@ def test_bad_input_gives_clear_errors(tiny):
 @pytest.mark.slow
 def test_default_model_knows_the_capital_of_france():
     model = load_model()
-    result = probing.probe(model, [fact("France", "Paris")], progress=False)
+    result = lama.probe(model, [fact("France", "Paris")], progress=False)
     assert result.frame["rank"].iloc[0] == 1 and result.frame["top"].iloc[0][0] == "Paris"
-    assert probing.query(model, CAPITAL, "France", k=3).iloc[0]["answer"] == "Paris"
-    assert len(probing.vocabulary_tokens(model)) > 15_000  # most of LAMA's 21,018 words are one token
+    assert lama.query(model, CAPITAL, "France", k=3).iloc[0]["answer"] == "Paris"
+    assert len(lama.vocabulary_tokens(model)) > 15_000  # most of LAMA's 21,018 words are one token

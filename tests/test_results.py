@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from factlens import results
+from factlens.evidence import results
 
 
 def notebook_namespace(tmp_path):

@@ -1,4 +1,4 @@
-"""The ripple report (factlens.ripple) on a tiny random model: it lists exactly the answers that changed."""
+"""The ripple report (factlens.editing.ripple) on a tiny random model: it lists exactly the answers that changed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from factlens import probing, ripple
-from factlens.models import load_model, view
-from factlens.rome import EditRequest
+from factlens.core.models import load_model, view
+from factlens.editing import ripple
+from factlens.editing.rome import EditRequest
+from factlens.probing import lama
 
 REQUEST = EditRequest("The native language of {} is", "Danielle Darrieux", "Dutch")
 REVERSE = [("The most famous speaker of Dutch is", "Danielle Darrieux"), ("Dutch is spoken by", "Danielle Darrieux")]
@@ -36,16 +37,16 @@ def test_the_report_lists_exactly_the_answers_that_changed(tiny):
     probe = _probe(tiny)
     facts = probe.questions["relation"]
     assert all(f.subject != REQUEST.subject for f in facts)  # the edited subject is left out
-    before = probing.probe(tiny, facts, k=1, progress=False).frame["top"].str[0].tolist()
+    before = lama.probe(tiny, facts, k=1, progress=False).frame["top"].str[0].tolist()
     original = v.mlp_out_weight(2).detach().clone()
     try:
         v.set_mlp_out_weight(2, -3 * original)  # a crude edit that moves many answers
-        edited = probing.probe(tiny, facts, k=1, progress=False).frame
+        edited = lama.probe(tiny, facts, k=1, progress=False).frame
         after = edited["top"].str[0].tolist()
         report = probe.report()
     finally:
         v.set_mlp_out_weight(2, original)
-    frame = probing.probe(tiny, facts, k=1, progress=False).frame
+    frame = lama.probe(tiny, facts, k=1, progress=False).frame
     expected = {(s, o) for s, o, b, a in zip(frame["subject"], frame["object"], before, after) if b != a}
     listed = report.changed[report.changed["kind"] == "relation"]
     assert expected, "the crude edit changes some answers"
@@ -68,7 +69,7 @@ def test_the_report_lists_exactly_the_answers_that_changed(tiny):
 
 
 def test_unknown_relation_is_a_clear_error(tiny):
-    with pytest.raises(probing.UnknownRelationError, match="P9999"):
+    with pytest.raises(lama.UnknownRelationError, match="P9999"):
         ripple.RippleProbe(tiny, [REQUEST], request_relations=["P9999"])
 
 

@@ -1,4 +1,4 @@
-"""ROME (factlens.rome): exact properties on tiny random models, behaviour on the default model."""
+"""ROME (factlens.editing.rome): exact properties on tiny random models, behaviour on the default model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from factlens import generation, rome, second_moment, v_star
-from factlens.models import SubjectNotFoundError, load_model, view
+from factlens.core.models import SubjectNotFoundError, load_model, view
+from factlens.editing import generation, rome, second_moment, v_star
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
 REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from factlens.average_effects import average_indirect_effects, fact_effects, peak_depth, peak_effect
-from factlens.models import SubjectNotFoundError, TokenSpan, load_model, view
-from factlens.tracing import (
+from factlens.core.models import SubjectNotFoundError, TokenSpan, load_model, view
+from factlens.locating.average_effects import average_indirect_effects, fact_effects, peak_depth, peak_effect
+from factlens.locating.tracing import (
     TOKEN_GROUPS,
     Trace,
     corruption,

@@ -1,4 +1,4 @@
-"""The widgets (factlens.widgets) driven in-process on tiny random models: what they show, the
+"""The widgets (factlens.show.widgets) driven in-process on tiny random models: what they show, the
 one-line messages for bad input, one run at a time, and an editor that costs no edit to create.
 
 The same widgets in JupyterLab in a real browser: tests/test_widgets_live.py.
@@ -14,9 +14,11 @@ import ipywidgets as w
 import pytest
 import torch
 
-from factlens import data, rome, widgets
-from factlens.models import SubjectNotFoundError, load_model, view
-from factlens.probing import UnknownRelationError, query
+from factlens import data
+from factlens.core.models import SubjectNotFoundError, load_model, view
+from factlens.editing import rome
+from factlens.probing.lama import UnknownRelationError, query
+from factlens.show import widgets
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
 
@@ -183,10 +185,10 @@ def test_cloze_explorer_says_unknown_relation_then_works(tiny, shown):
 
 
 def test_memory_explorer_shows_the_chosen_key(tiny, shown):
-    from factlens import memories as mem
+    from factlens.memories import keys
 
-    corpus = mem.Corpus.from_texts(tiny, ["the cat sat on the mat", "a dog ran in the park today"], max_tokens=8)
-    search = mem.trigger_search(tiny, {0: [3, 5], 1: [7]}, corpus, k=2, n_random=4, progress=False)
+    corpus = keys.Corpus.from_texts(tiny, ["the cat sat on the mat", "a dog ran in the park today"], max_tokens=8)
+    search = keys.trigger_search(tiny, {0: [3, 5], 1: [7]}, corpus, k=2, n_random=4, progress=False)
     widgets.memory_explorer(tiny, search, corpus, prompt="the cat")
     assert "layer 1, key 7" in shown.latest(1).data
     find(shown.box(), "layer").value = 0

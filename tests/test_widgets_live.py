@@ -45,18 +45,20 @@ PROMPT = "{} is located in the city of"
 SUBJECT = "The Eiffel Tower"
 # the many-edits widget: two ROME edits in a row, measured once, on a small yardstick
 MANY_CASES = "data.counterfact()[10:12]"
-MANY_YARDSTICK = ('sequential.Yardstick(data.lama("TREx", relation="P36")[:4], ["The capital of France is"], '
+MANY_YARDSTICK = ('sequences.Yardstick(data.lama("TREx", relation="P36")[:4], ["The capital of France is"], '
                   "generate_tokens=2)")
 CELLS = {
     "setup": """\
-from factlens import data, memories, widgets
-from factlens.models import load_model
+from factlens import data
+from factlens.memories import keys
+from factlens.show import widgets
+from factlens.core.models import load_model
 
 model = load_model("gemma-3-270m")""",
     "cloze": 'widgets.cloze_explorer(model, subject="France", relation="P36", k=5)',
     "memory": """\
-corpus = memories.Corpus.from_texts(model, memories.wikitext_sentences(40), max_tokens=24, name="live")
-search = memories.trigger_search(model, {8: [11, 42], 17: [5, 99]}, corpus, k=3, n_random=10, progress=False)
+corpus = keys.Corpus.from_texts(model, keys.wikitext_sentences(40), max_tokens=24, name="live")
+search = keys.trigger_search(model, {8: [11, 42], 17: [5, 99]}, corpus, k=3, n_random=10, progress=False)
 widgets.memory_explorer(model, search, corpus, prompt="The Eiffel Tower is located in the city of")""",
     "trace": f"""\
 widgets.trace_explorer(model, prompt="{PROMPT.format(SUBJECT)}", subject="{SUBJECT}", samples=2, window=3)""",
@@ -68,7 +70,7 @@ cases = data.counterfact()[:3]
 frames = {"ROME": pd.DataFrame({"case_id": [c.case_id for c in cases], "ES": [1.0, 0.0, 1.0]})}
 widgets.edit_case_browser(frames, cases)""",
     "many": f"""\
-from factlens import sequential
+from factlens.editing import sequences
 
 edit_cases = {MANY_CASES}
 yardstick = {MANY_YARDSTICK}
@@ -294,7 +296,7 @@ class Widget:
 
 @pytest.fixture(scope="module")
 def gemma():
-    from factlens.models import load_model
+    from factlens.core.models import load_model
 
     return load_model("gemma-3-270m")
 
@@ -303,12 +305,13 @@ def gemma():
 
 
 def test_cloze_explorer_answers_for_a_new_subject_and_relation(notebook, gemma):
-    from factlens import data, probing
+    from factlens import data
+    from factlens.probing import lama
 
     relations = data.lama_relations()
     cloze = Widget(notebook, "cloze")
     first = cloze.rows()
-    assert first[0][0] == probing.query(gemma, relations["P36"].template, "France", k=5)["answer"].iloc[0]
+    assert first[0][0] == lama.query(gemma, relations["P36"].template, "France", k=5)["answer"].iloc[0]
 
     status = cloze.status()
     cloze.type("subject", "")  # bad input: one line in the widget, the output left as it was
@@ -318,18 +321,18 @@ def test_cloze_explorer_answers_for_a_new_subject_and_relation(notebook, gemma):
 
     cloze.type("subject", "Japan")  # and it still works
     status = cloze.settled(status, QUICK)
-    expected = probing.query(gemma, relations["P36"].template, "Japan", k=5)["answer"].tolist()
+    expected = lama.query(gemma, relations["P36"].template, "Japan", k=5)["answer"].tolist()
     assert [row[0] for row in cloze.rows()][:1] == expected[:1] and cloze.rows() != first
     assert status.startswith(f"query 3: {expected[0]!r}")
 
     cloze.choose("relation", f"P37: {relations['P37'].label}")
     cloze.settled(status, QUICK)
-    assert cloze.rows()[0][0] == probing.query(gemma, relations["P37"].template, "Japan", k=5)["answer"].iloc[0]
+    assert cloze.rows()[0][0] == lama.query(gemma, relations["P37"].template, "Japan", k=5)["answer"].iloc[0]
 
 
 def test_memory_explorer_shows_the_chosen_key_and_a_new_prompts_memories(notebook, gemma):
-    from factlens.memories import strongest_memories, value_logits
-    from factlens.models import view
+    from factlens.core.models import view
+    from factlens.memories.values import strongest_memories, value_logits
 
     memory = Widget(notebook, "memory")
     assert "layer 17, key 5" in memory.results()[0]
@@ -350,7 +353,7 @@ def test_memory_explorer_shows_the_chosen_key_and_a_new_prompts_memories(noteboo
 
 
 def test_trace_explorer_names_a_missing_subject_then_traces_the_new_prompt(notebook, gemma):
-    from factlens.models import view
+    from factlens.core.models import view
 
     tracer = Widget(notebook, "trace")
     image = tracer.cell.find_elements(tracer.by.CSS_SELECTOR, ".jp-OutputArea-output img")[-1].get_attribute("src")
@@ -371,8 +374,8 @@ def test_trace_explorer_names_a_missing_subject_then_traces_the_new_prompt(noteb
 
 
 def test_rome_editor_edits_on_one_click_with_progress_and_ignores_a_second(notebook, gemma):
-    from factlens import rome
-    from factlens.models import view
+    from factlens.core.models import view
+    from factlens.editing import rome
 
     editor = Widget(notebook, "rome")
     before = editor.rows()
@@ -413,14 +416,14 @@ def test_case_browser_shows_the_chosen_case(notebook):
 
 
 def test_many_edits_widget_runs_the_sequence_and_says_what_held(notebook, gemma):
-    from factlens import data, sequential  # noqa: F401  (the cell's names, for MANY_CASES and MANY_YARDSTICK)
+    from factlens.editing import sequences
 
     many = Widget(notebook, "many-edits")
     status = many.status()
     many.choose("method", "ROME")
     many.click("go")
     status = many.settled(status, SLOW)
-    run = sequential.run_sequence(gemma, eval(MANY_CASES), "ROME", eval(MANY_YARDSTICK), every=2, progress=False)
+    run = sequences.run_sequence(gemma, eval(MANY_CASES), "ROME", eval(MANY_YARDSTICK), every=2, progress=False)
     held = run.final("efficacy_newest")["value"]
     assert status.startswith(f"run 1: ROME, 2 edits: {held:.0f}% of the edits held, model restored"), status
     assert many.cell.find_elements(many.by.CSS_SELECTOR, ".factlens-result img"), "no curves drawn"

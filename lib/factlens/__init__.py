@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
-    from factlens.models import load_model
+    from factlens.core.models import load_model
 
 __all__ = ["load_model"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "load_model":
-        from factlens.models import load_model
+        from factlens.core.models import load_model
 
         return load_model
     raise AttributeError(f"module 'factlens' has no attribute {name!r}")

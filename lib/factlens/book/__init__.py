@@ -10,7 +10,7 @@ Three concerns, one module each:
   and Jupyter Book 1.
 
 The command line is ``python -m factlens.book`` (:mod:`factlens.book.__main__`). Chapters write
-their results with :mod:`factlens.results`, not here. Nothing here imports torch.
+their results with :mod:`factlens.evidence.results`, not here. Nothing here imports torch.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def mathjax_files(*, log: Any = print) -> Path | None:
     """The folder of MathJax's ``es5`` build (downloaded once into the cache and checked), or
     None when it cannot be had (offline, nothing cached): the site then loads MathJax from its
     CDN, so math renders for readers who are online."""
-    from factlens.cache import cache_dir, download
+    from factlens.core.cache import cache_dir, download
 
     folder = cache_dir("mathjax") / MATHJAX_VERSION
     if (folder / "es5" / "tex-mml-chtml.js").is_file():

@@ -9,7 +9,7 @@ described in ``shared/data/README.md`` (``lama/TREx/P19.jsonl``, ``rome/known_10
 * unset: each file is downloaded once from its canonical URL into
   ``cache_dir()/data/<relative path>`` (LAMA's ``data.zip`` is downloaded once and
   extracted; WikiText comes from the Hugging Face hub's parquet files and is stored as
-  text), with :func:`factlens.cache.download`: written to a temporary file, checked (it must
+  text), with :func:`factlens.core.cache.download`: written to a temporary file, checked (it must
   parse), and renamed into place. Its SHA-256 is recorded in a ``<file>.sha256`` sidecar and
   checked on every later read. A cached file without a sidecar or with a different digest is
   deleted and downloaded again, never trusted.
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from factlens.cache import DownloadError, cache_dir, download, replacing, sha256_file
+from factlens.core.cache import DownloadError, cache_dir, download, replacing, sha256_file
 from factlens.data.reading import MalformedDataError, check_parses
 
 ENV_VAR = "FACTLENS_DATA_DIR"
@@ -210,7 +210,7 @@ def _trusted(path: Path) -> bool:
 
 
 def _fetch(url: str, dest: Path, rel: str, src: Source, check: Callable[[Path], object] | None = None) -> str:
-    """:func:`factlens.cache.download`, with a failed transfer raised as :class:`DataUnavailableError`."""
+    """:func:`factlens.core.cache.download`, with a failed transfer raised as :class:`DataUnavailableError`."""
     print(f"factlens: downloading {url}", file=sys.stderr)
     try:
         return download(url, dest, check=check)

@@ -8,7 +8,7 @@ spread over a range of critical layers ``ℛ = {l_1, ..., L}`` (Algorithm 1):
        z_i = h_i^L + δ_i,   δ_i = argmin_δ  (1/P) Σ_j −log P_G(h_i^L += δ)[o_i | x_j ⊕ p(s_i, r_i)]
 
    (plus ROME's KL and decay terms), where ``h_i^L`` is the residual stream at the subject's last
-   token after layer ``L``. We find ``δ_i`` with ROME's optimizer (:func:`factlens.rome.compute_value`
+   token after layer ``L``. We find ``δ_i`` with ROME's optimizer (:func:`factlens.editing.rome.compute_value`
    at layer ``L``): for GPT-2, GPT-J and Llama, adding ``δ`` to layer ``L``'s MLP output *is*
    adding it to ``h^L``; for Gemma, whose MLP output passes a post-feedforward norm first,
    ``z_i = h_i^L + norm(v_i + δ_i) − norm(v_i)`` (see :func:`compute_z`).
@@ -20,7 +20,7 @@ spread over a range of critical layers ``ℛ = {l_1, ..., L}`` (Algorithm 1):
 
        ΔW^l = R^l (K^l)ᵀ (λ C^l + K^l (K^l)ᵀ)⁻¹
 
-   with ``C^l = E[k kᵀ]`` the keys' second moment (``factlens.rome.layer_stats``) and ``λ``
+   with ``C^l = E[k kᵀ]`` the keys' second moment (``factlens.editing.rome.layer_stats``) and ``λ``
    the ``mom2_update_weight`` of MEMIT's code. It is the solution of the normal equations
    ``ΔW (λC + K Kᵀ) = R Kᵀ`` of ``min ‖ΔW K − R‖² + λ ‖ΔW C^{1/2}‖²`` (eq. 9-14).
 
@@ -30,8 +30,8 @@ RMSNorm), ``r_i^l`` is a change of the residual stream and the layer's value mus
 (exactly ``r`` where there is no norm, as in the paper's models).
 
 :func:`apply` runs both steps and returns a :class:`BatchEdit`, one record that restores every
-edited layer bit for bit (also used by ``factlens.sequential`` for a whole sequence of edits).
-:func:`spread` is step 2 with a pluggable solver; ``factlens.alphaedit`` uses it with AlphaEdit's
+edited layer bit for bit (also used by ``factlens.editing.sequences`` for a whole sequence of edits).
+:func:`spread` is step 2 with a pluggable solver; ``factlens.editing.alphaedit`` uses it with AlphaEdit's
 projected solve. A batch with two requests for the same subject and prompt (relation) is an error:
 one key cannot be mapped to two values (:func:`check_requests`).
 """
@@ -46,15 +46,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from factlens import rome
-from factlens.models import Model, view
+from factlens.core.models import Model, view
+from factlens.editing import rome
 
 # --------------------------------------------------------------------------- the record
 
 
 class BatchEdit:
     """The record of a change to the MLP output weights of one or more layers, by a batch of edits
-    (MEMIT, AlphaEdit) or a whole sequence of them (``factlens.sequential``).
+    (MEMIT, AlphaEdit) or a whole sequence of them (``factlens.editing.sequences``).
 
     Construct it *before* changing the weights: it clones each named layer's weight as it is then
     (:meth:`cover` adds a layer later, before it changes). :meth:`undo` copies the clones back, so
@@ -120,9 +120,9 @@ class MEMITHyperParams:
         context_templates: ``((length, count), ...)`` of the random prefixes for ``z`` and the keys;
             MEMIT's code: 5 prefixes of 10 tokens, beside the prompt itself.
         v_lr, v_steps, kl_factor, weight_decay, clamp_norm_factor, essence_prompt: the optimization
-            of ``δ`` (:func:`factlens.rome.compute_value`). MEMIT's code clamps ``‖δ‖`` to 0.75
+            of ``δ`` (:func:`factlens.editing.rome.compute_value`). MEMIT's code clamps ``‖δ‖`` to 0.75
             ``‖h^L‖``; ROME's optimizer clamps to a multiple of the MLP output's norm ``‖v‖``.
-        mom2_samples, mom2_corpus: the keys ``C`` is estimated on (``factlens.rome.layer_stats``).
+        mom2_samples, mom2_corpus: the keys ``C`` is estimated on (``factlens.editing.rome.layer_stats``).
         seed: seed of the sampled prefixes.
     """
 
@@ -158,7 +158,7 @@ class MEMITHyperParams:
 # MEMIT's 0.75·‖h^L‖ bounds the residual, whose norm is several times the MLP output's).
 # The default model (Gemma 3 270M, 18 layers): four layers ending at ROME's layer 6, as GPT-2 XL's
 # 13-17 end at ROME's 17 (and span about a fifth of the depth, as GPT-J's 3-8 of 28 do); δ's
-# optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes, see factlens.rome), C from
+# optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes, see factlens.editing.rome), C from
 # 20,000 keys as ROME's. λ = 2,000: a typical key's kᵀ(λC)⁻¹k is about d_mlp / λ, so GPT-J's
 # 15,000 for 16,384 keys is about 2,000 for this MLP's 2,048; on the tuning split (8 cases in one
 # batch) λ = 1,000 and 2,000 write every fact (ES 100%), 15,000 none (ES 25%, as unedited).
@@ -198,11 +198,11 @@ def check_requests(requests: Sequence[rome.EditRequest]) -> list[rome.EditReques
     """
     requests = list(requests)
     if not requests:
-        raise ValueError("no requests: give at least one factlens.rome.EditRequest")
+        raise ValueError("no requests: give at least one factlens.editing.rome.EditRequest")
     seen: dict[tuple[str, str], int] = {}
     for i, r in enumerate(requests):
         if not isinstance(r, rome.EditRequest):
-            raise TypeError(f"request {i} is a {type(r).__name__}, not a factlens.rome.EditRequest")
+            raise TypeError(f"request {i} is a {type(r).__name__}, not a factlens.editing.rome.EditRequest")
         key = (r.subject, r.prompt)
         if key in seen:
             raise ValueError(
@@ -306,7 +306,7 @@ def compute_z(model: Model, request: rome.EditRequest, hp: MEMITHyperParams) -> 
     """``z = h^L + δ`` (eq. 16): the residual stream at the subject's last token after the last
     critical layer ``L`` that makes the model say ``request.target`` ([d_model]).
 
-    ``δ`` is optimized at layer ``L``'s MLP output by :func:`factlens.rome.compute_value` (the loss of
+    ``δ`` is optimized at layer ``L``'s MLP output by :func:`factlens.editing.rome.compute_value` (the loss of
     eq. 16 with ROME's KL and decay terms), so ``z = h^L + norm(v + δ) − norm(v)`` with ``v`` the MLP
     output of the prompt itself (``norm`` the identity for GPT-2, GPT-J, Llama).
     """
@@ -393,7 +393,7 @@ def apply(model: Model, requests: Sequence[rome.EditRequest], *, hparams: MEMITH
     """Write every request into ``model`` with MEMIT in one batch; return the :class:`BatchEdit`.
 
     ``zs`` are the target residuals (:func:`compute_zs`, computed here when not given); ``stats``
-    maps a layer to its ``C`` (default: :func:`factlens.rome.layer_stats`, cached). The record's
+    maps a layer to its ``C`` (default: :func:`factlens.editing.rome.layer_stats`, cached). The record's
     ``info`` holds per layer the keys ``K``, value changes ``R`` and the missing norm (``steps``),
     ``zs``, the hyperparameters and the seconds taken. If anything fails, the weights are restored
     before the error propagates.

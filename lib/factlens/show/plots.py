@@ -87,7 +87,7 @@ def _memory_layer_lines(ax, series: dict, styles: dict | None = None) -> None:
 
 def plot_trigger_patterns(scores: dict) -> "plt.Figure":
     """Shallow and semantic pattern scores of the keys' triggers per layer, random prefixes dashed
-    (``factlens.memories.pattern_scores``)."""
+    (``factlens.memories.keys.pattern_scores``)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
     null = scores["null"]
     _memory_layer_lines(a, {"same last token": scores["shallow_last"], "same last bigram": scores["shallow_bigram"]})
@@ -108,7 +108,7 @@ def plot_trigger_patterns(scores: dict) -> "plt.Figure":
 
 def plot_removal_drops(drops: dict) -> "plt.Figure":
     """Relative drop of a key's coefficient when the first, last or a random token of its
-    top triggers is removed, per layer (``factlens.memories.removal_drops``)."""
+    top triggers is removed, per layer (``factlens.memories.keys.removal_drops``)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     _memory_layer_lines(ax, {f"remove {w} token": d for w, d in drops.items()})
     ax.axhline(0, c="gray", lw=0.5)
@@ -120,7 +120,7 @@ def plot_removal_drops(drops: dict) -> "plt.Figure":
 
 def plot_value_agreement(agreement: dict, baseline: dict, paper_upper: float) -> "plt.Figure":
     """Share of keys whose value's top token is the next token of the key's top trigger,
-    per layer, against chance and the paper's upper-layer level (``factlens.memories.value_agreement``)."""
+    per layer, against chance and the paper's upper-layer level (``factlens.memories.values.value_agreement``)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     _memory_layer_lines(ax, {"value top token = next token of top trigger": agreement,
                              "chance (corpus frequency)": baseline}, {"chance (corpus frequency)": {"ls": "--"}})
@@ -134,7 +134,7 @@ def plot_value_agreement(agreement: dict, baseline: dict, paper_upper: float) ->
 def plot_memory_aggregation(agg: dict, paper_active: tuple[float, float], paper_composed: float) -> "plt.Figure":
     """Left: active memories (m_i != 0), negative ones, the share carrying 90% of the output and
     composed predictions per layer; right: the residual's refinement (already final) and, when
-    the FF changes the top token, what it becomes (``factlens.memory_aggregation.aggregation``)."""
+    the FF changes the top token, what it becomes (``factlens.memories.aggregation.aggregation``)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
     _memory_layer_lines(a, {"active memories (m_i != 0)": agg["active_fraction"],
                             "negative coefficients (m_i < 0)": agg["negative_fraction"],
@@ -163,7 +163,7 @@ _TRACE_TITLES = {"hidden": "single restored layer", "mlp": "restored MLP (window
 
 
 def plot_trace(trace, ax=None) -> "plt.Figure":
-    """Heatmap of one causal trace (``factlens.tracing.trace``), as the paper's Figure 1:
+    """Heatmap of one causal trace (``factlens.locating.tracing.trace``), as the paper's Figure 1:
     tokens down, layers across, P*[o] with the state restored; subject tokens starred."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 0.3 * len(trace.tokens) + 1.2))
     image = ax.pcolormesh(trace.scores.numpy(), cmap=_TRACE_COLORS[trace.kind], vmin=trace.corrupted_prob)
@@ -253,8 +253,8 @@ def plot_edit_metrics(summaries: dict, paper: dict, metrics: list[str] | tuple[s
     """Grouped bars: one group per metric, one bar per method (our mean with its 95% interval),
     and the paper's number for the same method as a black diamond on the bar.
 
-    ``summaries`` is ``{method: factlens.evaluation.summarize(...)}``, ``paper``
-    ``{method: {metric: value}}`` (``factlens.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``);
+    ``summaries`` is ``{method: factlens.editing.evaluation.summarize(...)}``, ``paper``
+    ``{method: {metric: value}}`` (``factlens.editing.evaluation.PAPER_COUNTERFACT`` / ``PAPER_ZSRE``);
     ``row_of`` maps our method names to the paper's rows where they differ.
     """
     import numpy as np

@@ -18,8 +18,8 @@ one's: ``v_i ← v_i − λ₁ E[o] + λ₂ E[o*]`` with ``λ₁ = λ₂ = 2`` (
 model's top prediction before the edit, and a target of several tokens adds each token's embedding
 once).
 
-:func:`apply` takes the same :class:`~factlens.rome.EditRequest` as ROME and returns a
-:class:`~factlens.memit.BatchEdit` that restores every changed layer bit for bit. Where we differ
+:func:`apply` takes the same :class:`~factlens.editing.rome.EditRequest` as ROME and returns a
+:class:`~factlens.editing.memit.BatchEdit` that restores every changed layer bit for bit. Where we differ
 from ROME's baseline code: the attributed answer ``y`` is the model's own top prediction after the
 prompt (the request carries no true object; on a fact the model knows, it is the true object),
 and the neuron is the MLP's activation after the nonlinearity (Dai et al.'s definition; ROME's
@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from factlens import rome
-from factlens.memit import BatchEdit
-from factlens.models import Model, view
+from factlens.core.models import Model, view
+from factlens.editing import rome
+from factlens.editing.memit import BatchEdit
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ AlphaEdit) after another, and every ``every`` edits measures on the model as it 
 * efficacy of the newest edits: ``[P(o*) > P(o)]`` on the prompts of the last ``every`` edits;
 * retention: the same on every earlier edit;
 * neighbourhood specificity: ``[P(o_n) > P(o*)]`` on the neighbourhood prompts of every edit so far;
-* LAMA P@1 on a fixed sample of untouched T-REx facts (``factlens.probing``);
+* LAMA P@1 on a fixed sample of untouched T-REx facts (``factlens.probing.lama``);
 * generation entropy: ROME's weighted 2-/3-gram entropy of text sampled from fixed prompts;
 
 each with its 95% interval (Wilson for the proportions, bootstrap over prompts for the entropy).
@@ -47,10 +47,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from factlens import alphaedit, evaluation, memit, probing, rome
-from factlens.claims import bootstrap, wilson
+from factlens.core.models import Model, view
 from factlens.data import LamaFact
-from factlens.models import Model, view
+from factlens.editing import alphaedit, evaluation, memit, rome
+from factlens.evidence.claims import bootstrap, wilson
+from factlens.probing import lama
 
 MethodName = Literal["ROME", "ROME (original key mix)", "MEMIT", "AlphaEdit"]
 METHODS: tuple[str, ...] = ("ROME", "ROME (original key mix)", "MEMIT", "AlphaEdit")
@@ -106,7 +107,7 @@ def forecast(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, k0: torch.T
 
 def rome_step(model: Model, request: rome.EditRequest, hp: rome.ROMEHyperParams, C: torch.Tensor, *,
               key_mix: str = "prefix", flag_ratio: float = 0.1) -> Forecast:
-    """One sequential ROME edit, in place: ``k*``, ``v*`` (``factlens.rome``), the :func:`forecast`,
+    """One sequential ROME edit, in place: ``k*``, ``v*`` (``factlens.editing.rome``), the :func:`forecast`,
     then the rank-one update with the averaged key (``key_mix="prefix"``, eq. 2) or with ROME's code's
     unprefixed key in the denominator (``key_mix="original"``). Returns the forecast."""
     if key_mix not in ("prefix", "original"):
@@ -168,7 +169,7 @@ def outcomes(model: Model, cases: Sequence[Any], yardstick: Yardstick) -> dict[s
         lp = evaluation.target_log_probs(model, prompts, targets, batch_size=64).view(-1, 2).numpy()
         out["edit"] = lp[: len(cases), 0] > lp[: len(cases), 1]
         out["neighbour"] = lp[len(cases):, 1] > lp[len(cases):, 0]
-    probed = probing.probe(model, yardstick.lama, k=1, progress=False)
+    probed = lama.probe(model, yardstick.lama, k=1, progress=False)
     out["lama"] = (probed.frame["rank"] == 1).to_numpy()
     texts = rome.generate(model, yardstick.generation_prompts, yardstick.generate_tokens, top_k=5, seed=yardstick.seed)
     out["entropy"] = np.array([100 * evaluation.ngram_entropy(p + t)
@@ -240,11 +241,11 @@ def run_sequence(model: Model, cases: Sequence[Any], method: str, yardstick: Yar
 
     ``method`` is one of :data:`METHODS`. ROME's methods edit one case at a time (:func:`rome_step`,
     with its :func:`forecast`); MEMIT and AlphaEdit edit batches of ``batch_size`` cases (default
-    ``every``, which it must divide), AlphaEdit keeping one :class:`~factlens.alphaedit.AlphaEditState`
-    for the sequence. ``zs`` (one row per case, :func:`factlens.memit.compute_zs`) are the batch
+    ``every``, which it must divide), AlphaEdit keeping one :class:`~factlens.editing.alphaedit.AlphaEditState`
+    for the sequence. ``zs`` (one row per case, :func:`factlens.editing.memit.compute_zs`) are the batch
     methods' target residuals, as MEMIT's and AlphaEdit's code reuse cached ones; computed per batch on
     the current model when not given. Both batch methods use ``alphaedit_hparams.memit``'s MEMIT
-    settings (default :func:`factlens.alphaedit.default_hparams`). ``on_checkpoint`` receives the
+    settings (default :func:`factlens.editing.alphaedit.default_hparams`). ``on_checkpoint`` receives the
     curve so far after each measurement (for a live plot). At the end the whole sequence is undone
     (bit for bit) unless ``keep_edits``; ``run.record.undo()`` undoes it later.
     """

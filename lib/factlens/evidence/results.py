@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from factlens.cache import replacing
-from factlens.claims import Claim, PaperNumber
+from factlens.core.cache import replacing
+from factlens.evidence.claims import Claim, PaperNumber
 
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython"}
 _REQUIRED = ("model_name", "profile", "results_dir")
@@ -72,9 +72,9 @@ class Run:
 
     def claim(self, claim_id: str, statement: str, *, paper: str | PaperNumber, ours: float,
               ci: tuple[float, float], n: int, **options: Any) -> Claim:
-        """Register one headline claim (see :class:`factlens.claims.Claim`) and return it; an id
+        """Register one headline claim (see :class:`factlens.evidence.claims.Claim`) and return it; an id
         registered twice replaces the first (a cell run again)."""
-        from factlens.models import model_label
+        from factlens.core.models import model_label
 
         made = Claim(self.chapter, claim_id, statement, model_label(self.model_name), paper, float(ours),
                      (float(ci[0]), float(ci[1])), int(n), **options)
@@ -82,8 +82,8 @@ class Run:
         return made
 
     def claims_frame(self):
-        """This run's claims as a table (:func:`factlens.claims.claims_frame`)."""
-        from factlens.claims import claims_frame
+        """This run's claims as a table (:func:`factlens.evidence.claims.claims_frame`)."""
+        from factlens.evidence.claims import claims_frame
 
         return claims_frame(self.claims)
 
@@ -142,7 +142,7 @@ def _version() -> str:
 
 def write_json_atomically(path: Path, record: Any) -> Path:
     """Write ``record`` as JSON to ``path`` through a temporary file renamed into place
-    (:func:`factlens.cache.replacing`), so a reader never meets a half-written file."""
+    (:func:`factlens.core.cache.replacing`), so a reader never meets a half-written file."""
     text = json.dumps(record, indent=2, allow_nan=False)
     with replacing(path) as tmp:
         with tmp.open("w") as f:
@@ -158,7 +158,7 @@ def save_results(chapter: str, metrics: Mapping[str, Any], *, model_name: str, p
     """Write a chapter's headline numbers to ``<results_dir>/<chapter>.json``, atomically.
 
     The file holds ``chapter``, ``model``, ``profile``, ``parameters``, ``metrics``, ``claims``
-    (records of :meth:`factlens.claims.Claim.to_record`), ``seconds``, ``factlens_version`` and
+    (records of :meth:`factlens.evidence.claims.Claim.to_record`), ``seconds``, ``factlens_version`` and
     ``timestamp`` (UTC, ISO 8601). numpy/torch scalars and arrays become numbers and lists; NaN
     and infinities become ``null``.
     """

@@ -37,16 +37,18 @@ import ipywidgets as w
 import pandas as pd
 from IPython.display import HTML, display
 
-from factlens import data, generation, rome
-from factlens.memories import key_coefficients, strongest_memories, value_logits
-from factlens.models import Model, view
-from factlens.probing import UnknownRelationError, query
-from factlens.tracing import KINDS, Trace, default_window, trace
+from factlens import data
+from factlens.core.models import Model, view
+from factlens.editing import generation, rome
+from factlens.locating.tracing import KINDS, Trace, default_window, trace
+from factlens.memories.keys import key_coefficients
+from factlens.memories.values import strongest_memories, value_logits
+from factlens.probing.lama import UnknownRelationError, query
 
 if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
 
-    from factlens.memories import Corpus, TriggerSearch
+    from factlens.memories.keys import Corpus, TriggerSearch
 
 _MESSAGE_CHARS = 300
 _RESULT = 'class="factlens-result"'
@@ -204,7 +206,7 @@ def _text(description: str, value: str, name: str, wide: bool = False) -> w.Text
 
 def cloze_table(model: Model, template: str, subject: str, k: int = 10) -> Styler:
     """What the cloze explorer shows: the top-``k`` answers of the cloze ``template`` with
-    ``subject`` in place of ``[X]`` (``factlens.probing.query``), with their probabilities,
+    ``subject`` in place of ``[X]`` (``factlens.probing.lama.query``), with their probabilities,
     captioned with the filled cloze."""
     if "[X]" in template:
         check_text(model, subject, "subject", "France")
@@ -269,7 +271,7 @@ def memory_key_html(model: Model, search: TriggerSearch, corpus: Corpus, layer: 
 
 def memory_prompt_html(model: Model, prompt: str, top: int = 2) -> str:
     """Per layer, the strongest memories at the prompt's last token and what their values
-    promote (``factlens.memories.strongest_memories``)."""
+    promote (``factlens.memories.values.strongest_memories``)."""
     rows = strongest_memories(model, check_text(model, prompt, "prompt", "The capital of France is"), top=top)
     body = "".join(
         f"<tr><td>{r['layer']}</td><td>{r['key']}</td><td>{r['coefficient']:.2f}</td>"
@@ -322,11 +324,11 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
     """Causal tracing of any prompt (chapter 3a): write a prompt and its subject, choose the
     kind of state restored, the noise samples, the noise (× the embeddings' std) and the window
     (default: ``tracing.default_window``, the paper's 10 of 48 layers scaled to depth);
-    press "trace" to see the heatmap (``factlens.tracing.trace``). The default is shown
+    press "trace" to see the heatmap (``factlens.locating.tracing.trace``). The default is shown
     at once (``initial``: a trace of the default already computed, shown instead of tracing it again)."""
     import matplotlib.pyplot as plt
 
-    from factlens.plots import plot_trace
+    from factlens.show.plots import plot_trace
 
     text = _text("prompt", prompt, "prompt", wide=True)
     subj = _text("subject", subject, "subject")
@@ -363,7 +365,7 @@ _BEFORE = "before: [top token] greedy text"
 
 
 def case_html(frames: Mapping[str, pd.DataFrame], case: data.CounterFactCase) -> str:
-    """One CounterFact case evaluated by ``factlens.evaluation.evaluate_counterfact``: its request,
+    """One CounterFact case evaluated by ``factlens.editing.evaluation.evaluate_counterfact``: its request,
     a paraphrase and a neighbour, and per method its scores (``frames``: ``{method: DataFrame}``)."""
     rows = {m: f[f["case_id"] == case.case_id].drop(columns=["case_id"]).iloc[0] for m, f in frames.items()}
     request = f"{case.prompt.replace('{}', case.subject)} [{case.target_true} → {case.target_new}]"
@@ -373,7 +375,7 @@ def case_html(frames: Mapping[str, pd.DataFrame], case: data.CounterFactCase) ->
 
 
 def edit_case_browser(frames: Mapping[str, pd.DataFrame], cases: Sequence[data.CounterFactCase]) -> None:
-    """Pick a CounterFact case evaluated by ``factlens.evaluation.evaluate_counterfact``: shows
+    """Pick a CounterFact case evaluated by ``factlens.editing.evaluation.evaluate_counterfact``: shows
     its request and, per method, the case's scores (:func:`case_html`). Needs no model: the
     static book shows the first case."""
     by_id = {c.case_id: c for c in cases}
@@ -482,17 +484,18 @@ def many_edits_explorer(model: Model, cases: Sequence[data.CounterFactCase], yar
                         initial: Mapping[str, pd.DataFrame] | None = None, zs=None, every: int = 10,
                         max_edits: int = 100, alphaedit_hparams=None, rome_hparams=None) -> None:
     """Choose an editing method and a number of edits, press "edit", and watch the measurements of
-    ``factlens.sequential`` grow every ``every`` edits beside the chapter's curves (``initial``,
+    ``factlens.editing.sequences`` grow every ``every`` edits beside the chapter's curves (``initial``,
     ``{method: curve}``; shown alone until the first run). ``cases`` are edited in order; ``zs``
     (one per case) are MEMIT's and AlphaEdit's cached targets. The model is restored bit for bit
-    after every run. ``yardstick`` is a :class:`factlens.sequential.Yardstick`."""
+    after every run. ``yardstick`` is a :class:`factlens.editing.sequences.Yardstick`."""
     import matplotlib.pyplot as plt
 
-    from factlens import plots, sequential
+    from factlens.editing import sequences
+    from factlens.show import plots
 
     reference = dict(initial or {})
     label = view(model).label
-    method = w.Dropdown(options=list(sequential.METHODS), value="ROME",
+    method = w.Dropdown(options=list(sequences.METHODS), value="ROME",
                         description="method").add_class("factlens-method")
     top = max(every, min(max_edits, len(cases)) // every * every)
     edits = w.IntSlider(value=min(top, 2 * every), min=every, max=top, step=every,
@@ -518,7 +521,7 @@ def many_edits_explorer(model: Model, cases: Sequence[data.CounterFactCase], yar
         panel.stage(f"{chosen}: {n} edits, measuring every {every}")
         others = {m: c for m, c in reference.items() if m != chosen}
         with panel.bars():
-            run = sequential.run_sequence(model, cases[:n], chosen, yardstick, every=every,
+            run = sequences.run_sequence(model, cases[:n], chosen, yardstick, every=every,
                                           zs=None if zs is None else zs[:n], rome_hparams=rome_hparams,
                                           alphaedit_hparams=alphaedit_hparams,
                                           on_checkpoint=lambda curve: draw({**others, f"{chosen} (this run)": curve}))

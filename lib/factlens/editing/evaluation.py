@@ -22,13 +22,13 @@ the target's previous tokens (teacher forced); the specificity target is the mod
 answer of an unrelated question, so it measures what the edit broke.
 
 :func:`evaluate_counterfact` and :func:`evaluate_zsre` run an editing method (any callable
-``method(model, request) -> Edit``, e.g. ``factlens.rome.apply``,
-``factlens.baselines.FineTuner.apply``, or ``None`` for the unedited model) over cases,
+``method(model, request) -> Edit``, e.g. ``factlens.editing.rome.apply``,
+``factlens.editing.fine_tuning.FineTuner.apply``, or ``None`` for the unedited model) over cases,
 undoing each edit before the next, and return one row per case. :func:`summarize` turns the
 rows into means with bootstrap 95% intervals over cases, in percent as the paper reports them;
 :func:`paired_difference` compares two methods on the same cases (the cases resampled
 together), and :func:`claim_difference` / :func:`claim_value` give a claim's evidence beside
-the paper's number (``factlens.results.Run.claim``).
+the paper's number (``factlens.evidence.results.Run.claim``).
 """
 
 from __future__ import annotations
@@ -46,18 +46,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from factlens import rome
-from factlens.claims import PaperNumber, bootstrap, paper, paper_table, wilson
+from factlens.core.models import Model, view
 from factlens.data import CounterFactCase, ZsreCase
-from factlens.models import Model, view
+from factlens.editing import rome
+from factlens.evidence.claims import PaperNumber, bootstrap, paper, paper_table, wilson
 
 Method = Callable[[Model, rome.EditRequest], rome.Edit]
 
 COUNTERFACT_METRICS = ("S", "ES", "PS", "NS", "EM", "PM", "NM", "GE")
-_Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # normal quantiles of the two-sided levels (as factlens.claims.wilson)
+_Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # two-sided normal quantiles (as claims.wilson)
 ZSRE_METRICS = ("efficacy", "paraphrase", "specificity")
 
-# The paper's numbers on GPT-2 XL (factlens.claims), in percent (GE: entropy × 100), per method:
+# The paper's numbers on GPT-2 XL (factlens.evidence.claims), in percent (GE: entropy × 100), per method:
 # CounterFact, Table 4 (RS, the consistency score, needs data we do not have); zsRE, Table 3.
 PAPER_COUNTERFACT: dict[str, dict[str, float]] = {
     m: paper_table(f"rome.counterfact.{m}") for m in ("unedited", "FT", "FT+L", "KN", "ROME")}
@@ -358,8 +358,8 @@ def summarize(frame: pd.DataFrame, metrics: Sequence[str] | None = None, *, n_bo
     """Each metric's mean over cases with a 95% interval, in percent: ``{metric: {"mean", "low", "high"}}``.
 
     A proportion (a metric that is 0 or 1 for every case) gets Wilson's interval
-    (``factlens.claims.wilson``); any other metric, S (a harmonic mean of means) included, the
-    percentile interval over ``n_boot`` resamples of the cases (``factlens.claims.bootstrap``,
+    (``factlens.evidence.claims.wilson``); any other metric, S (a harmonic mean of means) included, the
+    percentile interval over ``n_boot`` resamples of the cases (``factlens.evidence.claims.bootstrap``,
     seeded: every metric sees the same resamples). Metrics default to CounterFact's or zsRE's,
     whichever columns the frame has; a metric that is NaN for every case (GE without
     generation) is left out.
@@ -414,7 +414,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative
 
 def paper_difference(benchmark: str, a: str, b: str, metric: str, *, relative: bool = False) -> PaperNumber:
     """The paper's ``a − b`` for ``metric`` (``relative``: ``100·(a/b − 1)``, percent), computed from
-    the registered numbers (``factlens.claims``: ``rome.<benchmark>.<method>.<metric>``), with
+    the registered numbers (``factlens.evidence.claims``: ``rome.<benchmark>.<method>.<metric>``), with
     their source; what an ordering or difference claim sets beside :func:`paired_difference`."""
     pa, pb = paper(f"rome.{benchmark}.{a}.{metric}"), paper(f"rome.{benchmark}.{b}.{metric}")
     value = 100 * (pa.value / pb.value - 1) if relative else pa.value - pb.value
@@ -426,7 +426,7 @@ def claim_difference(frames: Mapping[str, pd.DataFrame], a: str, b: str, metric:
                      benchmark: str = "counterfact", paper_rows: Mapping[str, str] | None = None,
                      relative: bool = False, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The evidence of a claim about ``metric(a) − metric(b)``: the keyword arguments ``paper``,
-    ``ours``, ``ci`` and ``n`` of ``factlens.results.Run.claim``.
+    ``ours``, ``ci`` and ``n`` of ``factlens.evidence.results.Run.claim``.
 
     Ours is :func:`paired_difference` of the two methods' frames (the same cases); the paper's
     is :func:`paper_difference` of the rows our methods stand for (``paper_rows`` maps our row
@@ -442,7 +442,7 @@ def claim_value(frames: Mapping[str, pd.DataFrame], method: str, metric: str, *,
                 n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The evidence of a claim that ``method``'s ``metric`` equals the paper's: the keyword
     arguments ``paper``, ``ours``, ``ci``, ``n`` and ``reference`` (the ``reference`` method's
-    value on the same cases, e.g. the unedited model's) of ``factlens.results.Run.claim``."""
+    value on the same cases, e.g. the unedited model's) of ``factlens.evidence.results.Run.claim``."""
     rows = paper_rows or {}
     ours = summarize(frames[method], [metric], n_boot=n_boot, seed=seed)[metric]
     out = {"paper": paper(f"rome.{benchmark}.{rows.get(method, method)}.{metric}"), "ours": ours["mean"],

@@ -46,8 +46,8 @@ import torch
 from tqdm.auto import tqdm
 
 from factlens import data
+from factlens.core.models import Model, View, view
 from factlens.data import LamaFact
-from factlens.models import Model, View, view
 
 #: Google-RE's relations whose objects are words (the third, date_of_birth, has years).
 GOOGLE_RE_TWO = ("place_of_birth", "place_of_death")
@@ -388,7 +388,7 @@ class ProbeResult:
     def paper_rows(self) -> pd.Series:
         """P@1 (%) in the rows of the paper's Table 2: T-REx by relation type and in total,
         Google-RE by relation and in total, ConceptNet, SQuAD (NaN where there are no facts);
-        the rows of ``factlens.claims.paper_table("lama.p_at_1.BERT-large")``.
+        the rows of ``factlens.evidence.claims.paper_table("lama.p_at_1.BERT-large")``.
 
         The paper's Google-RE row is the mean of three relations, birth date among them; it is
         NaN unless all three were probed, and ``Google-RE 2 relations`` is the mean of

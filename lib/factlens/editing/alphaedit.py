@@ -7,7 +7,7 @@ AlphaEdit instead projects the update onto the null space of the preserved keys,
 ``ΔW K₀ = 0`` exactly, and drops the preservation term:
 
 * the projector (eq. 8-9): ``P = Û Ûᵀ``, with ``Û`` the eigenvectors of ``K₀ K₀ᵀ`` (here ``C``, the
-  same second moment ROME and MEMIT use, ``factlens.rome.layer_stats``) whose eigenvalues are below
+  same second moment ROME and MEMIT use, ``factlens.editing.rome.layer_stats``) whose eigenvalues are below
   ``nullspace_threshold`` (the code's SVD of ``C`` and its threshold, 2·10⁻² for GPT-2 XL);
 * the update (eq. 14), with ``K_p`` the keys of the edits made before in a sequence::
 
@@ -17,8 +17,8 @@ AlphaEdit instead projects the update onto the null space of the preserved keys,
   ``L2`` (10; the paper writes ``I``).
 
 For any ``k₀`` with ``P k₀ = 0``, ``(P(…) + αI)ᵀ k₀ = α k₀``, hence ``ΔW k₀ = 0``: the preserved keys'
-outputs do not move. Everything else is MEMIT's (``factlens.memit``): the targets ``z``, the keys,
-the spreading over the critical layers (:func:`factlens.memit.spread`). :class:`AlphaEditState`
+outputs do not move. Everything else is MEMIT's (``factlens.editing.memit``): the targets ``z``, the keys,
+the spreading over the critical layers (:func:`factlens.editing.memit.spread`). :class:`AlphaEditState`
 holds the projectors and ``K_p K_pᵀ``, which a sequence of batches shares.
 """
 
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from factlens import memit, rome
-from factlens.models import Model, view
+from factlens.core.models import Model, view
+from factlens.editing import memit, rome
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ _SETTINGS: dict[str, tuple[float, float]] = {"gpt2-xl": (2e-2, 10.0), "EleutherA
 
 
 def default_hparams(model: Model) -> AlphaEditHyperParams:
-    """AlphaEdit's settings for ``model``: MEMIT's (:func:`factlens.memit.default_hparams`), the null
+    """AlphaEdit's settings for ``model``: MEMIT's (:func:`factlens.editing.memit.default_hparams`), the null
     space's threshold and ``α`` (the code's for unknown models)."""
     threshold, l2 = _SETTINGS.get(view(model).name, (2e-2, 10.0))
     return AlphaEditHyperParams(memit=memit.default_hparams(model), nullspace_threshold=threshold, l2=l2)
@@ -106,7 +106,7 @@ class AlphaEditState:
     @classmethod
     def create(cls, model: Model, hp: AlphaEditHyperParams | None = None,
                stats: dict[int, torch.Tensor] | None = None) -> AlphaEditState:
-        """Projectors from each layer's ``C`` (``stats``, default :func:`factlens.rome.layer_stats`, whose
+        """Projectors from each layer's ``C`` (``stats``, default :func:`factlens.editing.rome.layer_stats`, whose
         projectors are kept in the model's ``View.memo``); no previous edits."""
         hp = hp or default_hparams(model)
         m = hp.memit
@@ -132,11 +132,12 @@ class AlphaEditState:
 def apply(model: Model, requests: Sequence[rome.EditRequest], *, hparams: AlphaEditHyperParams | None = None,
           state: AlphaEditState | None = None, zs: torch.Tensor | None = None,
           stats: dict[int, torch.Tensor] | None = None, progress: bool = False) -> memit.BatchEdit:
-    """Write every request into ``model`` with AlphaEdit in one batch; return the :class:`~factlens.memit.BatchEdit`.
+    """Write every request into ``model`` with AlphaEdit in one batch; return the
+    :class:`~factlens.editing.memit.BatchEdit`.
 
     ``state`` carries the projectors and the previous edits' keys across batches of a sequence (a
     fresh one from ``stats`` when not given); after the update, the batch's keys (recomputed on the
-    edited model, as the code does) are added to it. ``zs`` as in :func:`factlens.memit.apply`.
+    edited model, as the code does) are added to it. ``zs`` as in :func:`factlens.editing.memit.apply`.
     """
     v = view(model)
     hp = hparams or default_hparams(model)

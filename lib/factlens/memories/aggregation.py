@@ -12,7 +12,7 @@ residual stream refines the prediction layer by layer.
 * :func:`aggregation`: all of it per layer.
 
 The memories themselves (coefficients, values and the tokens they promote) are in
-:mod:`factlens.memories`.
+:mod:`factlens.memories.keys`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from factlens.memories import Corpus, ValueTokens, value_tokens
-from factlens.models import Model, view
+from factlens.core.models import Model, view
+from factlens.memories.keys import Corpus
+from factlens.memories.values import ValueTokens, value_tokens
 
 
 @dataclass

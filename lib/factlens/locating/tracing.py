@@ -13,7 +13,7 @@ is run three times:
 
 Total effect ``TE = P[o] − P*[o]``; indirect effect ``IE = P*,clean h_i^(l)[o] − P*[o]``
 (paper, §2.1). :func:`trace` returns the restored probabilities over (token, layer);
-:mod:`factlens.average_effects` averages the indirect effects over many facts by token
+:mod:`factlens.locating.average_effects` averages the indirect effects over many facts by token
 group (paper, §2.2 and Figure 2).
 
 Speed. The straightforward loop (:func:`trace_straightforward`, the paper's code) runs the
@@ -44,10 +44,10 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from factlens import claims
-from factlens.cache import cached_tensors
-from factlens.forward import Recording
-from factlens.models import Model, TokenSpan, View, view
+from factlens.core.cache import cached_tensors
+from factlens.core.forward import Recording
+from factlens.core.models import Model, TokenSpan, View, view
+from factlens.evidence import claims
 
 Kind = Literal["hidden", "mlp", "attn"]
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")

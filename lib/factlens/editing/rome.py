@@ -11,7 +11,7 @@ ROME writes one new association ``(k*, v*)`` with the least change to the others
 so that ``Ŵ k* = v*`` while every key orthogonal to ``C⁻¹ k*`` is mapped as before.
 
 * :func:`layer_stats` estimates ``C`` (the uncentred second moment of the keys) from a
-  text corpus, streamed and cached (``factlens.second_moment``);
+  text corpus, streamed and cached (``factlens.editing.second_moment``);
 * :func:`compute_key` is ``k*``, the key at the subject's last token averaged over random
   text prefixes (eq. 3);
 * :func:`compute_value` is ``v*``, optimized so the model says the new object (eq. 4);
@@ -22,7 +22,7 @@ case id); numbers are reported on the rest (:func:`evaluation_cases`).
 
 :func:`apply` runs the three steps and returns an :class:`Edit`, the record of one change
 of a layer's MLP output weight that can be undone bit for bit; ``with edit(model, request)``
-undoes it on exit. :class:`Edit` is generic: the baselines (``factlens.baselines``) return
+undoes it on exit. :class:`Edit` is generic: the baselines (``factlens.editing.fine_tuning``) return
 it too.
 
 Notation: the library stores the values as a [d_mlp, d_model] matrix ``V`` (one value vector
@@ -39,15 +39,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from factlens.generation import generate  # noqa: F401  (re-exported: rome.generate, for the chapters)
-from factlens.models import Model, view
-from factlens.second_moment import (  # noqa: F401  (ROME's statistics, re-exported: rome.layer_stats)
+from factlens.core.models import Model, view
+from factlens.editing.generation import generate  # noqa: F401  (re-exported: rome.generate, for the chapters)
+from factlens.editing.second_moment import (  # noqa: F401  (ROME's statistics, re-exported: rome.layer_stats)
     collect_layer_stats,
     layer_stats,
     layer_stats_seconds,
     precompute_layer_stats,
 )
-from factlens.v_star import (  # noqa: F401  (ROME's v*, eq. 4, re-exported: rome.compute_value)
+from factlens.editing.v_star import (  # noqa: F401  (ROME's v*, eq. 4, re-exported: rome.compute_value)
     RewritePrompts,
     ValueResult,
     compute_value,
@@ -160,7 +160,7 @@ class ROMEHyperParams:
         clamp_norm_factor: ``‖δ‖`` is clamped to this multiple of ``‖v‖`` after every step. Paper: 4.
         mom2_samples: the number of *keys* (token positions of the corpus) that ``C`` averages.
             ROME's code names its 100,000 ``mom2_n_samples`` the same way, but counts Wikipedia
-            *texts* of up to 1,024 tokens, each token a key (``factlens.second_moment``).
+            *texts* of up to 1,024 tokens, each token a key (``factlens.editing.second_moment``).
         mom2_corpus: the corpus ``C`` is estimated on (``factlens.data.corpus``).
         essence_prompt: the KL prompt's template. Paper: "{} is a".
         damping: ``C + damping · mean(diag C) · I`` is solved (:func:`rank_one_update`), so that a

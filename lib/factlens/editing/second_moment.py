@@ -28,8 +28,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from factlens.cache import cached_tensors, tensor_file
-from factlens.models import Model, view
+from factlens.core.cache import cached_tensors, tensor_file
+from factlens.core.models import Model, view
 
 #: The most keys the paper's C can hold: 100,000 texts of at most 1,024 tokens (GPT-2 XL).
 PAPER_KEYS_UPPER_BOUND = 100_000 * 1_024
@@ -137,7 +137,7 @@ def layer_stats(model: Model, layer: int, *, corpus: str = "wikitext", samples: 
     ``chunk_tokens``-token chunks of the corpus (``factlens.data.corpus``). The paper's C
     counts differently (100,000 Wikipedia texts of up to 1,024 tokens; see the module
     docstring); the scale of C cancels in eq. 2, only its shape matters. Cached by model,
-    layer, corpus and sample count (``factlens.cache.cached_tensors``).
+    layer, corpus and sample count (``factlens.core.cache.cached_tensors``).
     """
     entry = _entry(model, layer, corpus=corpus, samples=samples, chunk_tokens=chunk_tokens, progress=progress)
     return entry["C"].to(view(model).device)

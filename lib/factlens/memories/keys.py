@@ -8,13 +8,13 @@ Key ``k_i`` detects a pattern in the input prefix, the coefficient ``m_i`` says 
 and the value ``v_i`` (row ``i`` of the MLP output matrix) is added to the output with weight
 ``m_i``. In a gated MLP (Gemma, Llama) the coefficient is ``m_i = act(x . g_i) * (x . k_i)``:
 the key is the pair (gate row, input row); the values are still the rows of the output
-matrix. ``factlens.models.View.key_hook`` reads ``m`` for every architecture.
+matrix. ``factlens.core.models.View.key_hook`` reads ``m`` for every architecture.
 
 The module follows the paper's sections:
 
 * triggers (section 3.1): :func:`trigger_search`/:func:`top_triggers` stream a corpus once and
   keep, per key, the ``k`` prefixes with the highest coefficient (what the triggers share, and
-  which token makes a key fire, section 3.2, is in :mod:`factlens.memory_patterns`);
+  which token makes a key fire, section 3.2, is in :mod:`factlens.memories.patterns`);
 * values (section 4): :func:`value_logits` projects a value to the vocabulary (the one place
   that decides how: Geva's ``v_i E``, or the labelled variant through the model's norms),
   :func:`value_tokens` gives the token every value of a layer promotes with either sign of its
@@ -24,13 +24,12 @@ The module follows the paper's sections:
   last token, and what they promote.
 
 Section 5 (aggregating memories: composition within a layer, refinement across layers) is in
-:mod:`factlens.memory_aggregation`.
+:mod:`factlens.memories.aggregation`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,8 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from factlens.cache import cached_tensors
-from factlens.models import Batch, Model, View, view
+from factlens.core.cache import cached_tensors
+from factlens.core.models import Batch, Model, View, view
 
 # --------------------------------------------------------------------------- the corpus
 
@@ -173,7 +172,7 @@ def trigger_search(
     Geva et al. section 3.1: the trigger examples of key k_i are the training prefixes x
     with the largest m_i = f(x . k_i). The corpus is streamed in batches; per key only a
     running top-``k`` is kept, with the prefix's representation (the residual stream after
-    ``representation_layer``) for :func:`factlens.memory_patterns.pattern_scores`, so memory
+    ``representation_layer``) for :func:`factlens.memories.patterns.pattern_scores`, so memory
     does not grow with the corpus. ``every_key_top``: also keep the top triggers of every key of
     the searched layers (``search.every_key``; what section 4 reads for every value), from the
     same pass. Cached by model, keys, corpus and sizes.
@@ -366,155 +365,3 @@ def prefix_text(model: Model, corpus: Corpus, text: int, position: int) -> str:
     """A prefix as text, cut to its last 60 characters (the trigger is at its end)."""
     words = view(model).tokenizer.decode(corpus.ids[text][1 : position + 1])
     return "…" + words[-60:] if len(words) > 60 else words
-
-
-# --------------------------------------------------------------------------- values
-
-
-def value_logits(model: Model, layer: int, keys: Sequence[int] | torch.Tensor | None = None, *,
-                 normed: bool = False) -> torch.Tensor:
-    """Each value vector projected to the vocabulary: [n_keys, d_vocab] logits.
-
-    Geva et al. section 4: ``p_i = softmax(v_i E)``, the value times the output embedding
-    and nothing else: that is the default, and the projection every comparison with the
-    paper uses. ``normed=True`` is a labelled variant: what the model would make of the
-    value if it were the only thing in the residual stream, ``unembed(final_norm(
-    mlp_post_norm(v_i)))`` (Gemma's post-feedforward norm; identity for GPT-2 and Llama).
-    RMSNorm and LayerNorm do not only rescale: their per-dimension gains (and LayerNorm's
-    centring) change the direction of the vector, so the variant can rank tokens differently.
-    """
-    v = view(model)
-    values = v.mlp_out_weight(layer)
-    values = values if keys is None else values[torch.as_tensor(keys, device=values.device)]
-    with torch.no_grad():
-        if normed:
-            return v.to_logits(v.mlp_post_norm(layer, values[:, None]))[:, 0]
-        return v.unembed(values[:, None])[:, 0]
-
-
-@dataclass
-class ValueTokens:
-    """The token each value of a layer promotes, by the sign of its coefficient ([d_mlp, top] each).
-
-    A memory adds ``m_i v_i``: with m_i > 0 it promotes ``argmax(v_i E)`` (``positive``); in a
-    gated MLP m_i can be negative, and then it adds ``-|m_i| v_i`` and promotes
-    ``argmax(-v_i E)``, the value's bottom token (``negative``).
-    """
-
-    positive: torch.Tensor
-    negative: torch.Tensor
-
-    def promoted(self, coefficients: torch.Tensor) -> torch.Tensor:
-        """The top token each memory promotes under ``coefficients`` ([..., d_mlp]): by the sign of m_i."""
-        return torch.where(coefficients >= 0, self.positive[:, 0], self.negative[:, 0])
-
-
-def value_tokens(model: Model, layer: int, top: int = 1, *, normed: bool = False, chunk: int = 256) -> ValueTokens:
-    """The ``top`` tokens of every value of ``layer`` and of its negation (:class:`ValueTokens`), by
-    :func:`value_logits`; one pass over the values, cached per model, layer, ``top`` and projection.
-
-    This is the expensive step of the chapter on a CPU: a [d_mlp, d_model] x [d_model, d_vocab]
-    product per layer (about 0.7 TFLOP for Gemma 3 270M's 2,048 values and 262,144 tokens).
-    """
-    v = view(model)
-    v.check_layer(layer)
-
-    def build() -> dict[str, torch.Tensor]:
-        pos, neg = [], []
-        for s in range(0, v.d_mlp, chunk):
-            logits = value_logits(model, layer, range(s, min(s + chunk, v.d_mlp)), normed=normed)
-            pos.append(logits.topk(top, -1).indices)
-            neg.append((-logits).topk(top, -1).indices)
-        return {"positive": torch.cat(pos), "negative": torch.cat(neg)}
-
-    key = {"model": v.name, "layer": layer, "top": top, "projection": "normed" if normed else "geva"}
-    t = cached_tensors("memories-value-tokens", key, build)
-    return ValueTokens(t["positive"], t["negative"])
-
-
-@dataclass
-class ValueAgreement:
-    """Section 4 for the keys of a :class:`TriggerSearch`, per layer ``{layer: [per key]}``.
-
-    ``agrees``: the value's top token is the next token of the key's top trigger (1/0; NaN when
-    the top trigger ends its text); ``chance``: the probability of that for the corpus's next
-    tokens (the top token's share of them); ``precision``: the share of the key's triggers whose
-    next token is the value's top token (the paper's Table 2 reads it at k = 50); ``top_token``.
-    """
-
-    agrees: dict[int, list[float]]
-    chance: dict[int, list[float]]
-    precision: dict[int, list[float]]
-    top_token: dict[int, list[int]]
-
-    @property
-    def agreement(self) -> dict[int, float]:
-        """Per layer, the share of keys whose value agrees (the paper's Figure 4)."""
-        return {l: nanmean(a) for l, a in self.agrees.items()}
-
-    @property
-    def baseline(self) -> dict[int, float]:
-        """Per layer, the mean chance of agreeing."""
-        return {l: nanmean(c) for l, c in self.chance.items()}
-
-    def flags(self, layers: Iterable[int]) -> list[float]:
-        """``agrees`` (1/0) of every key of ``layers`` (those read) whose top trigger has a next token."""
-        return [a for l in layers if l in self.agrees for a in self.agrees[l] if not math.isnan(a)]
-
-
-def value_agreement(model: Model, triggers: Mapping[int, Triggers], corpus: Corpus, *,
-                    normed: bool = False) -> ValueAgreement:
-    """How often each key's value predicts the next token of its top trigger (Geva et al. section 4),
-    for the keys of ``triggers`` (``search.triggers``, or ``search.every_key`` for every key).
-
-    The value's top token is ``argmax(v_i E)`` (:func:`value_logits`; ``normed`` for the labelled
-    variant); from :func:`value_tokens` (every value of the layer, cached) when the triggers cover
-    most of a layer's keys, else from those keys' values alone.
-    """
-    v = view(model)
-    freq = corpus.next_token_frequency()
-    total = sum(freq.values())
-    out = ValueAgreement({}, {}, {}, {})
-    for l, tr in triggers.items():
-        if len(tr.keys) > v.d_mlp // 4:
-            tops = value_tokens(model, l, normed=normed).positive[tr.keys, 0].tolist()
-        else:
-            tops = value_logits(model, l, tr.keys, normed=normed).argmax(-1).tolist()
-        agrees, prec = [], []
-        for i, top in enumerate(tops):
-            nexts = [corpus.next_token(int(t), int(p)) for t, p in zip(tr.text[i], tr.position[i])]
-            agrees.append(math.nan if nexts[0] is None else float(nexts[0] == top))
-            known = [n for n in nexts if n is not None]
-            prec.append(sum(n == top for n in known) / len(known) if known else math.nan)
-        out.agrees[l], out.precision[l], out.top_token[l] = agrees, prec, tops
-        out.chance[l] = [freq[top] / total for top in tops]
-    return out
-
-
-# --------------------------------------------------------------------------- one prediction
-
-
-@torch.no_grad()
-def strongest_memories(model: Model, prompt: str, top: int = 3, n_tokens: int = 5, *,
-                       normed: bool = False) -> list[dict]:
-    """Per layer, the ``top`` memories that add the most at the prompt's last token, ranked by the
-    size of their contribution ``|m_i| ||v_i||`` (LM-Debugger's view of one prediction), with the
-    signed coefficient and the tokens the memory promotes: the top of ``v_i E`` when m_i > 0, of
-    ``-v_i E`` when m_i < 0 (:func:`value_logits`; ``normed`` for the labelled variant)."""
-    if not prompt or not prompt.strip():
-        raise ValueError("the prompt is empty: write the text whose next token the memories predict")
-    if top < 1 or n_tokens < 1:
-        raise ValueError(f"top and n_tokens must be at least 1, got {top} and {n_tokens}")
-    v = view(model)
-    acts = v.capture(v.batch([prompt]).ids, [v.key_hook(l) for l in range(v.n_layers)])
-    rows = []
-    for l in range(v.n_layers):
-        m = acts[v.key_hook(l)][0, -1]
-        size = m.abs() * v.mlp_out_weight(l).norm(dim=-1).to(m.device)
-        best = size.topk(min(top, len(size))).indices
-        logits = value_logits(model, l, best, normed=normed) * m[best].sign()[:, None]
-        tokens = logits.topk(n_tokens, -1).indices
-        for key, toks in zip(best.tolist(), tokens.tolist()):
-            rows.append({"layer": l, "key": key, "coefficient": float(m[key]),
-                         "promotes": [v.tokenizer.decode([t]) for t in toks]})
-    return rows

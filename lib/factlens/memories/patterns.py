@@ -9,7 +9,7 @@ Geva et al. had experts read each sampled key's top-25 triggers and name their p
 * :func:`removal_drops`: how much a key's coefficient drops when the first, the last or a
   random token of a trigger is removed.
 
-The triggers come from :func:`factlens.memories.trigger_search`.
+The triggers come from :func:`factlens.memories.keys.trigger_search`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from factlens.memories import Corpus, TriggerSearch, nanmean, prefix_text
-from factlens.models import Model, view
+from factlens.core.models import Model, view
+from factlens.memories.keys import Corpus, TriggerSearch, nanmean, prefix_text
 
 # --------------------------------------------------------------------------- patterns
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from factlens import forward
-from factlens.models import Model, view
+from factlens.core import forward
+from factlens.core.models import Model, view
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ Two halves:
   with :func:`paper` (one number) or :func:`paper_table` (a table's rows); no notebook types one.
 * :class:`Claim` is one headline claim of a chapter: a one-sentence statement, the paper's
   number, ours with ``n`` and a 95% interval, and a verdict by :data:`VERDICT_RULE`.
-  Chapters make them with ``factlens.results.Run.claim``; the Claims page collects them.
+  Chapters make them with ``factlens.evidence.results.Run.claim``; the Claims page collects them.
 
 The intervals: :func:`wilson` for a proportion, :func:`bootstrap` for a mean (or any
 statistic) over facts or cases, :func:`bootstrap_difference` for the difference of two

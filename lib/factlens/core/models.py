@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from factlens import forward
-from factlens.cache import atomic_folder, cache_dir, folder_is_complete
-from factlens.forward import Recording
+from factlens.core import forward
+from factlens.core.cache import atomic_folder, cache_dir, folder_is_complete
+from factlens.core.forward import Recording
 
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -106,7 +106,7 @@ def model_folder(name: str) -> Path:
     """The cached Hugging Face folder of an offline model, converted or built on first use.
 
     The folder is built in a temporary sibling and renamed into place with a manifest of
-    digests (``factlens.cache.atomic_folder``): a killed conversion leaves nothing that a
+    digests (``factlens.core.cache.atomic_folder``): a killed conversion leaves nothing that a
     later call would load, and a damaged folder is rebuilt.
     """
     if name not in OFFLINE_MODELS:
@@ -277,7 +277,7 @@ class View:
     :meth:`batch`, :meth:`subject_span`, :meth:`target_ids`), forward passes that stop early
     (:meth:`capture`, :meth:`final_hidden`, :meth:`logits_at`, :meth:`top_tokens`), partial
     forward passes that re-run the blocks above a change (:meth:`record`, :meth:`run_from`,
-    :meth:`run_blocks`; see :mod:`factlens.forward`), weights
+    :meth:`run_blocks`; see :mod:`factlens.core.forward`), weights
     (:meth:`mlp_out_weight`, :meth:`frozen_except`) and the logit lens (:meth:`to_logits`).
 
     Per-model state lives here too, and only here: :func:`view` keeps one View per model
@@ -455,7 +455,7 @@ class View:
         top = self.logits_at(batch.ids, batch.last).topk(k, -1).indices.tolist()
         return [[self.tokenizer.decode([t]) for t in row] for row in top]
 
-    # partial forward passes (factlens.forward) ---------------------------------
+    # partial forward passes (factlens.core.forward) ---------------------------------
     def record(self, ids: torch.Tensor, *, fwd_hooks: Sequence = (), names: Iterable[str] = (),
                layers: Iterable[int] | None = None) -> Recording:
         """Run ``ids`` once (with ``fwd_hooks``) and keep each block's input residual stream, its

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from factlens.models import View
+    from factlens.core.models import View
 
 #: Products of a few rows with a large matrix (the 262k-token unembedding above all) are padded to
 #: a multiple of this many rows: MKL's fp32 product took about twice as long for 3, 7 or 11 rows as
@@ -202,7 +202,7 @@ def _cut(name: str, value: Any, rows: torch.Tensor | None, start: int, n_rows: i
     if name not in _TOKEN_AXIS:
         raise NotImplementedError(
             f"the partial forward does not know how to cut the block argument {name!r} "
-            f"(shape {tuple(value.shape)}) to the re-run positions; add it to factlens.forward._TOKEN_AXIS")
+            f"(shape {tuple(value.shape)}) to the re-run positions; add it to factlens.core.forward._TOKEN_AXIS")
     if rows is not None and value.ndim >= 2 and value.shape[0] == n_rows and n_rows > 1:
         value = value[rows]
     if start and not (name == "attention_mask" and value.ndim < 3):  # a [b, t] padding mask keeps its keys

@@ -4,7 +4,7 @@
 projection at the subject's last token (``z = v + δ``), in the request's prompt and in its
 variants with random text prefixes, and optimized so that the model then says the new object,
 while a KL term keeps what the model predicts after "{subject} is a" (the subject's
-"essence"). :func:`compute_value` runs it; ``factlens.rome`` turns ``v*`` into the rank-one
+"essence"). :func:`compute_value` runs it; ``factlens.editing.rome`` turns ``v*`` into the rank-one
 update (eq. 2).
 
 The optimization re-runs the model at every step, but ``δ`` changes nothing below layer ``l``
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from factlens.models import Model, view
+from factlens.core.models import Model, view
 
 if TYPE_CHECKING:
-    from factlens.rome import EditRequest, ROMEHyperParams
+    from factlens.editing.rome import EditRequest, ROMEHyperParams
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What goes with a model knowing a fact: analyses of a LAMA probe (Petroni et al. 2019, sections 4-5).
 
-:mod:`factlens.probing` ranks the candidates; this module asks what the ranks mean:
+:mod:`factlens.probing.lama` ranks the candidates; this module asks what the ranks mean:
 
 * intervals: :func:`p_at_1_interval` and :func:`p_at_1_difference`, P@1 averaged over relations
   as the paper's table does, with a bootstrap over facts stratified by relation;
@@ -30,13 +30,14 @@ import pandas as pd
 import torch
 
 from factlens import data
+from factlens.core.models import Model, view
 from factlens.data import LamaFact
-from factlens.models import Model, view
-from factlens.probing import ProbeResult
+from factlens.probing.lama import ProbeResult
 
 
 def split_object_sample(model: Model, facts: Iterable[LamaFact], per_relation: int, seed: int = 0) -> list[LamaFact]:
-    """Matched facts for comparing single-token with multi-token objects under :func:`factlens.probing.probe_objects`.
+    """Matched facts for comparing single-token with multi-token objects under
+    :func:`factlens.probing.lama.probe_objects`.
 
     For each relation with objects that the model's tokenizer splits: ``n`` facts whose object
     is one token and ``n`` whose object is several, ``n = min(per_relation, available of each)``,
@@ -259,7 +260,7 @@ def interval_table(result: ProbeResult, rows: dict[str, pd.Series], *, n_boot: i
 def prefix_shadowed(model: Model, facts: Iterable[LamaFact], objects: dict[str, list[str]]) -> list[bool]:
     """For each fact, whether another candidate of its relation (``objects[relation]``) is a strict
     token prefix of its object (``Paris`` of ``Paris Saint-Germain``): scored without the
-    sentence's end, such a fact's object can never rank first (:func:`factlens.probing.tail`)."""
+    sentence's end, such a fact's object can never rank first (:func:`factlens.probing.lama.tail`)."""
     v = view(model)
     ids: dict[str, tuple[int, ...]] = {}
 

@@ -1,6 +1,6 @@
 """The fine-tuning baselines of the ROME paper (Meng et al. 2022, section 4.2): FT and FT+L.
 
-Both write an :class:`~factlens.rome.EditRequest` by gradient descent on one layer's MLP
+Both write an :class:`~factlens.editing.rome.EditRequest` by gradient descent on one layer's MLP
 output weight ``W`` (the matrix ROME edits; with ``tune_bias`` its bias too, where the model
 has one), every other weight frozen:
 
@@ -19,7 +19,7 @@ weight and bias, with ε = 5·10⁻⁴ for FT+L, and layer 1 for FT.
 its own Adam state and early stop, so each result is the one a run on that request alone
 gives (the test compares them). :class:`FineTuned` holds the results and applies one at a
 time as an :class:`FTEdit` (``edit.undo()`` restores weight and bias bit for bit), which is
-what ``factlens.evaluation`` scores. :func:`ft` and :func:`ft_l` edit one request.
+what ``factlens.editing.evaluation`` scores. :func:`ft` and :func:`ft_l` edit one request.
 Unlike ROME, FT sees only the one prompt: no random prefixes, no key statistics, no term that
 keeps the subject's other knowledge.
 """
@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from factlens import rome
-from factlens.models import Model, view
+from factlens.core.models import Model, view
+from factlens.editing import rome
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def method_label(model: Model, hp: FTHyperParams) -> str:
 
 
 class FTEdit(rome.Edit):
-    """A :class:`~factlens.rome.Edit` that also restores the output bias when FT tuned it."""
+    """A :class:`~factlens.editing.rome.Edit` that also restores the output bias when FT tuned it."""
 
     def __init__(self, model: Model, layer: int, method: str, request: rome.EditRequest | None,
                  bias: torch.nn.Parameter | None = None):
@@ -160,7 +160,7 @@ def apply_tuned(model: Model, tuned: Tuned, hparams: FTHyperParams) -> FTEdit:
 
 class FineTuner:
     """FT of ``model`` as an evaluation method over known requests: ``apply(model, request)`` (a
-    ``factlens.evaluation`` ``Method``) tunes the batch of ``batch_size`` requests that holds
+    ``factlens.editing.evaluation`` ``Method``) tunes the batch of ``batch_size`` requests that holds
     ``request`` the first time one of them is asked for (:func:`fine_tune`), then writes that
     request's weights into the model. Only the current batch's weights are kept, so asking in
     the requests' order tunes each batch once and memory stays at one batch; ``steps`` keeps the

@@ -1,7 +1,7 @@
 """Causal tracing over many facts (Meng et al. 2022, §2.2 and Figure 2): the average effects.
 
 The paper traces the 1,000 facts GPT-2 XL knows (:func:`known_facts_answered`: the model's
-top next token is the answer) and averages, by token group (:data:`factlens.tracing.TOKEN_GROUPS`),
+top next token is the answer) and averages, by token group (:data:`factlens.locating.tracing.TOKEN_GROUPS`),
 each fact's indirect effects: the average indirect effect
 
     AIE[g, l] = mean over facts of ( mean over the tokens i of group g of IE[i, l] ),
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from factlens.cache import cached_tensors
-from factlens.models import Model, view
-from factlens.tracing import TOKEN_GROUPS, Trace, token_groups
+from factlens.core.cache import cached_tensors
+from factlens.core.models import Model, view
+from factlens.locating.tracing import TOKEN_GROUPS, Trace, token_groups
 
 
 def known_facts_answered(model: Model, facts: Sequence[Any], batch_size: int = 32,

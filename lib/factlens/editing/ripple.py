@@ -7,7 +7,7 @@ an edit (any method, one fact or a batch); :meth:`RippleProbe.report` asks them 
 every question whose answer changed:
 
 * ``relation``: the facts of the given LAMA relations (T-REx, single-token objects), top-1 answer
-  as ``factlens.probing`` ranks LAMA's common vocabulary;
+  as ``factlens.probing.lama`` ranks LAMA's common vocabulary;
 * ``paraphrase``: the same facts asked through ParaRel's paraphrases of their relation;
 * ``edited``: each edited fact asked through its relation's LAMA template and ParaRel paraphrases,
   when its relation is given (did the edit reach other wordings?);
@@ -31,11 +31,14 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from factlens import claims, data, evaluation, probing
+from factlens import data
+from factlens.core.models import Model, view
 from factlens.data import LamaFact
-from factlens.lama_analysis import paraphrase_facts
-from factlens.models import Model, view
-from factlens.rome import EditRequest
+from factlens.editing import evaluation
+from factlens.editing.rome import EditRequest
+from factlens.evidence import claims
+from factlens.probing import lama
+from factlens.probing.analysis import paraphrase_facts
 
 KINDS = ("edited", "relation", "paraphrase", "reverse")
 
@@ -76,7 +79,7 @@ def _edited_facts(requests: Sequence[EditRequest], relations: Sequence[str | Non
         if rel is None:
             continue
         if rel not in known:
-            raise probing.UnknownRelationError(f"unknown LAMA relation {rel!r} for request {i}; LAMA has: "
+            raise lama.UnknownRelationError(f"unknown LAMA relation {rel!r} for request {i}; LAMA has: "
                                                f"{', '.join(sorted(known))}")
         facts.append(LamaFact(r.subject, rel, r.target.strip(), known[rel].template, f"edit-{i}", "TREx"))
     return facts
@@ -107,7 +110,7 @@ class RippleProbe:
             raise ValueError(f"got {len(request_relations)} request relations for {len(self.requests)} requests")
         subjects = {r.subject for r in self.requests}
         v = view(model)
-        facts = [f for f in probing.lama_facts("TREx", relations) if f.subject not in subjects
+        facts = [f for f in lama.lama_facts("TREx", relations) if f.subject not in subjects
                  and len(v.target_ids(f.object)) == 1] if relations else []  # LAMA probes single-token objects
         by_relation: dict[str, list[LamaFact]] = {}
         for f in facts:
@@ -129,7 +132,7 @@ class RippleProbe:
         answers = {}
         for kind, facts in self.questions.items():
             if facts:
-                frame = probing.probe(self.model, facts, k=1, progress=False).frame
+                frame = lama.probe(self.model, facts, k=1, progress=False).frame
                 answers[kind] = frame.assign(answer=frame["top"].str[0])
         if self.reverse:
             prompts = [p for p, _ in self.reverse]

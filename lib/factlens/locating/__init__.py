@@ -1,0 +1,1 @@
+"""Locating facts: causal tracing (Meng et al. 2022) and average indirect effects."""

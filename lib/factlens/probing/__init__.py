@@ -1,0 +1,1 @@
+"""LAMA probing (Petroni et al. 2019): cloze queries, P@k, baselines and analyses."""
