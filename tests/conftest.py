@@ -39,6 +39,25 @@ def headless_chromium(window_size: str, *flags: str) -> Iterator:
         driver.quit()
 
 
+TINY_MODELS = ("tiny-gemma3", "tiny-gpt2")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that take ``tiny`` run once per tiny random model: both families unless the test's
+    module names its own ``TINY_MODELS``."""
+    if "tiny" in metafunc.fixturenames:
+        names = getattr(metafunc.module, "TINY_MODELS", TINY_MODELS)
+        metafunc.parametrize("tiny", names, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def tiny(request: pytest.FixtureRequest):
+    """A tiny model with random weights (``tiny-gemma3``, ``tiny-gpt2``), loaded once per module."""
+    from factlens.core.models import load_model
+
+    return load_model(request.param, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """The repository root (the book's root: _toc.yml, _config.yml)."""

@@ -15,11 +15,6 @@ from factlens.editing import fine_tuning, rome
 REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
 
 
-@pytest.fixture(scope="module", params=["tiny-gemma3", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, device="cpu")
-
-
 def _weights(model):
     return [p.detach().clone() for p in model.parameters()]
 

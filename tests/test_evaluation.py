@@ -13,10 +13,7 @@ from factlens.core.models import load_model, view
 from factlens.data import CounterFactCase
 from factlens.editing import evaluation, rome
 
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-gemma3", device="cpu")
+TINY_MODELS = ("tiny-gemma3",)  # the conftest's `tiny` fixture loads these
 
 
 def _case(target_new="Seattle", target_true="Paris"):

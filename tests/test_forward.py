@@ -24,11 +24,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", params=["tiny-gemma3", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, device="cpu")
-
-
 def _noise(shape, seed=0, scale=1.0):
     return scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 

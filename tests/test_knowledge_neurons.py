@@ -6,16 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factlens.core.models import load_model, view
+from factlens.core.models import view
 from factlens.editing import knowledge_neurons as kn
 from factlens.editing import rome
 
 REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
-
-
-@pytest.fixture(scope="module", params=["tiny-gemma3", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, device="cpu")
 
 
 def test_knowledge_neurons_threshold_by_hand():

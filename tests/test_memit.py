@@ -14,11 +14,6 @@ REQUESTS = [rome.EditRequest("{} is located in the city of", "The Eiffel Tower",
             rome.EditRequest("{} is the capital of", "Rome", "France")]
 
 
-@pytest.fixture(scope="module", params=["tiny-gemma3", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, device="cpu")
-
-
 def _random(seed: int, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

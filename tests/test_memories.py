@@ -46,11 +46,6 @@ def _fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "cache_dir", tmp_cache)
 
 
-@pytest.fixture(scope="module", params=["tiny-gemma3", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, device="cpu")
-
-
 def brute_force(model, layers, keys, corpus):
     """Every coefficient of every prefix, one text at a time (what the streamed search avoids):
     {layer: {(text, pos): [n_keys]}}."""

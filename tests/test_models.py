@@ -9,13 +9,6 @@ import torch
 from factlens.core import cache, models
 from factlens.core.models import ModelUnavailableError, SubjectNotFoundError, TargetSplitError, load_model, view
 
-TINY = ["tiny-gpt2", "tiny-gemma3"]
-
-
-@pytest.fixture(scope="module", params=TINY)
-def tiny(request):
-    return load_model(request.param)
-
 
 @pytest.fixture(scope="module")
 def gemma():

@@ -21,9 +21,7 @@ def fact(subject: str, obj: str, template: str = CAPITAL, relation: str = "P36",
     return LamaFact(subject, relation, obj, template, f"{subject}-{obj}", corpus)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-gemma3", device="cpu")
+TINY_MODELS = ("tiny-gemma3",)  # the conftest's `tiny` fixture loads these
 
 
 def logprobs(model, text: str) -> torch.Tensor:

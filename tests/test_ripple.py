@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from factlens.core.models import load_model, view
+from factlens.core.models import view
 from factlens.editing import ripple
 from factlens.editing.rome import EditRequest
 from factlens.probing import lama
@@ -15,9 +15,7 @@ REQUEST = EditRequest("The native language of {} is", "Danielle Darrieux", "Dutc
 REVERSE = [("The most famous speaker of Dutch is", "Danielle Darrieux"), ("Dutch is spoken by", "Danielle Darrieux")]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-gpt2", device="cpu")
+TINY_MODELS = ("tiny-gpt2",)  # the conftest's `tiny` fixture loads these
 
 
 def _probe(tiny):

@@ -15,11 +15,6 @@ FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom
 REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
 
 
-@pytest.fixture(scope="module", params=["tiny-gemma3", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, device="cpu")
-
-
 # --------------------------------------------------------------------------- eq. 2, by hand
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from factlens import data
-from factlens.core.models import load_model, view
+from factlens.core.models import view
 from factlens.editing import alphaedit, memit, rome, sequences
 from factlens.probing import lama
 
@@ -18,9 +18,7 @@ FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=3, mom
 FAST_MEMIT = memit.MEMITHyperParams(layers=(0, 1), context_templates=((3, 1),), v_steps=2, mom2_samples=300)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-gemma3", device="cpu")
+TINY_MODELS = ("tiny-gemma3",)  # the conftest's `tiny` fixture loads these
 
 
 @pytest.fixture(scope="module")

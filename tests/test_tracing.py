@@ -36,11 +36,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", params=["tiny-gemma3", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, device="cpu")
-
-
 @pytest.fixture(scope="module")
 def gemma_tiny():
     return load_model("tiny-gemma3", device="cpu")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from factlens import data
-from factlens.core.models import SubjectNotFoundError, load_model, view
+from factlens.core.models import SubjectNotFoundError, view
 from factlens.editing import rome
 from factlens.probing.lama import UnknownRelationError, query
 from factlens.show import widgets
@@ -23,9 +23,7 @@ from factlens.show import widgets
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-gemma3", device="cpu")
+TINY_MODELS = ("tiny-gemma3",)  # the conftest's `tiny` fixture loads these
 
 
 class Shown:
