@@ -18,7 +18,8 @@ import yaml
 
 from factlens import book
 from factlens.book import BookError
-from factlens.evidence.claims import Claim, PaperNumber
+from factlens.evidence.claims import Claim
+from factlens.evidence.papers import PaperNumber
 from factlens.evidence.results import load_results, save_results
 
 
@@ -312,7 +313,7 @@ CLAIM_KEYS = {"chapter", "id", "statement", "model", "paper", "ours", "verdict"}
 
 
 def _claim(chapter: str, claim_id: str, model: str, ours: float, ci: tuple[float, float], n: int) -> dict:
-    paper = PaperNumber(0.5, "Meng et al. 2022", "Table 4", "GPT-2 XL")
+    paper = PaperNumber(0.5, "Meng et al. 2022", "Table 4", "GPT-2 XL", tau=0.1, tau_reason="a test's stated margin")
     return Claim(chapter, claim_id, f"the {claim_id} claim", model, paper, ours, ci, n, reference=0.0).to_record()
 
 

@@ -12,6 +12,7 @@ import torch
 from factlens.core.models import load_model, view
 from factlens.data import CounterFactCase
 from factlens.editing import evaluation, rome
+from factlens.evidence.stats import newcombe, wilson
 
 TINY_MODELS = ("tiny-gemma3",)  # the conftest's `tiny` fixture loads these
 
@@ -41,22 +42,6 @@ def test_harmonic_mean_by_hand():
     assert evaluation.harmonic_mean(1.0, 0.0, 1.0) == 0.0
 
 
-def test_newcombes_paired_interval_by_hand():
-    # a = 2 cases both right, b = 3 only the first, c = 0 only the second, d = 5 neither (n = 10):
-    # p_a = 0.5, p_b = 0.2; Wilson (0.23659, 0.76341) and (0.05668, 0.50984); phi = 10 / 20 = 0.5
-    # low  = 0.3 - sqrt(0.26341^2 - 2 0.5 0.26341 0.30984 + 0.30984^2) = 0.3 - 0.28943 = 0.01057
-    # high = 0.3 + sqrt(0.26341^2 - 2 0.5 0.26341 0.14332 + 0.14332^2) = 0.3 + 0.22842 = 0.52842
-    a = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
-    b = [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
-    low, high = evaluation.paired_proportion_interval(a, b)
-    assert low == pytest.approx(0.01057, abs=2e-5) and high == pytest.approx(0.52842, abs=2e-5)
-    # no case differs: the interval is not a point (a paired bootstrap would give [0, 0])
-    low, high = evaluation.paired_proportion_interval([1] * 50, [1] * 50)
-    assert low == pytest.approx(-high) and 0.07 < high < 0.072
-    with pytest.raises(ValueError, match="0/1"):
-        evaluation.paired_proportion_interval([0.5, 1], [1, 1])
-
-
 def test_paired_differences_by_hand():
     a = pd.DataFrame({"case_id": [1, 2, 3, 4], "ES": [1.0, 1.0, 0.0, 1.0], "PS": [1.0] * 4, "NS": [1.0, 0.0, 1.0, 1.0],
                       "GE": [2.0, 4.0, 4.0, 2.0]})
@@ -65,7 +50,7 @@ def test_paired_differences_by_hand():
     d, low, high = evaluation.paired_difference(a, b, "ES", n_boot=300)
     assert d == pytest.approx(50.0)
     # a proportion: Newcombe's interval, on the pairs matched by case_id (b lists cases 4, 3, 2, 1)
-    expected = evaluation.paired_proportion_interval([1, 1, 0, 1], [0, 0, 0, 1])
+    _, *expected = newcombe([1, 1, 0, 1], [0, 0, 0, 1], paired=True)
     assert (low, high) == pytest.approx(tuple(100 * x for x in expected))
     d, _, _ = evaluation.paired_difference(a, b, "S", n_boot=10)
     assert d == pytest.approx(100 * (3 / (1 / 0.75 + 1 + 1 / 0.75) - 3 / (1 / 0.25 + 1 + 1)))
@@ -78,7 +63,7 @@ def test_paired_differences_by_hand():
 
 
 def test_paper_differences_come_from_the_registry():
-    from factlens.evidence.claims import paper
+    from factlens.evidence.papers import paper
 
     s = evaluation.paper_difference("counterfact", "ROME", "FT", "S")
     assert s.value == pytest.approx(paper("rome.counterfact.ROME.S").value - paper("rome.counterfact.FT.S").value)
@@ -100,8 +85,6 @@ def test_summarize_means_intervals_and_score():
         assert s[m]["low"] <= s[m]["mean"] <= s[m]["high"]
     assert s["ES"]["low"] < s["ES"]["high"]
     # proportions get Wilson's interval: 4 of 4 is not a certainty (a bootstrap would say [100, 100])
-    from factlens.evidence.claims import wilson
-
     assert (s["NS"]["low"], s["NS"]["high"]) == pytest.approx(tuple(100 * x for x in wilson(4, 4)))
     assert (s["ES"]["low"], s["ES"]["high"]) == pytest.approx(tuple(100 * x for x in wilson(3, 4)))
     assert s["EM"]["low"] < s["EM"]["high"]  # a mean of other values: the bootstrap

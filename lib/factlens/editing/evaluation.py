@@ -49,15 +49,16 @@ from tqdm.auto import tqdm
 from factlens.core.models import Model, view
 from factlens.data import CounterFactCase, ZsreCase
 from factlens.editing import rome
-from factlens.evidence.claims import PaperNumber, bootstrap, paper, paper_table, wilson
+from factlens.evidence.papers import PaperNumber, paper, paper_table
+from factlens.evidence.stats import bootstrap, newcombe, wilson
 
 Method = Callable[[Model, rome.EditRequest], rome.Edit]
 
 COUNTERFACT_METRICS = ("S", "ES", "PS", "NS", "EM", "PM", "NM", "GE")
-_Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # two-sided normal quantiles (as claims.wilson)
+_Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # two-sided normal quantiles (as stats.wilson)
 ZSRE_METRICS = ("efficacy", "paraphrase", "specificity")
 
-# The paper's numbers on GPT-2 XL (factlens.evidence.claims), in percent (GE: entropy × 100), per method:
+# The paper's numbers on GPT-2 XL (factlens.evidence.papers), in percent (GE: entropy × 100), per method:
 # CounterFact, Table 4 (RS, the consistency score, needs data we do not have); zsRE, Table 3.
 PAPER_COUNTERFACT: dict[str, dict[str, float]] = {
     m: paper_table(f"rome.counterfact.{m}") for m in ("unedited", "FT", "FT+L", "KN", "ROME")}
@@ -330,36 +331,13 @@ def _binary(x: np.ndarray) -> bool:
     return x.size > 0 and bool(np.isin(x, (0.0, 1.0)).all())
 
 
-def paired_proportion_interval(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """Newcombe's interval (1998, "Improved confidence intervals for the difference between
-    binomial proportions based on paired data", method 10) for ``p_a − p_b``, where ``a[i]`` and
-    ``b[i]`` are 0/1 outcomes of the same case: from the Wilson intervals ``(l, u)`` of the two
-    proportions and the correlation φ of the pairs,
-    ``p_a − p_b − √((p_a − l_a)² − 2φ(p_a − l_a)(u_b − p_b) + (u_b − p_b)²)`` to
-    ``p_a − p_b + √((u_a − p_a)² − 2φ(u_a − p_a)(p_b − l_b) + (p_b − l_b)²)``. Unlike a bootstrap,
-    it does not shrink to a point when no case differs. As fractions."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(x) != len(y) or not (_binary(x) and _binary(y)):
-        raise ValueError("paired_proportion_interval needs two equally long lists of 0/1 outcomes")
-    n = len(x)
-    both, only_a, only_b = int((x * y).sum()), int((x * (1 - y)).sum()), int(((1 - x) * y).sum())
-    neither = n - both - only_a - only_b
-    pa, pb = (both + only_a) / n, (both + only_b) / n
-    (la, ua), (lb, ub) = wilson(both + only_a, n, z), wilson(both + only_b, n, z)
-    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-    phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
-    low = pa - pb - math.sqrt(max((pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2, 0.0))
-    high = pa - pb + math.sqrt(max((ua - pa) ** 2 - 2 * phi * (ua - pa) * (pb - lb) + (pb - lb) ** 2, 0.0))
-    return low, high
-
-
 def summarize(frame: pd.DataFrame, metrics: Sequence[str] | None = None, *, n_boot: int = 1000,
               confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
     """Each metric's mean over cases with a 95% interval, in percent: ``{metric: {"mean", "low", "high"}}``.
 
     A proportion (a metric that is 0 or 1 for every case) gets Wilson's interval
-    (``factlens.evidence.claims.wilson``); any other metric, S (a harmonic mean of means) included, the
-    percentile interval over ``n_boot`` resamples of the cases (``factlens.evidence.claims.bootstrap``,
+    (``factlens.evidence.stats.wilson``); any other metric, S (a harmonic mean of means) included, the
+    percentile interval over ``n_boot`` resamples of the cases (``factlens.evidence.stats.bootstrap``,
     seeded: every metric sees the same resamples). Metrics default to CounterFact's or zsRE's,
     whichever columns the frame has; a metric that is NaN for every case (GE without
     generation) is left out.
@@ -390,7 +368,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative
 
     ``a`` and ``b`` are two methods' frames on the same cases (matched on ``case_id``; an error
     if their cases differ). A difference of two proportions (0/1 per case) gets Newcombe's
-    interval (:func:`paired_proportion_interval`); any other the bootstrap with the cases
+    interval (``factlens.evidence.stats.newcombe``, paired); any other the bootstrap with the cases
     resampled together.
     """
     if sorted(a["case_id"]) != sorted(b["case_id"]):
@@ -406,20 +384,18 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative
         return 100 * (first / second - 1) if relative else 100 * (first - second)
 
     if metric != "S" and not relative and _binary(x) and confidence in _Z:
-        low, high = paired_proportion_interval(x[:, 0], x[:, 1], _Z[confidence])
+        _, low, high = newcombe(x[:, 0], x[:, 1], paired=True, z=_Z[confidence])
         return difference(x), 100 * low, 100 * high
     low, high = bootstrap(x, difference, n_boot=n_boot, confidence=confidence, seed=seed)
     return difference(x), low, high
 
 
 def paper_difference(benchmark: str, a: str, b: str, metric: str, *, relative: bool = False) -> PaperNumber:
-    """The paper's ``a − b`` for ``metric`` (``relative``: ``100·(a/b − 1)``, percent), computed from
-    the registered numbers (``factlens.evidence.claims``: ``rome.<benchmark>.<method>.<metric>``), with
-    their source; what an ordering or difference claim sets beside :func:`paired_difference`."""
-    pa, pb = paper(f"rome.{benchmark}.{a}.{metric}"), paper(f"rome.{benchmark}.{b}.{metric}")
-    value = 100 * (pa.value / pb.value - 1) if relative else pa.value - pb.value
-    how = f"{metric} of {a} relative to {b}, percent" if relative else f"{metric} of {a} minus {b}"
-    return PaperNumber(round(value, 6), pa.paper, pa.where, pa.model, note=how)
+    """The paper's ``a − b`` for ``metric`` (``relative``: ``100·(a/b − 1)``, percent), as the registry
+    holds it (``factlens.evidence.papers``: ``rome.<benchmark>.<a>-<b>.<metric>``, relative
+    ``rome.<benchmark>.<a>/<b>.<metric>``) with its source and τ; what an ordering or difference claim
+    sets beside :func:`paired_difference`."""
+    return paper(f"rome.{benchmark}.{a}{'/' if relative else '-'}{b}.{metric}")
 
 
 def claim_difference(frames: Mapping[str, pd.DataFrame], a: str, b: str, metric: str, *,

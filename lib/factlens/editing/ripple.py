@@ -36,7 +36,7 @@ from factlens.core.models import Model, view
 from factlens.data import LamaFact
 from factlens.editing import evaluation
 from factlens.editing.rome import EditRequest
-from factlens.evidence import claims
+from factlens.evidence import stats
 from factlens.probing import lama
 from factlens.probing.analysis import paraphrase_facts
 
@@ -66,9 +66,9 @@ class RippleReport:
         if asked.empty:
             raise ValueError(f"the report asked no {kind!r} questions; it has: "
                              f"{', '.join(sorted(set(self.answers['kind']))) or 'none'}")
-        diff, low, high = claims.bootstrap_difference(100.0 * asked["right_after"].to_numpy(),
-                                                      100.0 * asked["right_before"].to_numpy(), paired=True,
-                                                      seed=seed)
+        diff, low, high = stats.bootstrap_difference(100.0 * asked["right_after"].to_numpy(),
+                                                     100.0 * asked["right_before"].to_numpy(), paired=True,
+                                                     seed=seed)
         return diff, low, high, len(asked)
 
 

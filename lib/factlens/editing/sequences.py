@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from factlens.core.models import Model, view
 from factlens.data import LamaFact
 from factlens.editing import alphaedit, evaluation, memit, rome
-from factlens.evidence.claims import bootstrap, wilson
+from factlens.evidence.stats import bootstrap, wilson
 from factlens.probing import lama
 
 MethodName = Literal["ROME", "ROME (original key mix)", "MEMIT", "AlphaEdit"]

@@ -1,1 +1,2 @@
-"""The evidence: the papers' numbers, intervals, the verdict rule (claims) and the results files."""
+"""The evidence: the papers' numbers with their tolerances (papers), intervals (stats), the verdict rule (claims)
+and the results files (results)."""

@@ -26,10 +26,11 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from factlens.core.cache import replacing
-from factlens.evidence.claims import Claim, PaperNumber
+from factlens.evidence.claims import Claim, Statistic, claims_frame
+from factlens.evidence.papers import PaperNumber
 
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython"}
 _REQUIRED = ("model_name", "profile", "results_dir")
@@ -71,20 +72,20 @@ class Run:
         self._start = time.perf_counter()
 
     def claim(self, claim_id: str, statement: str, *, paper: str | PaperNumber, ours: float,
-              ci: tuple[float, float], n: int, **options: Any) -> Claim:
-        """Register one headline claim (see :class:`factlens.evidence.claims.Claim`) and return it; an id
-        registered twice replaces the first (a cell run again)."""
+              ci: tuple[float, float], n: int, kind: Literal["value", "ordering"] = "value",
+              reference: float | None = None, statistic: Statistic = "mean", protocol: str = "") -> Claim:
+        """Register one headline claim (see :class:`factlens.evidence.claims.Claim`; its τ comes with the
+        paper's number) and return it; an id registered twice replaces the first (a cell run again)."""
         from factlens.core.models import model_label
 
         made = Claim(self.chapter, claim_id, statement, model_label(self.model_name), paper, float(ours),
-                     (float(ci[0]), float(ci[1])), int(n), **options)
+                     (float(ci[0]), float(ci[1])), int(n), kind, None if reference is None else float(reference),
+                     protocol, statistic)
         self.claims = [c for c in self.claims if c.id != claim_id] + [made]
         return made
 
     def claims_frame(self):
         """This run's claims as a table (:func:`factlens.evidence.claims.claims_frame`)."""
-        from factlens.evidence.claims import claims_frame
-
         return claims_frame(self.claims)
 
     @property

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from factlens.core.cache import cached_tensors
 from factlens.core.forward import Recording
 from factlens.core.models import Model, TokenSpan, View, view
-from factlens.evidence import claims
+from factlens.evidence import papers
 
 Kind = Literal["hidden", "mlp", "attn"]
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
@@ -195,7 +195,7 @@ def default_window(n_layers: int) -> int:
     """The paper's window (10 layers of GPT-2 XL's 48) scaled to a model's depth:
     ``round(10 · L / 48)`` (halves rounded up), at least 1; 4 of Gemma 3 270M's 18 layers.
     The paper's own 10 would span more than half of a small model."""
-    window, depth = claims.paper("tracing.window").value, claims.paper("tracing.n_layers").value
+    window, depth = papers.paper("tracing.window").value, papers.paper("tracing.n_layers").value
     return max(1, math.floor(window * n_layers / depth + 0.5))
 
 

@@ -388,7 +388,7 @@ class ProbeResult:
     def paper_rows(self) -> pd.Series:
         """P@1 (%) in the rows of the paper's Table 2: T-REx by relation type and in total,
         Google-RE by relation and in total, ConceptNet, SQuAD (NaN where there are no facts);
-        the rows of ``factlens.evidence.claims.paper_table("lama.p_at_1.BERT-large")``.
+        the rows of ``factlens.evidence.papers.paper_table("lama.p_at_1.BERT-large")``.
 
         The paper's Google-RE row is the mean of three relations, birth date among them; it is
         NaN unless all three were probed, and ``Google-RE 2 relations`` is the mean of

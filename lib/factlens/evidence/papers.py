@@ -1,0 +1,313 @@
+"""The papers' numbers, once: each with its source (paper, table or figure, model) and its tolerance τ.
+
+:data:`PAPER` holds every number of the three papers (and their successors) that the book sets
+beside ours. Notebooks read them with :func:`paper` (one number) or :func:`paper_table` (a
+table's rows); no notebook types one, nor a tolerance.
+
+τ is the smallest difference from the paper's number that matters: a value claim is reproduced
+only when its interval lies within the paper's number ± τ, an ordering only when it clears τ
+(``factlens.evidence.claims``). Each τ has its reason, one of: half the gap between two rows
+the paper tells apart (an interval inside ± τ is nearer its own row than the other), the
+spread of rows the paper reads as the same, or a stated fraction or margin where the paper
+gives neither. Settings (a layer, a sample size) have no τ: no claim can rest on them.
+
+A direction-only number (the paper shows that A > B, with no size we can set beside ours) has
+no value but its ``direction`` text, "A > B"; a claim on it is an ordering whose ours is A − B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PETRONI = "Petroni et al. 2019"
+GEVA = "Geva et al. 2021"
+MENG = "Meng et al. 2022"
+MEMIT = "Meng et al. 2023"
+ALPHAEDIT = "Fang et al. 2025"
+
+
+@dataclass(frozen=True)
+class PaperNumber:
+    """One number of a paper: its value (None when the paper states a direction only), where it
+    stands, the model it is about, and its tolerance ``tau`` with ``tau_reason`` (None and "" for
+    a setting, which no claim can use)."""
+
+    value: float | None
+    paper: str
+    where: str
+    model: str
+    tau: float | None = None
+    tau_reason: str = ""
+    note: str = ""
+    direction: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.value is None) == (not self.direction):
+            raise ValueError("a paper number has a value or a direction (\"A > B\"), exactly one; got "
+                             f"value {self.value!r}, direction {self.direction!r}")
+        if self.tau is not None and not self.tau > 0:
+            raise ValueError(f"τ must be positive, got {self.tau} ({self.source})")
+        if (self.tau is None) != (not self.tau_reason):
+            raise ValueError(f"a τ needs its reason and a reason its τ ({self.source})")
+
+    @property
+    def source(self) -> str:
+        """"Meng et al. 2022, Table 4, GPT-2 XL" (and the note, when there is one)."""
+        text = ", ".join(part for part in (self.paper, self.where, self.model) if part)
+        return f"{text} ({self.note})" if self.note else text
+
+    @property
+    def sign(self) -> float:
+        """The paper's direction: +1 for a direction-only number (A > B) and a positive value,
+        -1 for a negative value, 0 for zero."""
+        if self.value is None:
+            return 1.0
+        return float((self.value > 0) - (self.value < 0))
+
+
+PAPER: dict[str, PaperNumber] = {}
+
+_Tau = float | Callable[[float], float] | None
+
+
+def _tenth(value: float) -> float:
+    return abs(value) / 10
+
+
+_TENTH = "a tenth of the paper's value: the paper reports one run with no spread"
+_POINTS_5 = ("five points of a percent score, a twentieth of the scale (a stated margin: the paper gives no "
+            "spread we hold)")
+
+
+def _register(prefix: str, paper_name: str, where: str, model: str, values: dict[str, float], *,
+              tau: _Tau = None, why: str = "", note: str = "") -> None:
+    for key, value in values.items():
+        tolerance = tau(value) if callable(tau) else tau
+        PAPER[f"{prefix}.{key}"] = PaperNumber(value, paper_name, where, model, tolerance, why, note)
+
+
+def _direction(number_id: str, paper_name: str, where: str, model: str, direction: str, *, tau: float,
+               why: str, note: str = "") -> None:
+    PAPER[number_id] = PaperNumber(None, paper_name, where, model, tau, why, note, direction)
+
+
+# --------------------------------------------------------------------------- LAMA (Petroni et al. 2019)
+
+# Table 2: P@1 in percent. Rows: corpora, relation types, Google-RE's relations.
+_LAMA = {"tau": _tenth, "why": _TENTH}
+_register("lama.p_at_1.BERT-large", PETRONI, "Table 2", "BERT-large", {
+    "T-REx 1-1": 74.5, "T-REx N-1": 34.2, "T-REx N-M": 24.3, "T-REx": 32.3,
+    "Google-RE place_of_birth": 16.1, "Google-RE date_of_birth": 1.4, "Google-RE place_of_death": 14.0,
+    "Google-RE": 10.5, "ConceptNet": 19.2, "SQuAD": 17.4}, **_LAMA)
+_register("lama.p_at_1.BERT-base", PETRONI, "Table 2", "BERT-base", {
+    "T-REx 1-1": 68.0, "T-REx N-1": 32.4, "T-REx N-M": 24.7, "T-REx": 31.1, "Google-RE": 9.8,
+    "ConceptNet": 15.6, "SQuAD": 14.1}, **_LAMA)
+_register("lama.p_at_1.Transformer-XL", PETRONI, "Table 2", "Transformer-XL (left context only)", {"T-REx": 18.3},
+          **_LAMA)
+_register("lama.p_at_1.fconv", PETRONI, "Table 2", "fairseq-fconv (left context only)", {"T-REx": 8.9}, **_LAMA)
+_register("lama.p_at_1.ELMo", PETRONI, "Table 2", "ELMo", {"T-REx": 4.7}, **_LAMA)
+_register("lama.p_at_1.ELMo 5.5B", PETRONI, "Table 2", "ELMo 5.5B", {"T-REx": 7.1}, **_LAMA)
+_register("lama.p_at_1.Freq", PETRONI, "Table 2", "Freq baseline", {
+    "T-REx 1-1": 1.78, "T-REx N-1": 23.85, "T-REx N-M": 21.95, "T-REx": 22.0,
+    "Google-RE place_of_birth": 4.6, "Google-RE date_of_birth": 1.9, "Google-RE place_of_death": 6.8,
+    "Google-RE": 4.4}, **_LAMA)
+_register("lama.p_at_1.RE_o", PETRONI, "Table 2", "RE_o (oracle relation extraction)",
+          {"T-REx": 33.8, "Google-RE": 7.6}, **_LAMA)
+_register("lama.p_at_1.DrQA", PETRONI, "Table 2", "DrQA", {"SQuAD": 37.5}, **_LAMA)
+# Derived from Table 2: Google-RE without date_of_birth (a year is never one token of our models'
+# tokenizers), and the table's orderings as differences.
+for _model in ("BERT-large", "Freq"):
+    _register(f"lama.p_at_1.{_model}", PETRONI, "Table 2", PAPER[f"lama.p_at_1.{_model}.T-REx"].model, {
+        "Google-RE 2 relations": (PAPER[f"lama.p_at_1.{_model}.Google-RE place_of_birth"].value
+                                  + PAPER[f"lama.p_at_1.{_model}.Google-RE place_of_death"].value) / 2},
+              note="mean of place_of_birth and place_of_death; the table's Google-RE mean also has date_of_birth",
+              **_LAMA)
+_register("lama.p_at_1.BERT-large", PETRONI, "Table 2", "BERT-large", {
+    "T-REx 1-1 minus N-M": (PAPER["lama.p_at_1.BERT-large.T-REx 1-1"].value
+                            - PAPER["lama.p_at_1.BERT-large.T-REx N-M"].value),
+    "T-REx minus Freq": PAPER["lama.p_at_1.BERT-large.T-REx"].value - PAPER["lama.p_at_1.Freq.T-REx"].value},
+          note="differences of the table's rows", tau=_tenth,
+          why="a tenth of the paper's difference: the least ordering that matters (one run, no spread)")
+
+# --------------------------------------------------------------------------- Geva et al. 2021
+
+# A 16-layer transformer LM on WikiText-103, 4,096 memories per layer.
+_GEVA_LM = "16-layer LM (WikiText-103)"
+_STAND_IN = "the least difference we read on our automatic stand-in for the paper's annotators, who give no scale"
+_register("memories", GEVA, "Section 3.2", _GEVA_LM, {"patterns_per_key": 3.6},
+          note="human-annotated patterns among a key's top-25 triggers", tau=_tenth, why=_TENTH)
+_register("memories", GEVA, "Figure 4", _GEVA_LM, {"value_agreement_upper": 0.035, "value_agreement_lower": 0.0},
+          note="value's top token = next token of the key's top trigger; upper layers 11-16, lower 1-10",
+          tau=0.0175, why="half the gap Figure 4 draws between the upper layers' 3.5% and the lower layers' 0%: an "
+                          "interval within ± τ is nearer its own row than the other")
+_register("memories", GEVA, "Figure 4", _GEVA_LM, {
+    "value_agreement_upper_minus_lower": PAPER["memories.value_agreement_upper"].value
+    - PAPER["memories.value_agreement_lower"].value}, note="upper layers 11-16 minus lower layers 1-10",
+          tau=0.005, why="half a point of agreement, a seventh of the paper's 3.5-point difference (a stated fraction)")
+_register("memories", GEVA, "Table 2", _GEVA_LM, {"max_precision_at_50": 0.92}, tau=_tenth, why=_TENTH)
+_register("memories", GEVA, "Section 5.1", _GEVA_LM, {
+    "active_fraction_low": 0.10, "active_fraction_high": 0.50, "composition_min": 0.68},
+          note="memories active per input; layer predictions that no single memory makes", tau=_tenth, why=_TENTH)
+_register("memories", GEVA, "Section 5.2", _GEVA_LM, {"early_final_fraction": 1 / 3},
+          note="the final prediction is already the residual's top token in the first layers", tau=_tenth,
+          why="a tenth of the paper's value: it says 'about a third', with no spread")
+_register("memories", GEVA, "Section 5.1", _GEVA_LM, {"active_layers_in_band": 1.0},
+          note="a typical example activates 10%-50% of a layer's memories, in every layer", tau=0.1,
+          why="a tenth of the layers: one layer in ten outside the band (a stated fraction)")
+_register("memories", GEVA, "Section 3.2", _GEVA_LM, {"keys_with_pattern": 1.0},
+          note="share of sampled keys whose top-25 triggers share at least one pattern the annotators named",
+          tau=_tenth, why=_TENTH)
+_direction("memories.shallow_patterns_above_random", GEVA, "Section 3.2", _GEVA_LM,
+           "a key's top triggers > random prefixes (ending in the same token)", tau=0.01,
+           why=f"one point of the share of trigger pairs ending in the same token: {_STAND_IN}",
+           note="every sampled key's triggers share patterns; shallow ones (a shared last word) among them")
+_direction("memories.semantic_patterns_above_random", GEVA, "Section 3.2", _GEVA_LM,
+           "a key's top triggers > random prefixes (alike in the residual stream)", tau=0.01,
+           why=f"0.01 of mean cosine similarity: {_STAND_IN}",
+           note="every sampled key's triggers share patterns; semantic ones (a shared topic) among them")
+_direction("memories.semantic_upper_minus_lower", GEVA, "Section 3.2, Figure 2", _GEVA_LM,
+           "upper layers > lower layers (semantic patterns)", tau=0.01,
+           why=f"0.01 of mean cosine similarity: {_STAND_IN}",
+           note="semantic patterns grow in the upper layers (10-16), shallow ones fill layers 1-9")
+_direction("memories.removal_last_minus_first", GEVA, "Section 3.2, Figure 3", _GEVA_LM,
+           "removing the last token > removing the first (drop of the key's coefficient)", tau=0.05,
+           why="five points of the relative drop of the coefficient (a stated margin: the paper gives no spread)")
+_direction("memories.composition_above_floor", GEVA, "Section 5.1", _GEVA_LM,
+           "layer predictions no single memory makes > 68% of examples", tau=0.02,
+           why="two points of the share of examples, a thirty-fourth of the paper's 68% floor (a stated margin)",
+           note="at least 68% of examples in every layer")
+
+# --------------------------------------------------------------------------- causal tracing (Meng et al. 2022)
+
+# GPT-2 XL (48 layers), 1,000 known facts.
+_GPT2_XL = "GPT-2 XL (48 layers)"
+_HALF_WINDOW = ("half the window the paper restores together (10 of 48 layers): the traces place a site no finer "
+                "than that")
+_register("tracing", MENG, "Section 2.2", _GPT2_XL, {"ate": 0.186}, tau=0.03,
+          why="about a sixth of the paper's 18.6% (a stated fraction: the ATE moves with the noise level ν)")
+_register("tracing", MENG, "Figure 2", _GPT2_XL, {"n_layers": 48, "window": 10})
+_register("tracing", MENG, "Figure 2", _GPT2_XL, {
+    "hidden_last_subject_aie": 0.087, "mlp_last_subject_aie": 0.066, "attn_last_subject_aie": 0.016}, tau=0.025,
+          why="half the gap Figure 2 draws between the MLPs' 6.6% and attention's 1.6% at the last subject token "
+              "(the paper reads the first as decisive, the second not)")
+_register("tracing", MENG, "Figure 2", _GPT2_XL, {"hidden_last_subject_layer": 15}, tau=5.0, why=_HALF_WINDOW)
+_register("tracing", MENG, "Figure 2", _GPT2_XL, {"hidden_last_subject_depth": 15 / 47},
+          note="the early site, layer 15 of 48, as the relative depth l / (L - 1)", tau=5 / 47, why=_HALF_WINDOW)
+_register("tracing", MENG, "Section 3.1 and hparams/ROME/gpt2-xl.json", _GPT2_XL,
+          {"mlp_last_subject_depth": 17 / 47}, tau=5 / 47, why=_HALF_WINDOW,
+          note="the MLP layer ROME edits, 17 of 48, where the traces place the decisive MLPs; as l / (L - 1)")
+_SMALL_AIE = "half a point of AIE, a third of the smallest AIE Figure 2 reports (attention's 1.6%; a stated fraction)"
+_direction("tracing.severed_mlp_drop", MENG, "Figure 7", _GPT2_XL,
+           "attention severed > MLPs severed (AIE at the last subject token, lower layers)", tau=0.005, why=_SMALL_AIE,
+           note="MLPs severed: the middle layers' effect at the last subject token collapses")
+_direction("tracing.attn_late_site", MENG, "Figure 2", _GPT2_XL,
+           "upper half > lower half (attention's AIE at the last token)", tau=0.005, why=_SMALL_AIE)
+
+# --------------------------------------------------------------------------- ROME (Meng et al. 2022)
+
+# Table 4: CounterFact, GPT-2 XL, percent (GE: entropy × 100). Table 3: zsRE, GPT-2 XL, token accuracy in
+# percent (ROME's protocol: edit toward the true answer, answers[0]).
+_GE = {"tau": _tenth, "why": _TENTH}
+_ZSRE_SPECIFICITY = ("the spread of rows the paper reads as the same: Table 3's specificity rows (FT 23.2, FT+L 23.4, "
+                     "ROME and the unedited model 24.2) lie within a point, and the paper reads all as specificity "
+                     "kept")
+_COUNTERFACT = {
+    "unedited": {"S": 30.5, "ES": 22.2, "PS": 24.7, "NS": 78.1, "GE": 626.6},
+    "FT": {"S": 65.1, "ES": 100.0, "PS": 87.9, "NS": 40.4},
+    "FT+L": {"S": 66.9, "ES": 99.1, "PS": 48.7, "NS": 70.3},
+    "KN": {"S": 35.6, "ES": 28.7, "PS": 28.0, "NS": 72.9},
+    "ROME": {"S": 89.2, "ES": 100.0, "PS": 96.4, "NS": 75.4, "EM": 97.9, "PM": 62.7, "NM": 4.2, "GE": 621.9,
+             "RS": 41.9},
+}
+_ZSRE = {
+    "unedited": {"efficacy": 22.2, "paraphrase": 21.3, "specificity": 24.2},
+    "FT": {"efficacy": 99.6, "paraphrase": 82.1, "specificity": 23.2},
+    "FT+L": {"efficacy": 92.3, "paraphrase": 47.2, "specificity": 23.4},
+    "ROME": {"efficacy": 99.8, "paraphrase": 88.1, "specificity": 24.2},
+}
+for _method, _values in _COUNTERFACT.items():
+    _register(f"rome.counterfact.{_method}", MENG, "Table 4", "GPT-2 XL",
+              {k: v for k, v in _values.items() if k != "GE"}, tau=5.0, why=_POINTS_5)
+    _register(f"rome.counterfact.{_method}", MENG, "Table 4", "GPT-2 XL",
+              {k: v for k, v in _values.items() if k == "GE"}, **_GE)
+for _method, _values in _ZSRE.items():
+    _register(f"rome.zsre.{_method}", MENG, "Table 3", "GPT-2 XL",
+              {k: v for k, v in _values.items() if k != "specificity"}, tau=5.0, why=_POINTS_5)
+    _register(f"rome.zsre.{_method}", MENG, "Table 3", "GPT-2 XL", {"specificity": _values["specificity"]},
+              tau=1.0, why=_ZSRE_SPECIFICITY)
+# Every difference of two methods' rows (rome.<benchmark>.<A>-<B>.<metric>, points) and GE's relative change
+# (rome.counterfact.<A>/<B>.GE, percent): what the chapters' ordering and change claims set beside ours.
+for _benchmark, _table, _where in (("counterfact", _COUNTERFACT, "Table 4"), ("zsre", _ZSRE, "Table 3")):
+    for _a, _rows_a in _table.items():
+        for _b, _rows_b in _table.items():
+            if _a == _b:
+                continue
+            for _metric in sorted(set(_rows_a) & set(_rows_b)):
+                _pa, _pb = _rows_a[_metric], _rows_b[_metric]
+                if _metric == "GE":
+                    _register(f"rome.{_benchmark}.{_a}/{_b}", MENG, _where, "GPT-2 XL",
+                              {_metric: round(100 * (_pa / _pb - 1), 6)}, tau=2.0,
+                              why="two percent of the entropy, above ROME's 0.75% drop from the unedited model that "
+                                  "the paper reads as fluency kept (a stated margin)",
+                              note=f"{_metric} of {_a} relative to {_b}, percent")
+                    continue
+                specificity = _benchmark == "zsre" and _metric == "specificity"
+                _register(f"rome.{_benchmark}.{_a}-{_b}", MENG, _where, "GPT-2 XL", {_metric: round(_pa - _pb, 6)},
+                          tau=1.0 if specificity else 5.0, why=_ZSRE_SPECIFICITY if specificity else _POINTS_5,
+                          note=f"{_metric} of {_a} minus {_b}")
+_register("rome", MENG, "Section 3.1 and hparams/ROME/gpt2-xl.json", "GPT-2 XL", {
+    "layer": 17, "n_layers": 48, "mom2_samples": 100_000})
+_direction("rome.ps_middle_minus_edges", MENG, "Figure 5", _GPT2_XL,
+           "middle layers > first and last layers (paraphrase score PS of edits at the last subject token)",
+           tau=10.0, why="ten points of PS, a tenth of the scale (a stated margin: the figure gives no spread)",
+           note="edits generalize best in the middle layers, where causal tracing peaks")
+_direction("rome.nm_C_minus_identity", MENG, "Section 3.1, eq. 2", "GPT-2 XL",
+           "C estimated > C = I (neighbours' margin NM)", tau=5.0,
+           why="five points of NM, as for Table 4's scores (a stated margin)",
+           note="C spreads the update away from the keys text uses, so other subjects' facts move less than with "
+                "C = I; the paper reports no C = I ablation")
+
+# --------------------------------------------------------------------------- many edits
+
+# MEMIT (Meng et al. 2023), Table 2: 10,000 CounterFact edits written into GPT-J in one batch.
+_register("many_edits.memit.GPT-J", MEMIT, "Table 2", "GPT-J (10,000 edits in one batch)", {"ES": 98.9},
+          tau=5.0, why=_POINTS_5)
+# AlphaEdit (Fang et al. 2025), Table 1: 2,000 CounterFact edits applied sequentially in batches of 100
+# (ROME one at a time, with its code's update), Eff./Gen./Spe. in percent, Flu. the generation entropy x100.
+for _model, _rows in {
+    "GPT2-XL": {"Pre-edited": (22.23, 24.34, 78.53, 626.64), "ROME": (54.60, 51.18, 52.68, 366.13),
+                "MEMIT": (94.70, 85.82, 60.50, 477.26), "AlphaEdit": (99.50, 93.95, 66.39, 597.88)},
+    "GPT-J": {"Pre-edited": (16.22, 18.56, 83.11, 621.81), "ROME": (57.50, 54.20, 52.05, 589.42),
+              "MEMIT": (98.55, 95.50, 63.64, 546.28), "AlphaEdit": (99.75, 96.38, 75.48, 618.50)},
+}.items():
+    _setting = f"{_model} (2,000 sequential edits, batches of 100)"
+    for _method, _values in _rows.items():
+        _prefix = f"many_edits.sequential.{_model}.{_method}"
+        _register(_prefix, ALPHAEDIT, "Table 1", _setting, dict(zip(("Eff", "Gen", "Spe"), _values)),
+                  tau=5.0, why=_POINTS_5)
+        _register(_prefix, ALPHAEDIT, "Table 1", _setting, {"Flu": _values[3]}, **_GE)
+    for _method in ("MEMIT", "AlphaEdit"):
+        _register(f"many_edits.sequential.{_model}.{_method}-ROME", ALPHAEDIT, "Table 1", _setting,
+                  {"Eff": round(_rows[_method][0] - _rows["ROME"][0], 2)}, tau=5.0, why=_POINTS_5,
+                  note=f"{_method}'s efficacy minus ROME's")
+
+
+def paper(number_id: str) -> PaperNumber:
+    """The paper's number with this id (``"rome.counterfact.ROME.S"``), or a KeyError naming near ids."""
+    try:
+        return PAPER[number_id]
+    except KeyError:
+        stem = number_id.rsplit(".", 1)[0]
+        near = [k for k in PAPER if k.startswith(stem)] or sorted({k.split(".")[0] for k in PAPER})
+        raise KeyError(f"no paper number {number_id!r}; near: {', '.join(near[:12])}") from None
+
+
+def paper_table(prefix: str) -> dict[str, float]:
+    """``{row: value}`` of every number with a value whose id is ``prefix.<row>`` (``"lama.p_at_1.BERT-large"``);
+    direction-only numbers have no value and are left out."""
+    rows = {k[len(prefix) + 1:]: n.value for k, n in PAPER.items()
+            if k.startswith(prefix + ".") and n.value is not None}
+    if not rows:
+        raise KeyError(f"no paper numbers under {prefix!r}")
+    return rows
