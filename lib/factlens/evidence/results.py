@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from factlens.core import registry
 from factlens.core.cache import replacing
 from factlens.evidence.claims import Claim, PaperNumber
 
@@ -74,9 +75,7 @@ class Run:
               ci: tuple[float, float], n: int, **options: Any) -> Claim:
         """Register one headline claim (see :class:`factlens.evidence.claims.Claim`) and return it; an id
         registered twice replaces the first (a cell run again)."""
-        from factlens.core.models import model_label
-
-        made = Claim(self.chapter, claim_id, statement, model_label(self.model_name), paper, float(ours),
+        made = Claim(self.chapter, claim_id, statement, registry.entry(self.model_name).label, paper, float(ours),
                      (float(ci[0]), float(ci[1])), int(n), **options)
         self.claims = [c for c in self.claims if c.id != claim_id] + [made]
         return made

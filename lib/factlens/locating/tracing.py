@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 
 from factlens.core.cache import cached_tensors
 from factlens.core.forward import Recording
-from factlens.core.models import Model, TokenSpan, View, view
+from factlens.core.models import Model, view
+from factlens.core.view import TokenSpan, View
 from factlens.evidence import claims
 
 Kind = Literal["hidden", "mlp", "attn"]
