@@ -27,26 +27,29 @@ bridge hands it over, because Hugging Face's decoder layers (transformers 5) pas
 as ``cache``, which the bridges do not read. The recorded causal (and sliding-window) mask is
 cut to the re-run rows, so every query sees exactly the keys it saw before.
 
+Generation (:func:`decoding`) goes through the same door: the model's own ``DynamicCache`` is
+handed to every attention bridge as ``past_key_values`` while new tokens are run one step at a time.
+
 Only some positions are read at the end, and Gemma's unembedding (262,144 tokens) costs more
 than several blocks per position: :func:`log_normalizer` and :func:`token_log_probs` give the
 log-probability of chosen tokens without writing out the logits.
 
 Reach these through the View: ``view(model).record(...)``, ``.run_blocks(...)``,
-``.run_from(...)``, ``.token_log_probs(...)``, ``.log_normalizer(...)``.
+``.run_from(...)``, ``.decoding()``, ``.token_log_probs(...)``, ``.log_normalizer(...)``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
-    from factlens.core.models import View
+    from factlens.core.view import View
 
 #: Products of a few rows with a large matrix (the 262k-token unembedding above all) are padded to
 #: a multiple of this many rows: MKL's fp32 product took about twice as long for 3, 7 or 11 rows as
@@ -128,8 +131,10 @@ class _EarlierPositions:
 @contextlib.contextmanager
 def _keys_and_values(v: View, caches: dict[int, Any]) -> Iterator[None]:
     """Within the block, the attention of layer ``l`` reads and extends its keys and values through
-    ``caches[l]``: TransformerLens' attention bridges take a cache as ``past_key_values`` (Hugging
-    Face's decoder layers now pass theirs as ``cache``, which the bridges do not read)."""
+    ``caches[l]``: TransformerLens' attention bridges take a cache as ``past_key_values`` only (or
+    ``layer_past``; ``AttentionBridge._update_kv_cache``), while Hugging Face's decoder layers
+    (transformers 5) pass theirs on as ``cache``, so that without this hand-over a bridged model's
+    own cached generation forgets the prompt at every step ("Seattle Seattle Seattle ...")."""
     def give(cache):
         def hook(module, args, kwargs):
             return args, {**kwargs, "past_key_values": cache}
@@ -141,6 +146,37 @@ def _keys_and_values(v: View, caches: dict[int, Any]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+#: ``step(ids, mask, positions)`` of :func:`decoding`: the next-token logits at the last position.
+DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def decoding(v: View) -> Iterator[DecodeStep]:
+    """Within the block, ``step(ids, mask, positions)`` runs the tokens ``ids`` [b, n] after every
+    token run before through one key-value cache, and returns the next-token logits at the last
+    position [b, d_vocab]. ``mask`` [b, tokens so far + n]: 0 at padding; ``positions`` [b, n]: the
+    new tokens' positions (left-padded rows count from their first real token).
+
+    The cache is the model's own ``DynamicCache``, handed to every attention bridge
+    (:func:`_keys_and_values`): a dynamic cache appends, so the bridges' ``update(k, v, layer_idx)``
+    needs no cache position (a static or hybrid cache would write every step into its first slot),
+    and Hugging Face's forward reads the same cache to place the new tokens and build the masks
+    (causal, sliding window, padding). No gradients.
+    """
+    from transformers import DynamicCache
+
+    hf = v.model.original_model
+    cache = DynamicCache(config=hf.config)
+
+    @torch.no_grad()
+    def step(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return hf(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                  logits_to_keep=1).logits[:, -1]
+
+    with _keys_and_values(v, dict.fromkeys(range(v.n_layers), cache)):
+        yield step
 
 
 def _is_cache(value: Any) -> bool:
