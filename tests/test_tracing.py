@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from factlens.core.models import SubjectNotFoundError, TokenSpan, load_model, view
+from factlens.core.models import load_model, view
+from factlens.core.view import SubjectNotFoundError, TokenSpan
 from factlens.locating.average_effects import average_indirect_effects, fact_effects, peak_depth, peak_effect
 from factlens.locating.tracing import (
     TOKEN_GROUPS,

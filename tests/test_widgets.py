@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from factlens import data
-from factlens.core.models import SubjectNotFoundError, view
+from factlens.core.models import view
+from factlens.core.view import SubjectNotFoundError
 from factlens.editing import rome
 from factlens.locating.tracing import TraceSettings
 from factlens.probing.lama import UnknownRelationError, query

@@ -20,7 +20,8 @@ from functools import cached_property
 import torch
 
 from factlens import data
-from factlens.core.models import Model, View, view
+from factlens.core.models import Model, view
+from factlens.core.view import View
 from factlens.data import LamaFact
 from factlens.probing.cloze import Cloze, fact_cloze, tail
 
