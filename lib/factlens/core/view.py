@@ -144,7 +144,7 @@ class View:
         self.d_mlp: int = cfg.d_mlp
         self.d_vocab: int = cfg.d_vocab
         self.name: str = name or getattr(cfg, "model_name", None) or "model"
-        self.state = ModelState()
+        self.state: ModelState = ModelState()
         block = model.blocks[0]
         self.gated: bool = hasattr(block.mlp, "gate")
         self._post_norms: bool = hasattr(block, "ln2_post")
