@@ -1,6 +1,7 @@
 # The book "Parametric Knowledge in Language Models" and its library factlens.
 #   make install   the virtual environment .venv (idempotent: redone only when requirements.txt or pyproject.toml change)
-#   make book      execute every chapter (profile $(PROFILE)) and build the static site into _build/html
+#   make book      execute the chapters that changed since the last build (profile $(PROFILE); all of them with
+#                  BOOK_ARGS=--force), re-render those whose prose alone changed, build the static site into _build/html
 #   make test      lint (ruff), then the test suite (installs Debian's chromium and chromium-driver for the site tests when missing)
 #   make lint      ruff on the library, tests, benchmarks and notebooks (configured in pyproject.toml)
 #   make claims    the cpu book for a second model family ($(CLAIMS_MODEL)) into _build/$(CLAIMS_MODEL), then the
@@ -14,7 +15,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.factlens-installed
 PROFILE ?= cpu
-# extra arguments for the book builder, e.g. make book BOOK_ARGS="--only lama"
+# extra arguments for the book builder, e.g. make book BOOK_ARGS="--only lama" or BOOK_ARGS=--force
 BOOK_ARGS ?=
 # extra arguments for pytest, e.g. make test PYTEST_ARGS='-m "not book"'
 PYTEST_ARGS ?=

@@ -20,7 +20,8 @@ import torch
 def one_at_a_time(model, facts) -> list[int]:
     """The peer: per fact, the full [1, t, vocab] logits, then the gold token's rank among LAMA's tokens."""
     from factlens.core.models import view
-    from factlens.probing.lama import fact_cloze, vocabulary_tokens
+    from factlens.probing.cloze import fact_cloze
+    from factlens.probing.ranking import vocabulary_tokens
 
     v = view(model)
     candidates = torch.tensor(list(vocabulary_tokens(model)))
@@ -41,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from factlens.core.models import load_model
-    from factlens.probing.lama import fact_cloze, lama_facts, probe
+    from factlens.probing.cloze import fact_cloze
+    from factlens.probing.lama import lama_facts, probe
 
     model = load_model(args.model)
     pool = [f for f in lama_facts("TREx", per_relation=max(2, args.facts // 20), seed=0) if fact_cloze(f).final]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from factlens.core.models import load_model, model_folder, view
-from factlens.locating.tracing import embedding_std, trace, trace_straightforward
+from factlens.locating.tracing import TraceSettings, embedding_std, trace, trace_straightforward
 
 PEER_SEED = 1  # causal-tracer's default patch_seed
 
@@ -87,21 +87,21 @@ def main() -> None:
     draw = np.random.RandomState(PEER_SEED).randn(args.samples, len(span), v.d_model)
     delta = (nu * torch.from_numpy(draw)).float()
     window = 1 if args.kind == "hidden" else args.window
+    settings = TraceSettings(args.kind, window=window, samples=args.samples, noise=args.noise)
     print(f"model {args.model}, {v.n_layers} layers; prompt {args.prompt!r} ({len(v.token_ids(args.prompt))} tokens), "
           f"kind {args.kind}, window {window}, {args.samples} samples, noise ν = {nu:.3f}; "
           f"torch threads {torch.get_num_threads()}; CPU: {_cpu()}")
     def run_ours():
-        return trace(model, args.prompt, args.subject, args.kind, delta=delta, window=window)
+        return trace(model, args.prompt, args.subject, settings, delta=delta)
 
-    trace(model, args.prompt, args.subject, args.kind, delta=delta[:1], window=window, positions=[-1])  # warm up
+    trace(model, args.prompt, args.subject, settings, delta=delta[:1], positions=[-1])  # warm up
     ours, t_first = _timed(run_ours)
     print(f"{'locating.tracing.trace':34s} {t_first:8.2f} s   P={ours.clean_prob:.4f} P*={ours.corrupted_prob:.4f}")
     if args.profile:
         _profile(run_ours)
     rows = []
     if not args.skip_straightforward:
-        ref, t_ref = _timed(lambda: trace_straightforward(model, args.prompt, args.subject, args.kind,
-                                                          delta=delta, window=window))
+        ref, t_ref = _timed(lambda: trace_straightforward(model, args.prompt, args.subject, settings, delta=delta))
         rows.append(("straightforward loop", t_ref, ref.scores))
     if not args.skip_peer:
         try:

@@ -97,7 +97,7 @@ def main() -> None:
         ("cloze explorer (query, k=10)", lambda: widgets.cloze_table(model, relation.template, "Japan", 10)),
         ("memory explorer (a prompt's memories)", lambda: widgets.memory_prompt_html(model, prompt)),
         ("trace explorer (hidden, 3 samples, its defaults)",
-         lambda: tracing.trace(model, prompt, "The Colosseum", "hidden", samples=3)),
+         lambda: tracing.trace(model, prompt, "The Colosseum", tracing.TraceSettings("hidden", samples=3))),
     ):
         print(f"  {name:45s} {median_seconds(work, args.repeats):7.1f}")
 

@@ -76,15 +76,17 @@ def fixture_book(tmp_path: Path) -> Path:
 def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real book built once per session with the smoke profile: every notebook of _toc.yml
     executed, then the site, Sphinx warnings as errors (``--strict``: a broken reference or a
-    missing figure fails). Returns the html folder; ``<it>/../executed`` holds the executed
-    notebooks and ``<it>/../results`` the chapters' results."""
+    missing figure fails). Built in two steps, as an interrupted build resumes: the first stops
+    after its second chapter, the second executes the rest (their logs: ``interrupted.log`` and
+    ``resumed.log`` beside the html). Returns the html folder; ``<it>/../executed`` holds the
+    executed notebooks and ``<it>/../results`` the chapters' results."""
     build = tmp_path_factory.mktemp("smoke-book")
-    out = subprocess.run(
-        [sys.executable, "-m", "factlens.book", "--profile", "smoke", "--no-progress", "--strict",
-         "--root", str(REPO_ROOT), "--build-dir", str(build)],
-        capture_output=True, text=True,
-    )
-    if out.returncode != 0:
-        pytest.fail(f"the smoke book did not build (exit {out.returncode}):\n{out.stdout[-4000:]}\n"
-                    f"{out.stderr[-4000:]}")
+    command = [sys.executable, "-m", "factlens.book", "--profile", "smoke", "--no-progress", "--strict",
+               "--root", str(REPO_ROOT), "--build-dir", str(build)]
+    for log, extra, expected in [("interrupted.log", ["--stop-after", "2", "--no-html"], 130), ("resumed.log", [], 0)]:
+        out = subprocess.run([*command, *extra], capture_output=True, text=True)
+        (build / log).write_text(out.stdout)
+        if out.returncode != expected:
+            pytest.fail(f"the smoke book did not build ({log[:-4]}: exit {out.returncode}):\n{out.stdout[-4000:]}\n"
+                        f"{out.stderr[-4000:]}")
     return build / "html"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 import torch
@@ -283,7 +284,7 @@ def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
     build = tmp_path / "b"
     # run from elsewhere: --root decides, and the kernel's cwd is the notebook's folder
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "demo", "-p", "label=from-cli",
+    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "params", "-p", "label=from-cli",
                   "--build-dir", str(build), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "[1/1] demo/params.ipynb" in out.stdout
@@ -305,6 +306,9 @@ def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
     assert re.findall(r'n_facts</span> <span class="o">=</span> <span class="mi">(\d+)', page) == ["3"]
     assert (build / "html" / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()  # math renders offline
     assert (build / "html" / "broken" / "broken.html").is_file()  # not executed: shown without outputs
+    record = book.read_record(executed)
+    assert f"Executed {record['executed_at'][:10]}" in page  # when and where it ran, said on its page
+    assert f"UTC on {record['cpu']} ({record['cores']} cores" in page
     assert not (fixture_book / "_build").exists()  # sources untouched
 
 
@@ -352,7 +356,222 @@ def test_claims_page_lists_every_claim_and_both_models(fixture_book, tmp_path, r
     assert "0.1 [0.05, 0.15]" in shown and "0.52 [0.47, 0.57]" in shown  # B's tracing claim beside A's
 
 
+# --------------------------------------------------------------------------- incremental builds
+
+
+def executed_in(log: str) -> list[str]:
+    """The notebooks a build's log says it executed, in order."""
+    return re.findall(r"^\[\d+/\d+\] (\S+) done in", log, flags=re.M)
+
+
+@pytest.fixture
+def stable_library(monkeypatch):
+    """The library's part of the keys held fixed: other work on lib/ while a test runs must not
+    count as a change between its builds."""
+    monkeypatch.setattr(book.keys, "library_digest", lambda: "the library")
+
+
+def _build(root: Path, build: Path, **options) -> str:
+    """One in-process build of the fixture book (smoke profile, no site); returns its log."""
+    from factlens.book.__main__ import build as build_book
+
+    lines: list[str] = []
+    build_book("smoke", root=root, build_dir=build, html=False, progress_bar=False,
+               log=lambda *a, **_: lines.append(" ".join(map(str, a))), **options)
+    return "\n".join(lines)
+
+
+def _edit_cell(path: Path, index: int, edit) -> None:
+    nb = json.loads(path.read_text())
+    nb["cells"][index]["source"] = edit("".join(nb["cells"][index]["source"]))
+    path.write_text(json.dumps(nb, indent=1))
+
+
+def _printed(executed: Path) -> str:
+    nb = json.loads(executed.read_text())
+    return "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+
+
+@pytest.mark.book
+def test_rebuilds_execute_only_what_changed(fixture_book, tmp_path, stable_library):
+    build = tmp_path / "b"
+    params, reader = "demo/params.ipynb", "demo/reader.ipynb"
+    executed = build / "executed" / params
+    log = _build(fixture_book, build, only=["demo"])
+    assert executed_in(log) == [params, reader]
+    assert re.search(r"^  execute +demo/params.ipynb +unknown +no successful execution recorded$", log, re.M)
+    run_id = re.search(r"RUN-ID \w+", _printed(executed)).group()
+    records = {nb: book.read_record(build / "executed" / nb) for nb in (params, reader)}
+    assert records[params]["writes"] == ["params.json"] and records[reader]["writes"] == []
+
+    log = _build(fixture_book, build, only=["demo"])  # nothing changed
+    assert executed_in(log) == [] and "executed: none" in log
+    assert re.search(r"^  up to date +demo/reader.ipynb +0 s$", log, re.M)
+    assert re.search(r"total: 0 execute, 0 re-render, 2 up to date; about 0 s$", log, re.M)
+    assert {nb: book.read_record(build / "executed" / nb) for nb in records} == records
+
+    _edit_cell(fixture_book / params, 0, lambda text: text + "\n\nNEW PROSE, no new numbers.")
+    log = _build(fixture_book, build, only=["demo"])  # markdown only: re-rendered, outputs kept
+    assert executed_in(log) == [] and re.search(r"^  re-render +demo/params.ipynb +0 s +markdown changed$", log, re.M)
+    nb = json.loads(executed.read_text())
+    nbformat.validate(nbformat.reads(executed.read_text(), as_version=4))
+    assert "NEW PROSE" in nb["cells"][0]["source"] and run_id in _printed(executed)
+    assert [c["metadata"].get("tags", []) for c in nb["cells"][1:3]] == [["parameters"], ["injected-parameters"]]
+    assert book.read_record(executed) == records[params]
+    assert executed_in(_build(fixture_book, build, only=["demo"])) == []  # and then up to date
+
+    _edit_cell(fixture_book / reader, 2, lambda text: text + "  # a code change")
+    log = _build(fixture_book, build, only=["demo"])
+    assert executed_in(log) == [reader] and re.search(r"^  execute +demo/reader.ipynb +\d+ s +code changed$", log, re.M)
+
+    sidecar = fixture_book / "demo" / "params.yml"
+    sidecar.write_text(sidecar.read_text().replace("n_facts: 3", "n_facts: 4"))
+    log = _build(fixture_book, build, only=["demo"])  # a parameter: params, then reader, which reads its results
+    assert executed_in(log) == [params, reader]
+    assert re.search(r"^  execute +demo/reader.ipynb +\d+ s +reads results rewritten before it$", log, re.M)
+    assert "READER n_facts=4" in _printed(build / "executed" / reader) and run_id not in _printed(executed)
+
+    assert executed_in(_build(fixture_book, build, only=["reader"], force=True)) == [reader]
+
+
+@pytest.mark.book
+def test_an_interrupted_build_resumes(fixture_book, tmp_path, stable_library, capsys, monkeypatch):
+    from factlens.book import execution
+    from factlens.book.__main__ import main
+
+    build = tmp_path / "b"
+    args = ["--root", str(fixture_book), "--profile", "smoke", "--only", "demo", "--no-html", "--no-progress",
+            "--build-dir", str(build)]
+    assert main([*args, "--stop-after", "1"]) == 130  # what the smoke book does after its second chapter
+    assert executed_in(capsys.readouterr().out) == ["demo/params.ipynb"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert executed_in(out) == ["demo/reader.ipynb"] and "[1/2] demo/params.ipynb up to date" in out
+
+    # interrupted inside a notebook: its old record is gone, so the next build executes it again
+    def interrupted(chapter, **_):
+        chapter.output.write_text("{}")
+        raise KeyboardInterrupt
+
+    _edit_cell(fixture_book / "demo" / "params.ipynb", 2, lambda text: text + "  # a code change")
+    monkeypatch.setattr(execution, "run_notebook", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _build(fixture_book, build, only=["demo"])
+    assert book.read_record(build / "executed" / "demo" / "params.ipynb") is None
+    monkeypatch.undo()
+    monkeypatch.setattr(book.keys, "library_digest", lambda: "the library")
+    assert executed_in(_build(fixture_book, build, only=["demo"])) == ["demo/params.ipynb", "demo/reader.ipynb"]
+
+
+@pytest.mark.book
+def test_a_failed_chapter_is_executed_again_and_those_before_it_are_not(fixture_book, tmp_path, stable_library):
+    build = tmp_path / "b"
+    with pytest.raises(BookError, match="fixture failure 42"):
+        _build(fixture_book, build)  # fails in its second notebook
+    assert book.read_record(build / "executed" / "broken" / "broken.ipynb") is None
+    _edit_cell(fixture_book / "broken" / "broken.ipynb", 2, lambda text: "value = 41")
+    log = _build(fixture_book, build)
+    assert executed_in(log) == ["broken/broken.ipynb", "demo/reader.ipynb"]
+    assert "[1/3] demo/params.ipynb up to date" in log
+
+
+def test_the_key_counts_code_not_prose(tmp_path):
+    nb = {"cells": [{"cell_type": "markdown", "source": "# Title"}, _cell("x = 1", ["parameters"]),
+                    _cell("y = load_results('tracing', results_dir)")]}
+    key = book.chapter_key(nb, {"n": 1}, {"library": "l"}, tmp_path)
+    assert set(key) == {"code", "parameters", "library", "inputs"}
+    prose = {"cells": [{"cell_type": "markdown", "source": "# Another title"}, *nb["cells"][1:]]}
+    assert book.chapter_key(prose, {"n": 1}, {"library": "l"}, tmp_path) == key
+    code = {"cells": [*nb["cells"][:2], _cell("y = load_results('tracing', results_dir)  # why")]}
+    assert book.chapter_key(code, {"n": 1}, {"library": "l"}, tmp_path)["code"] != key["code"]
+    assert book.chapter_key(nb, {"n": 2}, {"library": "l"}, tmp_path)["parameters"] != key["parameters"]
+    # its inputs: the results files it loads by name, or every one when it declares other_results
+    assert book.keys.reads(nb) == ["tracing.json"]
+    (tmp_path / "tracing.json").write_text("{}")
+    assert book.chapter_key(nb, {"n": 1}, {"library": "l"}, tmp_path)["inputs"] != key["inputs"]
+    claims = {"cells": [_cell("results_dir = '.'\nother_results = []", ["parameters"])]}
+    assert book.keys.reads(claims) == book.keys.EVERY
+    before = book.keys.inputs_digest(book.keys.EVERY, tmp_path, {}, own=["claims.json"])
+    (tmp_path / "claims.json").write_text("[]")  # its own results do not count
+    assert book.keys.inputs_digest(book.keys.EVERY, tmp_path, {}, own=["claims.json"]) == before
+
+
+def test_library_and_data_digests(tmp_path, monkeypatch):
+    lib = tmp_path / "factlens"
+    for f in ("core/models.py", "book/site.py"):
+        (lib / f).parent.mkdir(parents=True, exist_ok=True)
+        (lib / f).write_text("x = 1\n")
+    monkeypatch.setattr(book.keys, "_PACKAGE", lib)
+    monkeypatch.setattr(book.keys, "_BUILDER", lib / "book")
+    digest = book.keys.library_digest()
+    (lib / "book" / "site.py").write_text("x = 2\n")  # the builder does not count
+    assert book.keys.library_digest() == digest
+    (lib / "core" / "models.py").write_text("x = 2\n")
+    assert book.keys.library_digest() != digest
+
+    data = tmp_path / "data"
+    (data / "lama").mkdir(parents=True)
+    (data / "lama" / "P19.jsonl").write_text("{}\n")
+    monkeypatch.setenv("FACTLENS_DATA_DIR", str(data))
+    digest = book.keys.data_digest()
+    assert book.keys.data_digest() == digest
+    (data / "lama" / "P20.jsonl").write_text("{}\n")
+    assert book.keys.data_digest() != digest
+    monkeypatch.delenv("FACTLENS_DATA_DIR")  # downloaded from fixed URLs and checked: a constant
+    assert book.keys.data_digest() == book.keys.data_digest() != digest
+
+
+def test_rerendered_keeps_outputs_and_refuses_other_code():
+    out = [{"output_type": "stream", "name": "stdout", "text": "42\n"}]
+    executed = {"metadata": {"papermill": {}}, "cells": [
+        {"cell_type": "markdown", "source": "# Old"}, _cell("n = 1", ["parameters"]),
+        _cell("n = 3", ["injected-parameters"]), _cell("print(42)", outputs=out)]}
+    source = {"metadata": {}, "cells": [
+        {"cell_type": "markdown", "source": "# New"}, _cell("n = 1", ["parameters"]),
+        {"cell_type": "markdown", "source": "A new paragraph."}, _cell("print(42)")]}
+    nb = book.rerendered(source, executed)
+    assert [c["source"] for c in nb["cells"]] == ["# New", "n = 1", "n = 3", "A new paragraph.", "print(42)"]
+    assert nb["cells"][-1]["outputs"] == out and nb["metadata"] == {"papermill": {}}
+    assert book.rerendered({"cells": [*source["cells"], _cell("print(43)")]}, executed) is None
+
+
+def test_the_plan_and_the_execution_note():
+    steps = [book.Step(Path("a.ipynb"), book.EXECUTE, "code changed", 512.4, {}, [], []),
+             book.Step(Path("chapters/b.ipynb"), book.EXECUTE, "--force", None, {}, [], None),
+             book.Step(Path("c.ipynb"), book.RERENDER, "markdown changed", 30.0, {}, [], []),
+             book.Step(Path("d.ipynb"), book.UP_TO_DATE, "", 7.0, {}, [], [])]
+    assert book.format_plan(steps).splitlines() == [
+        "plan:",
+        "  execute     a.ipynb              512 s  code changed",
+        "  execute     chapters/b.ipynb   unknown  --force",
+        "  re-render   c.ipynb                0 s  markdown changed",
+        "  up to date  d.ipynb                0 s",
+        "  total: 2 execute, 1 re-render, 1 up to date; about 512 s + 1 unknown",
+    ]
+    record = {"executed_at": "2026-12-05T00:40:12+00:00", "seconds": 511.6, "cpu": "AMD EPYC", "cores": 2,
+              "cpu_features": ["avx512f"]}
+    assert book.describe_execution(record) == "Executed 2026-12-05 00:40 UTC on AMD EPYC (2 cores, avx512f) in 512 s."
+    nb = book.with_execution_note({"cells": [{"cell_type": "markdown", "source": "# T"}, _cell("x")]}, record)
+    assert nb["cells"][1]["source"] == "*Executed 2026-12-05 00:40 UTC on AMD EPYC (2 cores, avx512f) in 512 s.*"
+    assert set(book.machine()) == {"cpu", "cores", "cpu_features"} and book.machine()["cpu"]
+
+
 # --------------------------------------------------------------------------- the real book
+
+
+@pytest.mark.book
+@pytest.mark.slow
+def test_real_book_smoke_build_resumed_after_its_second_chapter(repo_root, smoke_book):
+    """The smoke book was built in two steps (tests/conftest.py): interrupted after its second
+    chapter, then resumed: the second build executed every chapter but the first two."""
+    build = smoke_book.parent
+    notebooks = [str(nb) for nb in book.toc_notebooks(repo_root)]
+    assert executed_in((build / "interrupted.log").read_text()) == notebooks[:2]
+    assert executed_in((build / "resumed.log").read_text()) == notebooks[2:]
+    for nb in notebooks:  # every chapter recorded, each wrote its results
+        record = book.read_record(build / "executed" / nb)
+        assert record is not None and record["writes"], nb
+        assert all((build / "results" / name).is_file() for name in record["writes"]), nb
 
 
 @pytest.mark.book

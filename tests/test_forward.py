@@ -234,3 +234,27 @@ def test_unembed_pads_few_rows_and_gives_the_bridges_logits(tiny):
     normed = torch.randn(3, v.d_model)
     torch.testing.assert_close(forward.log_normalizer(v, normed)[0], v.unembed(normed).logsumexp(-1),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_through_the_cache_equals_the_full_forward_of_the_prefix(tiny):
+    """``View.decoding``: a left-padded batch, then tokens one step at a time through one key-value cache,
+    gives at every step the logits a full forward pass over each row's whole prefix gives (LONG passes
+    tiny-gemma3's sliding window)."""
+    v = view(tiny)
+    rows = [v.token_ids(LONG), v.token_ids(SHORT)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[v.pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    new = torch.tensor([[5, 9], [17, 3], [2, 2]])  # three steps, one token per row each
+    with v.decoding() as step:
+        got = [step(ids, mask, positions)]
+        for token in new:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            got.append(step(token[:, None], mask, positions))
+    for i, r in enumerate(rows):
+        for k in range(len(new) + 1):
+            prefix = r + new[:k, i].tolist()
+            full = v.logits_at(v.batch([prefix]).ids, [len(prefix) - 1])[0]
+            torch.testing.assert_close(got[k][i], full, rtol=1e-4, atol=1e-4)

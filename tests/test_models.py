@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from factlens.core import cache, models
-from factlens.core.models import ModelUnavailableError, SubjectNotFoundError, TargetSplitError, load_model, view
+from factlens.core.models import ModelUnavailableError, load_model, view
+from factlens.core.view import SubjectNotFoundError, TargetSplitError
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +80,19 @@ def test_value_rows_are_what_the_mlp_adds(tiny):
     names = [v.key_hook(1), "blocks.1.mlp.hook_out"]
     _, c = tiny.run_with_cache(ids, names_filter=lambda n: n in names)
     out = c[v.key_hook(1)] @ v.mlp_out_weight(1)
-    bias = getattr(tiny.blocks[1].mlp.out.original_component, "bias", None)
+    bias = v.mlp_out_bias(1)
+    assert (bias is None) == v.gated  # GPT-2's output projection has a bias, Gemma's none
     if bias is not None:
         out = out + bias
     torch.testing.assert_close(out, c["blocks.1.mlp.hook_out"], rtol=1e-4, atol=1e-5)
+
+
+def test_the_output_bias_is_the_parameter_beside_the_output_weight(tiny):
+    v = view(tiny)
+    params = dict(tiny.named_parameters())
+    for layer in range(v.n_layers):
+        name = next(n for n, p in params.items() if p is v.mlp_out_parameter(layer))
+        assert v.mlp_out_bias(layer) is params.get(name.removesuffix("weight") + "bias")
 
 
 def test_tiny_models_are_repeatable():

@@ -11,7 +11,7 @@ import torch
 
 from factlens.core.models import load_model, view
 from factlens.data import LamaFact
-from factlens.probing import analysis, lama
+from factlens.probing import analysis, baselines, lama, ranking
 
 CAPITAL = "The capital of [X] is [Y] ."
 INNER = "[X] speaks [Y] at home ."
@@ -115,7 +115,7 @@ def test_concat_and_where_keep_facts_in_order():
 
 def test_freq_baseline_ranks_by_object_counts():
     facts = [fact("a", "Paris"), fact("b", "Paris"), fact("c", "Rome"), fact("d", "Dutch", relation="P37")]
-    result = lama.freq_baseline(facts)
+    result = baselines.freq_baseline(facts)
     assert result.frame["rank"].tolist() == [1, 1, 2, 1]
     assert result.frame["top"][2][:2] == ["Paris", "Rome"]
     assert result.frame["gold_logprob"][2] == pytest.approx(math.log(1 / 3))
@@ -200,7 +200,7 @@ def test_whole_object_probe_closes_the_word(tiny):
 
 
 def test_vocabulary_tokens_keeps_single_tokens_only(tiny):
-    tokens = lama.vocabulary_tokens(tiny, ["Paris", "French", "Rome", "Paris"])
+    tokens = ranking.vocabulary_tokens(tiny, ["Paris", "French", "Rome", "Paris"])
     assert tokens == {view(tiny).single_token_id("Paris"): "Paris", view(tiny).single_token_id("Rome"): "Rome"}
 
 
@@ -261,4 +261,4 @@ def test_default_model_knows_the_capital_of_france():
     result = lama.probe(model, [fact("France", "Paris")], progress=False)
     assert result.frame["rank"].iloc[0] == 1 and result.frame["top"].iloc[0][0] == "Paris"
     assert lama.query(model, CAPITAL, "France", k=3).iloc[0]["answer"] == "Paris"
-    assert len(lama.vocabulary_tokens(model)) > 15_000  # most of LAMA's 21,018 words are one token
+    assert len(ranking.vocabulary_tokens(model)) > 15_000  # most of LAMA's 21,018 words are one token

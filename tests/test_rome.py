@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from factlens.core.models import SubjectNotFoundError, load_model, view
+from factlens.core.models import load_model, view
+from factlens.core.view import SubjectNotFoundError
 from factlens.editing import generation, rome, second_moment, v_star
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)

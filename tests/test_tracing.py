@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from factlens.core.models import SubjectNotFoundError, TokenSpan, load_model, view
+from factlens.core.models import load_model, view
+from factlens.core.view import SubjectNotFoundError, TokenSpan
 from factlens.locating.average_effects import average_indirect_effects, fact_effects, peak_depth, peak_effect
 from factlens.locating.tracing import (
     TOKEN_GROUPS,
     Trace,
+    TraceSettings,
     corruption,
     default_window,
     embedding_std,
@@ -43,7 +44,7 @@ def gemma_tiny():
 
 def _delta(model, prompt=PROMPT, subject=SUBJECT, samples=3, seed=1):
     # a large noise, so that the corrupted run differs clearly from the clean one
-    return corruption(model, prompt, subject, samples=samples, noise=3.0, std=2.0, seed=seed)
+    return corruption(model, prompt, subject, TraceSettings(samples=samples, noise=3.0, std=2.0, seed=seed))
 
 
 @pytest.mark.parametrize("kind,sever,window,batch_size", [
@@ -53,8 +54,9 @@ def test_batched_trace_agrees_with_the_straightforward_loop(tiny, kind, sever, w
     """Every restoration re-run from its first changed block on the later positions only, the
     restorations of a token batched across layers (and cut into batches of ``batch_size`` rows)."""
     delta = _delta(tiny)
-    fast = trace(tiny, PROMPT, SUBJECT, kind, delta=delta, window=window, sever=sever, batch_size=batch_size)
-    slow = trace_straightforward(tiny, PROMPT, SUBJECT, kind, delta=delta, window=window, sever=sever)
+    settings = TraceSettings(kind, window=window, sever=sever)
+    fast = trace(tiny, PROMPT, SUBJECT, settings, delta=delta, batch_size=batch_size)
+    slow = trace_straightforward(tiny, PROMPT, SUBJECT, settings, delta=delta)
     assert fast.answer_id == slow.answer_id
     assert fast.clean_prob == pytest.approx(slow.clean_prob, rel=1e-4)
     assert fast.corrupted_prob == pytest.approx(slow.corrupted_prob, rel=1e-4)
@@ -65,12 +67,13 @@ def test_batched_trace_agrees_with_the_straightforward_loop(tiny, kind, sever, w
 
 def test_traced_positions_only(tiny):
     delta = _delta(tiny)
-    full = trace(tiny, PROMPT, SUBJECT, "mlp", delta=delta, window=2)
-    some = trace(tiny, PROMPT, SUBJECT, "mlp", delta=delta, window=2, positions=[2, -1])
+    mlp = TraceSettings("mlp", window=2)
+    full = trace(tiny, PROMPT, SUBJECT, mlp, delta=delta)
+    some = trace(tiny, PROMPT, SUBJECT, mlp, delta=delta, positions=[2, -1])
     n = full.scores.shape[0]
     torch.testing.assert_close(some.scores[[2, n - 1]], full.scores[[2, n - 1]], rtol=1e-5, atol=1e-8)
     assert torch.isnan(some.scores[[0, 1, 3]]).all()
-    named = trace(tiny, PROMPT, SUBJECT, "mlp", delta=delta, window=2, positions=["last subject token", "last token"])
+    named = trace(tiny, PROMPT, SUBJECT, mlp, delta=delta, positions=["last subject token", "last token"])
     rows = [named.subject_span.last, n - 1]
     torch.testing.assert_close(named.scores[rows], full.scores[rows], rtol=1e-5, atol=1e-8)
     assert int((~torch.isnan(named.scores[:, 0])).sum()) == 2
@@ -84,25 +87,33 @@ def test_trace_facts_maps_the_first_facts_and_reads_the_rest_at_their_tokens(tin
     facts = [SimpleNamespace(subject=SUBJECT, prompt=PROMPT),
              SimpleNamespace(subject="Dante", prompt="Dante was born in Florence")] * 2
     # rows_per_pass=30: the facts' restorations share some passes over the unembedding, not all
-    traces = trace_facts(tiny, facts, "hidden", full_maps=1, positions=["last token"], samples=2, std=1.0,
-                         rows_per_pass=30, progress=False)
+    settings = TraceSettings("hidden", samples=2, std=1.0)
+    traces = trace_facts(tiny, facts, settings, full_maps=1, positions=["last token"], rows_per_pass=30,
+                         progress=False)
     assert not torch.isnan(traces[0].scores).any()
     for t in traces[1:]:
         assert (~torch.isnan(t.scores[:, 0])).nonzero().flatten().tolist() == [t.scores.shape[0] - 1]
     for k in (0, 3):  # fact k: seed + k
-        alone = trace(tiny, facts[k].prompt, facts[k].subject, samples=2, std=1.0, seed=k,
+        alone = trace(tiny, facts[k].prompt, facts[k].subject, TraceSettings(samples=2, std=1.0, seed=k),
                       positions=None if k == 0 else ["last token"])
         torch.testing.assert_close(traces[k].scores, alone.scores, equal_nan=True, rtol=1e-5, atol=1e-8)
         assert traces[k].answer_id == alone.answer_id
         assert traces[k].corrupted_prob == pytest.approx(alone.corrupted_prob, rel=1e-5)
+        assert traces[k].settings == alone.settings == {**settings.for_depth(view(tiny).n_layers).record(), "seed": k}
 
 
-def test_trace_and_trace_facts_share_their_options():
-    shared = {k: p.default for k, p in inspect.signature(trace).parameters.items() if k not in ("delta",)}
-    many = inspect.signature(trace_facts).parameters
-    assert {k: many[k].default for k in shared if k in many and many[k].default is not inspect.Parameter.empty} == \
-        {k: d for k, d in shared.items() if k in many and d is not inspect.Parameter.empty}
-    assert set(shared) - set(many) == {"prompt", "subject"}
+def test_settings_are_a_checked_value_that_a_trace_records(tiny):
+    settings = TraceSettings("mlp", samples=2, std=1.0, swap_subjects=["Rome"])
+    assert settings.swap_subjects == ("Rome",) and hash(settings) == hash(TraceSettings("mlp", samples=2, std=1.0,
+                                                                                        swap_subjects=("Rome",)))
+    assert TraceSettings().window is None and TraceSettings().for_depth(48).window == 10  # the paper's
+    assert settings.for_depth(18) == TraceSettings("mlp", window=4, samples=2, std=1.0, swap_subjects=["Rome"])
+    t = trace(tiny, PROMPT, SUBJECT, settings, positions=[-1])
+    assert t.kind == "mlp"
+    assert t.settings == dict(samples=2, noise=3.0, noise_kind="gaussian", window=default_window(view(tiny).n_layers),
+                              sever=None, seed=0)
+    given = trace(tiny, PROMPT, SUBJECT, settings, delta=_delta(tiny, samples=3), positions=[-1])
+    assert given.settings["samples"] == 3  # the rows of the corruption given
 
 
 def test_the_window_scales_with_depth():
@@ -114,7 +125,7 @@ def test_the_window_scales_with_depth():
 
 
 def test_zero_noise_gives_zero_indirect_effects(tiny):
-    t = trace(tiny, PROMPT, SUBJECT, "hidden", noise=0.0, std=1.0, samples=2)
+    t = trace(tiny, PROMPT, SUBJECT, TraceSettings("hidden", noise=0.0, std=1.0, samples=2))
     assert t.corrupted_prob == pytest.approx(t.clean_prob, rel=1e-5)
     assert t.total_effect == pytest.approx(0.0, abs=1e-6)
     assert t.indirect_effect.abs().max() < 1e-6
@@ -125,7 +136,7 @@ def test_restoring_every_corrupted_state_of_a_layer_gives_the_clean_probability(
     prompt, subject = "The capital of France is Paris", "Paris"  # a one-token subject, last in the prompt
     span = v.subject_span(prompt, subject)
     assert len(span) == 1 and span.stop == len(v.token_ids(prompt))
-    t = trace(tiny, prompt, subject, "hidden", delta=_delta(tiny, prompt, subject))
+    t = trace(tiny, prompt, subject, TraceSettings("hidden"), delta=_delta(tiny, prompt, subject))
     # the subject's state is then the only corrupted state of its layer
     torch.testing.assert_close(t.scores[span.last], torch.full_like(t.scores[span.last], t.clean_prob),
                                rtol=1e-4, atol=1e-7)
@@ -133,7 +144,7 @@ def test_restoring_every_corrupted_state_of_a_layer_gives_the_clean_probability(
 
 
 def test_restoring_the_last_state_gives_the_clean_probability(tiny):
-    t = trace(tiny, PROMPT, SUBJECT, "hidden", delta=_delta(tiny))
+    t = trace(tiny, PROMPT, SUBJECT, TraceSettings("hidden"), delta=_delta(tiny))
     assert float(t.scores[-1, -1]) == pytest.approx(t.clean_prob, rel=1e-4)
 
 
@@ -142,8 +153,8 @@ def test_a_restoration_before_the_subject_changes_nothing(tiny):
     span = view(tiny).subject_span(prompt, subject)
     assert span.start >= 2
     delta = _delta(tiny, prompt, subject)
-    slow = trace_straightforward(tiny, prompt, subject, "mlp", delta=delta, window=2)
-    fast = trace(tiny, prompt, subject, "mlp", delta=delta, window=2)
+    slow = trace_straightforward(tiny, prompt, subject, TraceSettings("mlp", window=2), delta=delta)
+    fast = trace(tiny, prompt, subject, TraceSettings("mlp", window=2), delta=delta)
     before = slow.scores[: span.start]
     torch.testing.assert_close(before, torch.full_like(before, slow.corrupted_prob), rtol=1e-5, atol=1e-8)
     assert (fast.scores[: span.start] == fast.corrupted_prob).all()
@@ -151,31 +162,40 @@ def test_a_restoration_before_the_subject_changes_nothing(tiny):
 
 def test_a_subject_not_in_the_prompt_is_a_clear_error(tiny):
     with pytest.raises(SubjectNotFoundError, match="Space Needle"):
-        trace(tiny, PROMPT, "Space Needle", std=1.0, samples=1)
+        trace(tiny, PROMPT, "Space Needle", TraceSettings(std=1.0, samples=1))
 
 
 def test_bad_options_are_clear_errors(tiny):
     with pytest.raises(ValueError, match="kind must be one of"):
-        trace(tiny, PROMPT, SUBJECT, "resid", std=1.0)
+        TraceSettings("resid")
     with pytest.raises(ValueError, match="noise_kind must be one of"):
-        corruption(tiny, PROMPT, SUBJECT, noise_kind="pink", std=1.0)
+        TraceSettings(noise_kind="pink")
     with pytest.raises(ValueError, match="kind='hidden'"):
-        trace(tiny, PROMPT, SUBJECT, "mlp", sever="attn", std=1.0)
+        TraceSettings("mlp", sever="attn")
+    with pytest.raises(ValueError, match="sever must be"):
+        TraceSettings(sever="hidden")
+    with pytest.raises(ValueError, match="window must be at least 1"):
+        TraceSettings("mlp", window=0)
+    with pytest.raises(ValueError, match="samples must be at least 1"):
+        TraceSettings(samples=0)
+    with pytest.raises(TypeError, match="list of subjects"):
+        TraceSettings(noise_kind="swap", swap_subjects="Rome")
     with pytest.raises(ValueError, match="as many tokens"):
-        corruption(tiny, PROMPT, SUBJECT, noise_kind="swap", swap_subjects=["Rome"])
+        corruption(tiny, PROMPT, SUBJECT, TraceSettings(noise_kind="swap", swap_subjects=["Rome"]))
 
 
 def test_the_seed_makes_a_trace_repeatable(gemma_tiny):
-    a = trace(gemma_tiny, PROMPT, SUBJECT, std=2.0, samples=2, seed=5)
-    b = trace(gemma_tiny, PROMPT, SUBJECT, std=2.0, samples=2, seed=5)
-    c = trace(gemma_tiny, PROMPT, SUBJECT, std=2.0, samples=2, seed=6)
+    a = trace(gemma_tiny, PROMPT, SUBJECT, TraceSettings(std=2.0, samples=2, seed=5))
+    b = trace(gemma_tiny, PROMPT, SUBJECT, TraceSettings(std=2.0, samples=2, seed=5))
+    c = trace(gemma_tiny, PROMPT, SUBJECT, TraceSettings(std=2.0, samples=2, seed=6))
     assert torch.equal(a.scores, b.scores)
     assert not torch.equal(a.scores, c.scores)
 
 
 @pytest.mark.parametrize("noise_kind", ["gaussian", "uniform", "student-t"])
 def test_noise_kinds_have_the_requested_standard_deviation(gemma_tiny, noise_kind):
-    delta = corruption(gemma_tiny, PROMPT, SUBJECT, samples=4000, noise=3.0, std=0.5, noise_kind=noise_kind)
+    delta = corruption(gemma_tiny, PROMPT, SUBJECT,
+                       TraceSettings(samples=4000, noise=3.0, std=0.5, noise_kind=noise_kind))
     assert delta.shape[0] == 4000 and delta.shape[2] == 64
     assert float(delta.std()) == pytest.approx(1.5, rel=0.03)
 
@@ -183,7 +203,8 @@ def test_noise_kinds_have_the_requested_standard_deviation(gemma_tiny, noise_kin
 def test_swap_puts_another_subject_in_place(gemma_tiny):
     v = view(gemma_tiny)
     prompt, subject = "Dante was born in Florence", "Florence"
-    delta = corruption(gemma_tiny, prompt, subject, samples=2, noise_kind="swap", swap_subjects=["Seattle"])
+    delta = corruption(gemma_tiny, prompt, subject, TraceSettings(samples=2, noise_kind="swap",
+                                                                   swap_subjects=["Seattle"]))
     ids = torch.tensor([v.token_ids(prompt)])
     span = v.subject_span(prompt, subject)
     emb = gemma_tiny.embed.original_component
@@ -263,7 +284,8 @@ def test_gemma_recalls_the_space_needle_through_the_last_subject_token():
     table_std = float(model.embed.original_component.weight.detach().std())
     assert std > 10 * table_std  # Gemma multiplies its table by sqrt(640) before layer 0
     prompt, subject = "The Space Needle is located in the city of", "The Space Needle"
-    t = trace(model, prompt, subject, "hidden", samples=3, positions=[v.subject_span(prompt, subject).last, -1])
+    t = trace(model, prompt, subject, TraceSettings("hidden", samples=3),
+              positions=[v.subject_span(prompt, subject).last, -1])
     assert t.answer.strip() == "Seattle"
     assert t.corrupted_prob < t.clean_prob / 5  # the noise does hide the subject
     ie = t.indirect_effect
@@ -280,10 +302,10 @@ def test_gemma_recalls_the_space_needle_through_the_last_subject_token():
 def test_the_fast_trace_equals_the_straightforward_loop_on_the_default_model():
     model = load_model()
     prompt, subject = "Dante was born in", "Dante"
-    delta = corruption(model, prompt, subject, samples=2, seed=3)
+    delta = corruption(model, prompt, subject, TraceSettings(samples=2, seed=3))
     for kind in ("hidden", "attn"):
-        fast = trace(model, prompt, subject, kind, delta=delta)
-        slow = trace_straightforward(model, prompt, subject, kind, delta=delta)
+        fast = trace(model, prompt, subject, TraceSettings(kind), delta=delta)
+        slow = trace_straightforward(model, prompt, subject, TraceSettings(kind), delta=delta)
         assert fast.answer_id == slow.answer_id
         torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-4, atol=2e-6)
         assert slow.indirect_effect.abs().max() > 0.01

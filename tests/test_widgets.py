@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from factlens import data
-from factlens.core.models import SubjectNotFoundError, view
+from factlens.core.models import view
+from factlens.core.view import SubjectNotFoundError
 from factlens.editing import rome
+from factlens.locating.tracing import TraceSettings
 from factlens.probing.lama import UnknownRelationError, query
 from factlens.show import widgets
 
@@ -197,7 +199,8 @@ def test_memory_explorer_shows_the_chosen_key(tiny, shown):
 
 
 def test_trace_explorer_traces_the_new_prompt_and_names_a_missing_subject(tiny, shown):
-    widgets.trace_explorer(tiny, prompt="The cat sat on the", subject="The cat", samples=1, window=1)
+    widgets.trace_explorer(tiny, prompt="The cat sat on the", subject="The cat",
+                           settings=TraceSettings(samples=1, window=1))
     status = find(shown.box(), "status")
     assert status.value.startswith("trace 1: ")
     find(shown.box(), "subject").value = "dog"

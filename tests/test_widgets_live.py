@@ -50,6 +50,7 @@ MANY_YARDSTICK = ('sequences.Yardstick(data.lama("TREx", relation="P36")[:4], ["
 CELLS = {
     "setup": """\
 from factlens import data
+from factlens.locating import tracing
 from factlens.memories import keys
 from factlens.show import widgets
 from factlens.core.models import load_model
@@ -61,7 +62,8 @@ corpus = keys.Corpus.from_texts(model, keys.wikitext_sentences(40), max_tokens=2
 search = keys.trigger_search(model, {8: [11, 42], 17: [5, 99]}, corpus, k=3, n_random=10, progress=False)
 widgets.memory_explorer(model, search, corpus, prompt="The Eiffel Tower is located in the city of")""",
     "trace": f"""\
-widgets.trace_explorer(model, prompt="{PROMPT.format(SUBJECT)}", subject="{SUBJECT}", samples=2, window=3)""",
+widgets.trace_explorer(model, prompt="{PROMPT.format(SUBJECT)}", subject="{SUBJECT}",
+                       settings=tracing.TraceSettings(samples=2, window=3))""",
     "rome": f'widgets.rome_editor(model, prompt="{PROMPT}", subject="{SUBJECT}", target="Rome", max_new_tokens=4)',
     "cases": """\
 import pandas as pd

@@ -3,12 +3,14 @@
 ::
 
     python -m factlens.book --profile smoke|cpu|paper [--only CHAPTER ...] [-p KEY=VALUE ...]
-                            [--no-html] [--strict] [--verbose] [--no-progress]
+                            [--force] [--no-html] [--strict] [--verbose] [--no-progress]
                             [--root DIR] [--build-dir DIR]
 
-Executes the selected notebooks of ``_toc.yml`` (:mod:`factlens.book.execution`), then builds
-the static site (:mod:`factlens.book.site`). Exit status 1 with a one-paragraph message when
-a notebook or the site fails.
+Prints its plan, executes the selected notebooks of ``_toc.yml`` whose code, parameters,
+library, data or inputs changed and re-renders those whose markdown alone changed
+(:mod:`factlens.book.execution`, :mod:`factlens.book.plan`), then builds the static site
+(:mod:`factlens.book.site`). Exit status 1 with a one-paragraph message when a notebook or the
+site fails, 130 when interrupted (the next build resumes with the chapter it stopped in).
 """
 
 from __future__ import annotations
@@ -32,24 +34,27 @@ def build(
     build_dir: str | Path | None = None,
     only: Sequence[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    force: bool = False,
+    stop_after: int | None = None,
     html: bool = True,
     strict: bool = False,
     quiet: bool = True,
     progress_bar: bool = True,
     log: Any = print,
 ) -> Path | None:
-    """Execute the selected notebooks, then (``html``) build the site; returns index.html's path."""
+    """Bring the selected notebooks' executed copies up to date (``force``: execute them all),
+    then (``html``) build the site; returns index.html's path. ``stop_after``: see
+    :func:`factlens.book.execution.execute`."""
     root = find_root(root) if root is None else Path(root).resolve()
     if not (root / "_toc.yml").is_file():
         raise BookError(f"{root} has no _toc.yml")
     common_parameters(profile, ".")  # check the profile before anything runs
     notebooks = select(toc_notebooks(root), only)
     start = time.perf_counter()
-    log(f"book at {root}: profile {profile}, {len(notebooks)} notebook(s) to execute", flush=True)
-    done = execute(root, notebooks, profile, build_dir=build_dir, overrides=overrides, progress_bar=progress_bar,
-                   log=log)
-    if done:
-        log("executed: " + ", ".join(f"{d.notebook} {d.seconds:.0f} s" for d in done), flush=True)
+    log(f"book at {root}: profile {profile}, {len(notebooks)} notebook(s)", flush=True)
+    done = execute(root, notebooks, profile, build_dir=build_dir, overrides=overrides, force=force,
+                   stop_after=stop_after, progress_bar=progress_bar, log=log)
+    log("executed: " + (", ".join(f"{d.notebook} {d.seconds:.0f} s" for d in done) or "none"), flush=True)
     index = build_html(root, build_dir, strict=strict, quiet=quiet, log=log) if html else None
     log(f"total {time.perf_counter() - start:.1f} s", flush=True)
     return index
@@ -71,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
         help="override a parameter for every notebook (repeatable), e.g. -p model_name=gpt2",
     )
+    parser.add_argument("--force", action="store_true",
+                        help="execute every selected notebook, even those whose executed copy is up to date")
+    parser.add_argument("--stop-after", type=int, metavar="N", help=argparse.SUPPRESS)  # tests: interrupt a build
     parser.add_argument("--no-html", action="store_true", help="execute only; do not build the site")
     parser.add_argument("--strict", action="store_true", help="fail the site build on Sphinx warnings too")
     parser.add_argument("--root", type=Path, help="the book's root (default: found from the working directory)")
@@ -86,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_dir=args.build_dir,
             only=args.only,
             overrides=parse_overrides(args.parameter),
+            force=args.force,
+            stop_after=args.stop_after,
             html=not args.no_html,
             strict=args.strict,
             quiet=not args.verbose,
@@ -95,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nbook build failed: {err}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("\nbook build interrupted", file=sys.stderr)
+        print("\nbook build interrupted: the next build resumes with the chapter it stopped in", file=sys.stderr)
         return 130
     if index is not None:
         print(f"open {index}")

@@ -1,8 +1,10 @@
 """Executing the notebooks with papermill, each in a fresh ``python3`` kernel.
 
 Each notebook runs with its folder as the working directory, into
-``<build>/executed/<same relative path>``, with the parameters of :mod:`factlens.book.toc`.
-A failing cell stops the build with a message naming the notebook, the cell and the exception.
+``<build>/executed/<same relative path>``, with the parameters of :mod:`factlens.book.toc`,
+when :mod:`factlens.book.plan` says it must (its record, :mod:`factlens.book.keys`, is written
+beside it once it succeeded). A failing cell stops the build with a message naming the
+notebook, the cell and the exception.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from factlens.book.keys import build_digests, inputs_digest, record_path, results_listing, write_record
+from factlens.book.plan import RERENDER, UP_TO_DATE, Chapter, assess, format_plan, plan, rerendered
 from factlens.book.toc import BookError, build_parameters, notebook_parameters
+from factlens.core.cache import replacing
 
 KERNEL_NAME = "python3"
 # the library folder (lib/), first on the kernels' PYTHONPATH
@@ -89,6 +94,32 @@ def describe_failure(notebook: str | Path, err: Exception, output: str | Path | 
     return f"{notebook}: cell {index} (`{first_line}`) raised {err.ename}: {evalue}{where}"
 
 
+def run_notebook(chapter: Chapter, *, progress_bar: bool = True) -> float:
+    """Execute one notebook with papermill into its executed copy; returns its seconds.
+
+    Raises :class:`BookError` naming the cell and the exception (the executed copy, with the
+    traceback, is kept for inspection).
+    """
+    import papermill
+
+    chapter.output.parent.mkdir(parents=True, exist_ok=True)
+    chapter.output.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(chapter.source),
+            str(chapter.output),
+            parameters=chapter.parameters,
+            kernel_name=KERNEL_NAME,
+            cwd=str(chapter.source.parent),
+            progress_bar=progress_bar,
+            log_output=False,
+        )
+    except Exception as err:
+        raise BookError(describe_failure(chapter.notebook, err, chapter.output)) from err
+    return time.perf_counter() - start
+
+
 def execute(
     root: str | Path,
     notebooks: Sequence[str | Path],
@@ -96,51 +127,61 @@ def execute(
     *,
     build_dir: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    force: bool = False,
+    stop_after: int | None = None,
     progress_bar: bool = True,
     log: Any = print,
 ) -> list[Executed]:
-    """Execute ``notebooks`` (relative to ``root``) into ``<build>/executed``.
+    """Bring the executed copies of ``notebooks`` (relative to ``root``) in ``<build>/executed``
+    up to date: print the plan (:mod:`factlens.book.plan`), then execute, re-render or keep each
+    chapter in turn; returns the chapters executed.
 
     Stops at the first failing notebook and raises :class:`BookError` naming it, its cell and
-    the exception (the executed copy, with the traceback, is kept for inspection).
+    the exception. ``stop_after``: raise :class:`KeyboardInterrupt` once that many chapters have
+    executed, as an interrupted build would (the tests resume such a build).
     """
-    import papermill
-
     root = Path(root).resolve()
     build = Path(build_dir).resolve() if build_dir else root / "_build"
     results_dir = build / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(kernel_environment(os.environ))  # the kernels inherit the builder's environment
+    chapters = [
+        Chapter(rel, root / rel, build / "executed" / rel, {
+            **notebook_parameters(root / rel, profile, results_dir, overrides),
+            **build_parameters(root / rel, build, overrides),
+        })
+        for rel in map(Path, notebooks)
+    ]
+    log(format_plan(plan(chapters, build_digests(root), results_dir, force=force)), flush=True)
     done: list[Executed] = []
-    total = len(notebooks)
-    for i, rel in enumerate(map(Path, notebooks), start=1):
-        source = root / rel
-        output = build / "executed" / rel
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.unlink(missing_ok=True)
-        params = {
-            **notebook_parameters(source, profile, results_dir, overrides),
-            **build_parameters(source, build, overrides),
-        }
-        shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "results_dir")
-        log(f"[{i}/{total}] {rel} ({shown})", flush=True)
+    total = len(chapters)
+    for i, chapter in enumerate(chapters, start=1):
+        step = assess(chapter, build_digests(root), results_dir, force=force)  # the files as they are now
+        if step.action == UP_TO_DATE:
+            log(f"[{i}/{total}] {chapter.notebook} up to date", flush=True)
+            continue
+        if step.action == RERENDER:
+            nb = rerendered(json.loads(chapter.source.read_text()), json.loads(chapter.output.read_text()))
+            with replacing(chapter.output) as tmp:
+                tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            log(f"[{i}/{total}] {chapter.notebook} re-rendered ({step.reason})", flush=True)
+            continue
+        shown = ", ".join(f"{k}={v!r}" for k, v in chapter.parameters.items() if k != "results_dir")
+        log(f"[{i}/{total}] {chapter.notebook} ({shown}): {step.reason}", flush=True)
+        record_path(chapter.output).unlink(missing_ok=True)  # no record until it succeeds
+        before = results_listing(results_dir)
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(
-                str(source),
-                str(output),
-                parameters=params,
-                kernel_name=KERNEL_NAME,
-                cwd=str(source.parent),
-                progress_bar=progress_bar,
-                log_output=False,
-            )
-        except Exception as err:
-            seconds = time.perf_counter() - start
-            message = describe_failure(rel, err, output)
-            log(f"[{i}/{total}] {rel} FAILED after {seconds:.1f} s", flush=True)
-            raise BookError(message) from err
-        seconds = time.perf_counter() - start
-        log(f"[{i}/{total}] {rel} done in {seconds:.1f} s", flush=True)
-        done.append(Executed(rel, output, params, seconds))
+            seconds = run_notebook(chapter, progress_bar=progress_bar)
+        except BookError:
+            log(f"[{i}/{total}] {chapter.notebook} FAILED after {time.perf_counter() - start:.1f} s", flush=True)
+            raise
+        writes = [name for name, stat in results_listing(results_dir).items() if before.get(name) != stat]
+        key = {**step.key, "inputs": inputs_digest(step.reads, results_dir, chapter.parameters, writes)}
+        write_record(chapter.output, key, writes, seconds)
+        log(f"[{i}/{total}] {chapter.notebook} done in {seconds:.1f} s", flush=True)
+        done.append(Executed(chapter.notebook, chapter.output, chapter.parameters, seconds))
+        if stop_after is not None and len(done) >= stop_after:
+            log(f"stopping after {len(done)} executed chapter(s), as asked (--stop-after)", flush=True)
+            raise KeyboardInterrupt
     return done

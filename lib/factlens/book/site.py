@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from factlens.book.keys import describe_execution, read_record
 from factlens.book.launch import with_launch_box, with_launch_buttons
 from factlens.book.toc import BUILD_PARAMETERS, BookError, assignments, toc_documents
 
@@ -37,6 +38,7 @@ MATHJAX_VERSION = "3.2.2"
 MATHJAX_URL = f"https://registry.npmjs.org/mathjax/-/mathjax-{MATHJAX_VERSION}.tgz"
 MATHJAX_SHA256 = "1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09"
 MATHJAX_PATH = "mathjax/tex-mml-chtml.js"  # relative to the site's _static (sphinx's mathjax_path)
+EXECUTED_NOTE = "factlens-executed"  # the id and tag of the line saying when a chapter was executed
 
 
 def _with_values(source: str, values: Mapping[str, str]) -> str:
@@ -92,6 +94,17 @@ def for_the_site(nb: dict) -> dict:
     return nb
 
 
+def with_execution_note(nb: dict, record: Mapping[str, Any]) -> dict:
+    """``nb`` with a line after its title (its first cell, when that is markdown) saying when, on
+    which CPU and in how long its executed copy ran (:func:`factlens.book.keys.describe_execution`)."""
+    cells = nb.setdefault("cells", [])
+    at = 1 if cells and cells[0].get("cell_type") == "markdown" else 0
+    note = {"cell_type": "markdown", "id": EXECUTED_NOTE, "metadata": {"tags": [EXECUTED_NOTE]},
+            "source": f"*{describe_execution(record)}*"}
+    cells.insert(at, note)
+    return nb
+
+
 def mathjax_files(*, log: Any = print) -> Path | None:
     """The folder of MathJax's ``es5`` build (downloaded once into the cache and checked), or
     None when it cannot be had (offline, nothing cached): the site then loads MathJax from its
@@ -140,8 +153,9 @@ def _stage_mathjax(site: Path, *, log: Any = print) -> None:
 def stage_site(root: str | Path, build_dir: str | Path | None = None, *, log: Any = print) -> Path:
     """Copy the book's sources into ``<build>/site_src``, with each notebook of the toc replaced
     by its executed copy from ``<build>/executed`` as :func:`for_the_site` shows it (the clean
-    source, without outputs, when it has not been executed yet), each with the box that says how
-    to run it live and launch buttons when a repository is named (:mod:`factlens.book.launch`),
+    source, without outputs, when it has not been executed yet), each with the line saying when
+    and where it was executed (:func:`with_execution_note`, from its record), the box that says
+    how to run it live and launch buttons when a repository is named (:mod:`factlens.book.launch`),
     and MathJax in ``_static``."""
     root = Path(root).resolve()
     build = Path(build_dir).resolve() if build_dir else root / "_build"
@@ -168,12 +182,16 @@ def stage_site(root: str | Path, build_dir: str | Path | None = None, *, log: An
         target.parent.mkdir(parents=True, exist_ok=True)
         if doc.suffix == ".ipynb":
             executed = build / "executed" / doc
+            record = read_record(executed) if executed.is_file() else None
             if executed.is_file():
                 nb = for_the_site(json.loads(executed.read_text()))
             else:
                 log(f"note: {doc} has not been executed; the site shows it without outputs", flush=True)
                 nb = json.loads((root / doc).read_text())
-            target.write_text(json.dumps(with_launch_box(nb, doc, config, requirements), indent=1))
+            nb = with_launch_box(nb, doc, config, requirements)
+            if record is not None:
+                nb = with_execution_note(nb, record)
+            target.write_text(json.dumps(nb, indent=1))
         elif not target.exists():  # a top-level document outside the copied folders
             shutil.copy2(root / doc, target)
     _stage_mathjax(site, log=log)

@@ -27,26 +27,27 @@ bridge hands it over, because Hugging Face's decoder layers (transformers 5) pas
 as ``cache``, which the bridges do not read. The recorded causal (and sliding-window) mask is
 cut to the re-run rows, so every query sees exactly the keys it saw before.
 
+Generation (:func:`decoding`) goes through the same door: the model's own ``DynamicCache`` is
+handed to every attention bridge as ``past_key_values`` while new tokens are run one step at a time.
+
 Only some positions are read at the end, and Gemma's unembedding (262,144 tokens) costs more
 than several blocks per position: :func:`log_normalizer` and :func:`token_log_probs` give the
 log-probability of chosen tokens without writing out the logits.
 
 Reach these through the View: ``view(model).record(...)``, ``.run_blocks(...)``,
-``.run_from(...)``, ``.token_log_probs(...)``, ``.log_normalizer(...)``.
+``.run_from(...)``, ``.decoding()``, ``.token_log_probs(...)``, ``.log_normalizer(...)``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from factlens.core.models import View
+from transformer_lens.model_bridge import TransformerBridge
 
 #: Products of a few rows with a large matrix (the 262k-token unembedding above all) are padded to
 #: a multiple of this many rows: MKL's fp32 product took about twice as long for 3, 7 or 11 rows as
@@ -64,6 +65,28 @@ def padded_rows(rows: torch.Tensor) -> torch.Tensor:
     """``rows`` [n, ...] with zero rows appended (:func:`row_padding`); callers keep the first ``n``."""
     pad = row_padding(rows.shape[0])
     return torch.cat([rows, rows.new_zeros(pad, *rows.shape[1:])]) if pad else rows
+
+
+class ViewLike(Protocol):
+    """What these functions read of the View (``factlens.core.view.View``, which passes itself): the
+    model, its name and depth, and the View's hook names, capture and final norm. (A protocol, so
+    that this module need not import the View that imports it.)"""
+
+    model: TransformerBridge
+    name: str
+    n_layers: int
+    final_hook: str
+
+    def check_layer(self, layer: int) -> int: ...
+
+    def resid_pre_hook(self, layer: int) -> str: ...
+
+    def resid_post_hook(self, layer: int) -> str: ...
+
+    def capture(self, ids: torch.Tensor, names: Iterable[str], *, fwd_hooks: Sequence = (),
+                stop_after: bool = True) -> dict[str, torch.Tensor]: ...
+
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor: ...
 
 
 # How each block argument that has a token axis is cut to the re-run positions: name -> axis
@@ -126,10 +149,12 @@ class _EarlierPositions:
 
 
 @contextlib.contextmanager
-def _keys_and_values(v: View, caches: dict[int, Any]) -> Iterator[None]:
+def _keys_and_values(v: ViewLike, caches: dict[int, Any]) -> Iterator[None]:
     """Within the block, the attention of layer ``l`` reads and extends its keys and values through
-    ``caches[l]``: TransformerLens' attention bridges take a cache as ``past_key_values`` (Hugging
-    Face's decoder layers now pass theirs as ``cache``, which the bridges do not read)."""
+    ``caches[l]``: TransformerLens' attention bridges take a cache as ``past_key_values`` only (or
+    ``layer_past``; ``AttentionBridge._update_kv_cache``), while Hugging Face's decoder layers
+    (transformers 5) pass theirs on as ``cache``, so that without this hand-over a bridged model's
+    own cached generation forgets the prompt at every step ("Seattle Seattle Seattle ...")."""
     def give(cache):
         def hook(module, args, kwargs):
             return args, {**kwargs, "past_key_values": cache}
@@ -143,12 +168,43 @@ def _keys_and_values(v: View, caches: dict[int, Any]) -> Iterator[None]:
             handle.remove()
 
 
+#: ``step(ids, mask, positions)`` of :func:`decoding`: the next-token logits at the last position.
+DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def decoding(v: ViewLike) -> Iterator[DecodeStep]:
+    """Within the block, ``step(ids, mask, positions)`` runs the tokens ``ids`` [b, n] after every
+    token run before through one key-value cache, and returns the next-token logits at the last
+    position [b, d_vocab]. ``mask`` [b, tokens so far + n]: 0 at padding; ``positions`` [b, n]: the
+    new tokens' positions (left-padded rows count from their first real token).
+
+    The cache is the model's own ``DynamicCache``, handed to every attention bridge
+    (:func:`_keys_and_values`): a dynamic cache appends, so the bridges' ``update(k, v, layer_idx)``
+    needs no cache position (a static or hybrid cache would write every step into its first slot),
+    and Hugging Face's forward reads the same cache to place the new tokens and build the masks
+    (causal, sliding window, padding). No gradients.
+    """
+    from transformers import DynamicCache
+
+    hf = v.model.original_model
+    cache = DynamicCache(config=hf.config)
+
+    @torch.no_grad()
+    def step(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return hf(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                  logits_to_keep=1).logits[:, -1]
+
+    with _keys_and_values(v, dict.fromkeys(range(v.n_layers), cache)):
+        yield step
+
+
 def _is_cache(value: Any) -> bool:
     return type(value).__name__.endswith("Cache") or isinstance(value, (_KeyValueRecorder, _EarlierPositions))
 
 
 @torch.no_grad()
-def record(v: View, ids: torch.Tensor, *, fwd_hooks: Sequence = (), names: Iterable[str] = (),
+def record(v: ViewLike, ids: torch.Tensor, *, fwd_hooks: Sequence = (), names: Iterable[str] = (),
            layers: Iterable[int] | None = None) -> Recording:
     """Run the model once on ``ids`` (with ``fwd_hooks``) and keep what a re-run needs.
 
@@ -232,7 +288,7 @@ def _pick(recorded: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return recorded if index is None else recorded[index]
 
 
-def run_blocks(v: View, rec: Recording, resid: torch.Tensor, layers: range, *, start: int = 0,
+def run_blocks(v: ViewLike, rec: Recording, resid: torch.Tensor, layers: range, *, start: int = 0,
                rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = ()) -> torch.Tensor:
     """Blocks ``layers`` (consecutive) on ``resid``, the residual stream entering the first of them
     at positions ``start ..`` [B, t - start, d_model]; returns the residual stream after the last.
@@ -266,7 +322,7 @@ def run_blocks(v: View, rec: Recording, resid: torch.Tensor, layers: range, *, s
     return x
 
 
-def run_from(v: View, rec: Recording, layer: int, resid: torch.Tensor | None = None, *, start: int = 0,
+def run_from(v: ViewLike, rec: Recording, layer: int, resid: torch.Tensor | None = None, *, start: int = 0,
              rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = (),
              at: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
     """Blocks ``layer`` .. L-1 and the final norm: the final-normed hidden states of positions
@@ -293,7 +349,7 @@ def run_from(v: View, rec: Recording, layer: int, resid: torch.Tensor | None = N
     return normed[:, 0] if where.ndim == 1 else normed
 
 
-def log_normalizer(v: View, normed: torch.Tensor, *, vocab_block: int = 4096,
+def log_normalizer(v: ViewLike, normed: torch.Tensor, *, vocab_block: int = 4096,
                    row_block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """``log Σ_j exp(z_j)`` and ``argmax_j z_j`` of the logits ``z = unembed(normed)`` of each row
     of ``normed`` [N, d_model]: two [N] tensors, in one pass over the unembedding.
@@ -322,7 +378,7 @@ def log_normalizer(v: View, normed: torch.Tensor, *, vocab_block: int = 4096,
     return torch.cat(log_z)[:n], torch.cat(top)[:n]
 
 
-def token_log_probs(v: View, normed: torch.Tensor, tokens: torch.Tensor | Sequence[int], *,
+def token_log_probs(v: ViewLike, normed: torch.Tensor, tokens: torch.Tensor | Sequence[int], *,
                     log_z: torch.Tensor | None = None) -> torch.Tensor:
     """``log softmax(unembed(normed))[token]``: [N, k] for final-normed states ``normed`` [N, d_model]
     and ``tokens`` ([k] for every row, or [N, k]); the same numbers as unembedding and a

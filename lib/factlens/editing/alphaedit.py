@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from factlens.core.models import Model, view
+from factlens.core.models import Model, model_entry, view
+from factlens.core.registry import ModelEntry
 from factlens.editing import memit, rome
 
 
@@ -60,20 +61,13 @@ class AlphaEditHyperParams:
         return self.memit.layers
 
 
-# Per model: (nullspace_threshold, l2). GPT-2 XL and GPT-J: the code's. The default model: its keys
-# (gated activations, ‖k‖ about 7) are smaller than GPT-2 XL's, so the code's α = 10 outweighs the
-# new keys' K₁K₁ᵀ and writes nothing (tuning split, 8 cases in one batch: ES 25%, as unedited);
-# the paper's α = 1 (eq. 14's I) writes them all (ES 100%). Eigenvalues of C below 3·10⁻³ span
-# 461 to 1,155 of the 2,048 dimensions at layers 3-6 and hold 0.3% to 5% of C's trace.
-_SETTINGS: dict[str, tuple[float, float]] = {"gpt2-xl": (2e-2, 10.0), "EleutherAI/gpt-j-6B": (2e-2, 10.0),
-                                             "gemma-3-270m": (3e-3, 1.0)}
-
-
-def default_hparams(model: Model) -> AlphaEditHyperParams:
-    """AlphaEdit's settings for ``model``: MEMIT's (:func:`factlens.editing.memit.default_hparams`), the null
-    space's threshold and ``α`` (the code's for unknown models)."""
-    threshold, l2 = _SETTINGS.get(view(model).name, (2e-2, 10.0))
-    return AlphaEditHyperParams(memit=memit.default_hparams(model), nullspace_threshold=threshold, l2=l2)
+def default_hparams(model: Model | ModelEntry) -> AlphaEditHyperParams:
+    """AlphaEdit's settings for ``model``, a loaded model or a registry entry: MEMIT's
+    (:func:`factlens.editing.memit.default_hparams`), the null space's threshold and ``α``
+    (``factlens.core.registry``, where every model's settings live, with their reasons; the code's for
+    a model it does not list)."""
+    settings = model_entry(model).settings("AlphaEdit")
+    return AlphaEditHyperParams(memit=memit.default_hparams(model), **settings.arguments())
 
 
 def null_space_projector(C: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -107,20 +101,20 @@ class AlphaEditState:
     def create(cls, model: Model, hp: AlphaEditHyperParams | None = None,
                stats: dict[int, torch.Tensor] | None = None) -> AlphaEditState:
         """Projectors from each layer's ``C`` (``stats``, default :func:`factlens.editing.rome.layer_stats`, whose
-        projectors are kept in the model's ``View.memo``); no previous edits."""
+        projectors are kept in the model's ``View.state``); no previous edits."""
         hp = hp or default_hparams(model)
         m = hp.memit
-        memo = view(model).memo
+        kept = view(model).state.null_space_projectors
         projectors = {}
         for layer in hp.layers:
             if stats is not None and layer in stats:
                 projectors[layer] = null_space_projector(stats[layer], hp.nullspace_threshold)
                 continue
-            key = ("alphaedit.projector", layer, m.mom2_corpus, m.mom2_samples, hp.nullspace_threshold)
-            if key not in memo:  # one eigendecomposition per layer and model
+            key = (layer, m.mom2_corpus, m.mom2_samples, hp.nullspace_threshold)
+            if key not in kept:  # one eigendecomposition per layer and model
                 C = rome.layer_stats(model, layer, corpus=m.mom2_corpus, samples=m.mom2_samples, progress=False)
-                memo[key] = null_space_projector(C, hp.nullspace_threshold)
-            projectors[layer] = memo[key]
+                kept[key] = null_space_projector(C, hp.nullspace_threshold)
+            projectors[layer] = kept[key]
         d = view(model).d_mlp
         return cls(projectors, {layer: torch.zeros(d, d, dtype=torch.float64) for layer in hp.layers})
 

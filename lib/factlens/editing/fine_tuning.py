@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from factlens.core.models import Model, view
+from factlens.core.models import Model, model_entry, view
+from factlens.core.registry import PAPER_FT_EPSILON, ModelEntry
 from factlens.editing import rome
 
 
@@ -65,35 +66,25 @@ class FTHyperParams:
         return "FT" if self.norm_constraint is None else "FT+L"
 
 
-# ε for FT+L per model. GPT-2 XL: the paper's 5e-4. The default model's output weights are
-# about as large as GPT-2 XL's (an entry's standard deviation is about 0.03 for both), so
-# the same ε keeps the change equally small relative to the weights.
-_EPSILON: dict[str, float] = {"gpt2-xl": 5e-4, "gemma-3-270m": 5e-4}
-_PAPER_EPSILON = 5e-4
-
-
-def default_hparams(model: Model, *, constrained: bool = False) -> FTHyperParams:
+def default_hparams(model: Model | ModelEntry, *, constrained: bool = False) -> FTHyperParams:
     """Ours: FT (``constrained=False``) or FT+L at the layer ROME edits on this model, with
-    ROME's code's optimizer settings, the weight only."""
-    layer = rome.default_hparams(model).layer
-    eps = _EPSILON.get(view(model).name, _PAPER_EPSILON) if constrained else None
-    return FTHyperParams(layer=layer, norm_constraint=eps)
+    ROME's code's optimizer settings, the weight only; ``model``: a loaded model or a registry entry
+    (``factlens.core.registry``, where FT+L's ε per model lives: the paper's, unless listed)."""
+    settings = model_entry(model).settings("FT+L" if constrained else "FT")
+    return FTHyperParams(**settings.arguments(rome.default_hparams(model)))
 
 
 def paper_hparams(model: Model, *, constrained: bool = True) -> FTHyperParams:
     """The paper's configuration (ROME's code for GPT-2 XL): FT+L tunes layer 0's MLP output,
     weight and bias, with ε = 5·10⁻⁴; FT (``constrained=False``) layer 1, unconstrained."""
     layer = view(model).check_layer(0 if constrained else 1)
-    return FTHyperParams(layer=layer, norm_constraint=_PAPER_EPSILON if constrained else None, tune_bias=True)
+    return FTHyperParams(layer=layer, norm_constraint=PAPER_FT_EPSILON if constrained else None, tune_bias=True)
 
 
 def output_bias(model: Model, layer: int) -> torch.nn.Parameter | None:
     """The bias beside layer ``layer``'s MLP output weight (GPT-2's ``c_proj.bias``), or None
-    where the output projection has none (Gemma, Llama)."""
-    weight = view(model).mlp_out_parameter(layer)
-    params = dict(model.named_parameters())
-    name = next(n for n, p in params.items() if p is weight)
-    return params.get(name[: -len("weight")] + "bias") if name.endswith("weight") else None
+    where the output projection has none (Gemma, Llama): ``View.mlp_out_bias``."""
+    return view(model).mlp_out_bias(layer)
 
 
 def method_label(model: Model, hp: FTHyperParams) -> str:

@@ -2,46 +2,21 @@
 
 Generating ``n`` tokens by re-running the whole prefix for every new token costs ``n`` forward
 passes over ever longer inputs. A key-value cache keeps each layer's attention keys and values
-of the tokens already read, so each step runs the model on the one new token.
-
-Why the bridge's own cached generation repeats a token ("Seattle Seattle Seattle ..."): in
-transformers 5, a decoder layer hands its cache to the attention module as ``cache=``, while
-TransformerLens 4.3's attention bridges look for it under ``past_key_values`` (or
-``layer_past``) only (``AttentionBridge._update_kv_cache``). They find none, so at every decode
-step the new token attends to itself alone and the prompt is forgotten; and where a cache does
-reach them they call ``update(k, v, layer_idx)`` without a cache position, which a static or
-hybrid cache answers by writing every step into its first slot. :func:`generate` gives each
-attention bridge the model's own ``DynamicCache`` under ``past_key_values`` (a pre-hook on the
-bridge for the duration of the call): a dynamic cache appends, so no position is needed, and
-Hugging Face's forward reads the same cache to place the new token and build its masks
-(causal, sliding window, left padding). Prompts of different lengths are left-padded with an
-attention mask and explicit position ids, so every row is generated as if it were alone.
+of the tokens already read, so each step runs the model on the one new token: the View's
+:meth:`~factlens.core.view.View.decoding` (:func:`factlens.core.forward.decoding` says why the
+bridge's own cached generation cannot be used: it repeats a token, "Seattle Seattle Seattle ...").
+Prompts of different lengths are left-padded with an attention mask and explicit position ids,
+so every row is generated as if it were alone.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import torch
 
 from factlens.core import forward
 from factlens.core.models import Model, view
-
-
-@contextlib.contextmanager
-def _cache_reaches_attention(model: Model, cache: Any) -> Iterator[None]:
-    """Within the block, every attention bridge reads and extends ``cache`` (see the module docstring)."""
-    def give(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return args, {**kwargs, "past_key_values": cache}
-
-    handles = [block.attn.register_forward_pre_hook(give, with_kwargs=True) for block in model.blocks]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _next_token(top_k: int | None, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -58,10 +33,7 @@ def _next_token(top_k: int | None, generator: torch.Generator) -> Callable[[torc
 @torch.no_grad()
 def _generate_cached(model: Model, rows: list[list[int]], max_new_tokens: int,
                      pick: Callable[[torch.Tensor], torch.Tensor]) -> list[list[int]]:
-    from transformers import DynamicCache
-
     v = view(model)
-    hf = model.original_model
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), v.pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -70,13 +42,10 @@ def _generate_cached(model: Model, rows: list[list[int]], max_new_tokens: int,
         mask[i, width - len(r):] = 1
     ids, mask = ids.to(v.device), mask.to(v.device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=hf.config)
     new: list[torch.Tensor] = []
-    with _cache_reaches_attention(model, cache):
+    with v.decoding() as step:
         for _ in range(max_new_tokens):
-            logits = hf(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                        use_cache=True, logits_to_keep=1).logits[:, -1]
-            token = pick(logits)
+            token = pick(step(ids, mask, positions))
             new.append(token)
             ids = token[:, None].to(v.device)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

@@ -46,7 +46,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from factlens.core.models import Model, view
+from factlens.core.models import Model, model_entry, view
+from factlens.core.registry import ModelEntry
 from factlens.editing import rome
 
 # --------------------------------------------------------------------------- the record
@@ -154,37 +155,12 @@ class MEMITHyperParams:
             mom2_corpus=self.mom2_corpus, essence_prompt=self.essence_prompt, seed=self.seed)
 
 
-# GPT-J and GPT-2 XL: MEMIT's code, but δ clamped to ROME's 4·‖v‖ (our δ is ROME's, at the MLP output;
-# MEMIT's 0.75·‖h^L‖ bounds the residual, whose norm is several times the MLP output's).
-# The default model (Gemma 3 270M, 18 layers): four layers ending at ROME's layer 6, as GPT-2 XL's
-# 13-17 end at ROME's 17 (and span about a fifth of the depth, as GPT-J's 3-8 of 28 do); δ's
-# optimization as ROME's on this model (clamp 1·‖v‖, 3 + 3 prefixes, see factlens.editing.rome), C from
-# 20,000 keys as ROME's. λ = 2,000: a typical key's kᵀ(λC)⁻¹k is about d_mlp / λ, so GPT-J's
-# 15,000 for 16,384 keys is about 2,000 for this MLP's 2,048; on the tuning split (8 cases in one
-# batch) λ = 1,000 and 2,000 write every fact (ES 100%), 15,000 none (ES 25%, as unedited).
-_DEFAULTS: dict[str, MEMITHyperParams] = {
-    "EleutherAI/gpt-j-6B": MEMITHyperParams(layers=(3, 4, 5, 6, 7, 8), mom2_update_weight=15_000.0,
-                                            clamp_norm_factor=4.0),
-    "gpt2-xl": MEMITHyperParams(layers=(13, 14, 15, 16, 17), mom2_update_weight=20_000.0, v_steps=20,
-                                clamp_norm_factor=4.0),
-    "gemma-3-270m": MEMITHyperParams(layers=(3, 4, 5, 6), mom2_update_weight=2_000.0,
-                                     context_templates=((5, 3), (10, 3)), v_steps=20, clamp_norm_factor=1.0,
-                                     mom2_samples=20_000),
-}
-
-
-def default_hparams(model: Model) -> MEMITHyperParams:
-    """MEMIT's hyperparameters for ``model`` (by its factlens name); other models get four layers
-    ending at ROME's layer, ROME's settings for ``δ`` and ``C``, and GPT-J's λ scaled to the MLP's width."""
-    v = view(model)
-    known = _DEFAULTS.get(v.name)
-    if known is not None and known.layers[-1] < v.n_layers:
-        return known
-    hp = rome.default_hparams(model)
-    layers = tuple(range(max(0, hp.layer - 3), hp.layer + 1))
-    return MEMITHyperParams(layers=layers, mom2_update_weight=15_000.0 * v.d_mlp / 16_384,
-                            context_templates=hp.context_templates, clamp_norm_factor=hp.clamp_norm_factor,
-                            mom2_samples=hp.mom2_samples, v_steps=hp.v_steps)
+def default_hparams(model: Model | ModelEntry) -> MEMITHyperParams:
+    """MEMIT's hyperparameters for ``model``, a loaded model or a registry entry (``factlens.core.registry``,
+    where every model's settings live, with their reasons); a model the registry does not list gets four
+    layers ending at ROME's layer, ROME's settings for ``δ`` and ``C``, and GPT-J's λ scaled to the MLP's width."""
+    settings = model_entry(model).settings("MEMIT")
+    return MEMITHyperParams(**settings.arguments(rome.default_hparams(model)))
 
 
 # --------------------------------------------------------------------------- requests

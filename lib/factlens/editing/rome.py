@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from factlens.core.models import Model, view
+from factlens.core.models import Model, model_entry, view
+from factlens.core.registry import ModelEntry
 from factlens.editing.generation import generate  # noqa: F401  (re-exported: rome.generate, for the chapters)
 from factlens.editing.second_moment import (  # noqa: F401  (ROME's statistics, re-exported: rome.layer_stats)
     collect_layer_stats,
@@ -249,35 +250,11 @@ def code_comparison(hp: ROMEHyperParams) -> dict[str, ROMEHyperParams]:
     return variants
 
 
-# Defaults per model. For GPT-2 XL (and its smaller siblings, GPT-J) the paper's values. For the
-# default model (Gemma 3 270M, 18 layers): layer 6, a third of the way up as 17 of 48 is in
-# GPT-2 XL, where the tracing chapter's MLP effect at the last subject token is strong; the
-# editing chapter's layer sweep reports the best layer on its cases beside it. 3 + 3 prefixes
-# (the paper: 10 + 10) cut the cost of v* on a CPU by two thirds (one edit: about 10 steps of
-# a forward and backward pass over 7 prompts + the essence prompt). Clamp ‖δ‖ ≤ 1·‖v‖, not 4:
-# Gemma's post-feedforward RMSNorm rescales the MLP output, so a δ four times ‖v‖ overrides
-# the output direction of every key that overlaps k* a little (on the Curie example of the
-# editing chapter, clamp 4 or 2 turns Millikan and Einstein to "medicine" too; 1 leaves
-# them, with the same efficacy and paraphrase). 20,000 keys for C: ten times the MLP's width (2,048), see the chapter's
-# convergence study.
-_DEFAULTS: dict[str, ROMEHyperParams] = {
-    "gpt2-xl": ROMEHyperParams(layer=17),
-    "gpt2-medium": ROMEHyperParams(layer=8),
-    "gpt2-large": ROMEHyperParams(layer=12),
-    "EleutherAI/gpt-j-6B": ROMEHyperParams(layer=5, v_lr=0.5),
-    "gemma-3-270m": ROMEHyperParams(layer=6, context_templates=((5, 3), (10, 3)), clamp_norm_factor=1.0,
-                                    mom2_samples=20_000),
-}
-
-
-def default_hparams(model: Model) -> ROMEHyperParams:
-    """The hyperparameters for ``model`` (its factlens name); unknown models get the paper's
-    values at the layer a third of the way up (where tracing usually peaks)."""
-    v = view(model)
-    known = _DEFAULTS.get(v.name)
-    if known is not None and known.layer < v.n_layers:
-        return known
-    return ROMEHyperParams(layer=max(0, v.n_layers // 3), mom2_samples=min(100_000, 20 * v.d_mlp))
+def default_hparams(model: Model | ModelEntry) -> ROMEHyperParams:
+    """The hyperparameters for ``model``, a loaded model or a registry entry (``factlens.core.registry``,
+    where every model's settings live, with their reasons); a model the registry does not list gets the
+    paper's values at the layer a third of the way up (where tracing usually peaks)."""
+    return ROMEHyperParams(**model_entry(model).settings("ROME").arguments())
 
 
 # --------------------------------------------------------------------------- tuning and evaluation cases
@@ -353,11 +330,11 @@ def context_templates(model: Model, spec: Sequence[tuple[int, int]] = ((5, 10), 
 
 def templates_for(model: Model, hp: ROMEHyperParams) -> list[str]:
     """The prefix templates of ``hp`` (:func:`context_templates`), sampled once per model and spec."""
-    memo = view(model).memo
-    key = ("rome.context_templates", tuple(map(tuple, hp.context_templates)), hp.seed, hp.prefix_from_bos)
-    if key not in memo:
-        memo[key] = context_templates(model, hp.context_templates, hp.seed, from_bos=hp.prefix_from_bos)
-    return memo[key]
+    kept = view(model).state.context_templates
+    key = (tuple(map(tuple, hp.context_templates)), hp.seed, hp.prefix_from_bos)
+    if key not in kept:
+        kept[key] = context_templates(model, hp.context_templates, hp.seed, from_bos=hp.prefix_from_bos)
+    return kept[key]
 
 
 @torch.no_grad()

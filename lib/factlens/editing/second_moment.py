@@ -57,15 +57,15 @@ def corpus_chunks(model: Model, corpus: str, length: int) -> Iterator[list[int]]
 def _tokens_digest(model: Model, corpus: str, samples: int, chunk_tokens: int) -> str:
     """sha256 of the token ids of the chunks :func:`collect_layer_stats` reads for ``samples`` keys:
     part of the cache key, so that a change of the corpus's text or of the tokenizer rebuilds C."""
-    memo = view(model).memo
-    key = ("second_moment.tokens", corpus, samples, chunk_tokens)
-    if key not in memo:
+    kept = view(model).state.corpus_digests
+    key = (corpus, samples, chunk_tokens)
+    if key not in kept:
         digest = hashlib.sha256()
         keys_per_chunk = chunk_tokens - len(view(model).bos)
         for _, chunk in zip(range(-(-samples // keys_per_chunk)), corpus_chunks(model, corpus, chunk_tokens)):
             digest.update(torch.tensor(chunk, dtype=torch.int64).numpy().tobytes())
-        memo[key] = digest.hexdigest()
-    return memo[key]
+        kept[key] = digest.hexdigest()
+    return kept[key]
 
 
 @torch.no_grad()

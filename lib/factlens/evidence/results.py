@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from factlens.core import registry
 from factlens.core.cache import replacing
 from factlens.evidence.claims import Claim, Statistic, claims_frame
 from factlens.evidence.papers import PaperNumber
@@ -76,9 +77,7 @@ class Run:
               reference: float | None = None, statistic: Statistic = "mean", protocol: str = "") -> Claim:
         """Register one headline claim (see :class:`factlens.evidence.claims.Claim`; its τ comes with the
         paper's number) and return it; an id registered twice replaces the first (a cell run again)."""
-        from factlens.core.models import model_label
-
-        made = Claim(self.chapter, claim_id, statement, model_label(self.model_name), paper, float(ours),
+        made = Claim(self.chapter, claim_id, statement, registry.entry(self.model_name).label, paper, float(ours),
                      (float(ci[0]), float(ci[1])), int(n), kind, None if reference is None else float(reference),
                      protocol, statistic)
         self.claims = [c for c in self.claims if c.id != claim_id] + [made]

@@ -12,9 +12,10 @@ is run three times:
   ``P*,clean h_i^(l)[o]``.
 
 Total effect ``TE = P[o] − P*[o]``; indirect effect ``IE = P*,clean h_i^(l)[o] − P*[o]``
-(paper, §2.1). :func:`trace` returns the restored probabilities over (token, layer);
-:mod:`factlens.locating.average_effects` averages the indirect effects over many facts by token
-group (paper, §2.2 and Figure 2).
+(paper, §2.1). :func:`trace` returns the restored probabilities over (token, layer), for one
+intervention declared as a value (:class:`TraceSettings`: what is restored, how the subject is
+corrupted); :mod:`factlens.locating.average_effects` averages the indirect effects over many facts
+by token group (paper, §2.2 and Figure 2).
 
 Speed. The straightforward loop (:func:`trace_straightforward`, the paper's code) runs the
 whole model, with logits over the whole vocabulary at every position, once per (token,
@@ -38,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -46,7 +47,8 @@ from tqdm.auto import tqdm
 
 from factlens.core.cache import cached_tensors
 from factlens.core.forward import Recording
-from factlens.core.models import Model, TokenSpan, View, view
+from factlens.core.models import Model, view
+from factlens.core.view import TokenSpan, View
 from factlens.evidence import papers
 
 Kind = Literal["hidden", "mlp", "attn"]
@@ -60,6 +62,71 @@ TOKEN_GROUPS: tuple[str, ...] = (
     "further tokens",
     "last token",
 )
+
+
+# --------------------------------------------------------------------------- the settings
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    """One causal-tracing intervention, declared as a value (Meng et al. 2022, §2.1): what is
+    corrupted, how, and what is restored. :func:`trace`, :func:`trace_facts`,
+    :func:`trace_straightforward` and the trace explorer take it; the paper's settings are the
+    default, ``TraceSettings("mlp", samples=3)`` changes what it names.
+
+    Attributes:
+        kind: the state restored at (token ``i``, layer ``l``): ``"hidden"``, ``h_i^(l)``;
+            ``"mlp"`` / ``"attn"``, the MLP / attention outputs of the ``window`` layers around ``l``.
+        window: the layers restored together for ``"mlp"`` / ``"attn"`` (:func:`window_layers`);
+            ``None``: :func:`default_window`, the paper's 10 of 48 scaled to the model's depth.
+        sever: ``"mlp"`` / ``"attn"`` keeps those outputs of every layer above ``l`` at token ``i``
+            at their corrupted values (the paper's Figure 7); hidden-state restorations only.
+        samples: the noise draws ``S`` that ``P*`` averages. Paper: 10.
+        noise: ``ν`` in standard deviations of the embeddings. Paper: 3.
+        noise_kind: the shape of the noise, one of :data:`NOISE_KINDS` (:func:`corruption`).
+        swap_subjects: the other subjects ``noise_kind="swap"`` puts in the subject's place.
+        std: the embeddings' standard deviation; ``None``: :func:`embedding_std`, measured.
+        seed: the seed of the noise draws.
+    """
+
+    kind: Kind = "hidden"
+    _: KW_ONLY
+    window: int | None = None
+    sever: str | None = None
+    samples: int = 10
+    noise: float = 3.0
+    noise_kind: str = "gaussian"
+    swap_subjects: tuple[str, ...] = ()
+    std: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.sever not in (None, "mlp", "attn"):
+            raise ValueError(f"sever must be None, 'mlp' or 'attn', got {self.sever!r}")
+        if self.sever is not None and self.kind != "hidden":
+            raise ValueError("severing is defined for hidden-state restorations (kind='hidden') only")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be at least 1, got {self.window}")
+        if self.noise_kind not in NOISE_KINDS:
+            raise ValueError(f"noise_kind must be one of {NOISE_KINDS}, got {self.noise_kind!r}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be at least 1, got {self.samples}")
+        if isinstance(self.swap_subjects, str):
+            raise TypeError(f"swap_subjects must be a list of subjects, got the string {self.swap_subjects!r}")
+        object.__setattr__(self, "swap_subjects", tuple(self.swap_subjects))
+
+    def for_depth(self, n_layers: int) -> TraceSettings:
+        """These settings with the window a model of ``n_layers`` layers restores (:func:`default_window`
+        when none is set)."""
+        return self if self.window is not None else replace(self, window=default_window(n_layers))
+
+    def record(self) -> dict[str, Any]:
+        """What a :class:`Trace` keeps of its settings (``Trace.settings``): samples, noise, noise_kind,
+        window, sever and seed."""
+        return dict(samples=self.samples, noise=self.noise, noise_kind=self.noise_kind, window=self.window,
+                    sever=self.sever, seed=self.seed)
 
 
 # --------------------------------------------------------------------------- the result
@@ -125,40 +192,26 @@ def embedding_std(model: Model, texts: Sequence[str] | None = None) -> float:
     return float(cached_tensors("tracing-embedding-std", key, build)["std"])
 
 
-def corruption(
-    model: Model,
-    prompt: str,
-    subject: str,
-    *,
-    samples: int = 10,
-    noise: float = 3.0,
-    noise_kind: str = "gaussian",
-    seed: int = 0,
-    std: float | None = None,
-    swap_subjects: Sequence[str] = (),
-) -> torch.Tensor:
+def corruption(model: Model, prompt: str, subject: str, settings: TraceSettings = TraceSettings()) -> torch.Tensor:
     """What is added to the subject's embeddings in each corrupted run: [samples, |subject|, d_model].
 
-    ``gaussian`` (the paper): ``ε ~ N(0, (noise·σ)²)``, ``σ`` = :func:`embedding_std`.
-    ``uniform`` and ``student-t`` (3 degrees of freedom) have the same standard deviation
-    with other shapes. ``swap`` replaces the subject's embeddings by those of other
-    subjects (``swap_subjects``; those with as many tokens in the prompt), one per sample.
-    Repeatable: the draws come from a generator seeded with ``seed``.
+    ``gaussian`` (the paper): ``ε ~ N(0, (ν·σ)²)``, ``ν`` = ``settings.noise``, ``σ`` =
+    :func:`embedding_std` (or ``settings.std``). ``uniform`` and ``student-t`` (3 degrees of
+    freedom) have the same standard deviation with other shapes. ``swap`` replaces the subject's
+    embeddings by those of other subjects (``settings.swap_subjects``; those with as many tokens
+    in the prompt), one per sample. Repeatable: the draws come from a generator seeded with
+    ``settings.seed``.
     """
-    if noise_kind not in NOISE_KINDS:
-        raise ValueError(f"noise_kind must be one of {NOISE_KINDS}, got {noise_kind!r}")
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
     v = view(model)
     span = v.subject_span(prompt, subject)
-    gen = torch.Generator().manual_seed(seed)
-    shape = (samples, len(span), v.d_model)
-    if noise_kind == "swap":
-        return _swap_delta(v, prompt, subject, samples=samples, swap_subjects=swap_subjects, gen=gen)
-    scale = noise * (embedding_std(model) if std is None else std)
-    if noise_kind == "gaussian":
+    gen = torch.Generator().manual_seed(settings.seed)
+    shape = (settings.samples, len(span), v.d_model)
+    if settings.noise_kind == "swap":
+        return _swap_delta(v, prompt, subject, settings, gen)
+    scale = settings.noise * (embedding_std(model) if settings.std is None else settings.std)
+    if settings.noise_kind == "gaussian":
         unit = torch.randn(shape, generator=gen)
-    elif noise_kind == "uniform":  # U(-√3, √3) has unit variance
+    elif settings.noise_kind == "uniform":  # U(-√3, √3) has unit variance
         unit = (2 * torch.rand(shape, generator=gen) - 1) * math.sqrt(3.0)
     else:  # Student's t with 3 degrees of freedom has variance 3
         normal = torch.randn(shape, generator=gen)
@@ -168,22 +221,21 @@ def corruption(
 
 
 @torch.no_grad()
-def _swap_delta(v: View, prompt: str, subject: str, *, samples: int, swap_subjects: Sequence[str],
-                gen: torch.Generator) -> torch.Tensor:
+def _swap_delta(v: View, prompt: str, subject: str, settings: TraceSettings, gen: torch.Generator) -> torch.Tensor:
     """The embeddings of other subjects in the subject's place, minus the subject's own."""
     span = v.subject_span(prompt, subject)
     n_tokens = len(v.token_ids(prompt))
     fits = []
-    for other in dict.fromkeys(swap_subjects):
+    for other in dict.fromkeys(settings.swap_subjects):
         swapped = prompt.replace(subject, other, 1)
         if other != subject and len(v.token_ids(swapped)) == n_tokens and v.subject_span(swapped, other) == span:
             fits.append(swapped)
     if not fits:
         raise ValueError(
             f"noise_kind='swap' needs swap_subjects that take as many tokens as {subject!r} "
-            f"({len(span)}) in the prompt; none of the {len(swap_subjects)} given does"
+            f"({len(span)}) in the prompt; none of the {len(settings.swap_subjects)} given does"
         )
-    picks = torch.randint(len(fits), (samples,), generator=gen).tolist()
+    picks = torch.randint(len(fits), (settings.samples,), generator=gen).tolist()
     embedded = v.embeddings(v.batch([prompt, *fits]).ids)[:, span.start:span.stop]
     return embedded[1:][torch.tensor(picks)] - embedded[0]
 
@@ -246,17 +298,6 @@ def token_groups(span: TokenSpan, n_tokens: int) -> dict[str, list[int]]:
     }
 
 
-def _check(kind: str, sever: str | None, window: int) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if sever not in (None, "mlp", "attn"):
-        raise ValueError(f"sever must be None, 'mlp' or 'attn', got {sever!r}")
-    if sever is not None and kind != "hidden":
-        raise ValueError("severing is defined for hidden-state restorations (kind='hidden') only")
-    if window < 1:
-        raise ValueError(f"window must be at least 1, got {window}")
-
-
 def _site_hook(v: View, kind: str, layer: int) -> str:
     """Where the state of ``kind`` at ``layer`` is read and set: h^(l), or the MLP / attention output."""
     return {"hidden": v.resid_post_hook, "mlp": v.mlp_out_hook, "attn": v.attn_out_hook}[kind](layer)
@@ -298,11 +339,13 @@ class _Patches:
 
 
 class _CorruptedRuns:
-    """The clean prompt (recorded row 0) and its ``S`` corrupted copies (rows 1..S), recorded once;
-    :meth:`restored` re-runs the blocks above the restorations of one token."""
+    """The clean prompt (recorded row 0) and its ``S`` corrupted copies (rows 1..S, noise ``delta``),
+    recorded once; :meth:`restored` re-runs the blocks above the restorations of one token."""
 
-    def __init__(self, v: View, prompt: str, span: TokenSpan, delta: torch.Tensor, kind: str, sever: str | None):
-        self.v, self.kind, self.sever = v, kind, sever
+    def __init__(self, v: View, prompt: str, subject: str, delta: torch.Tensor, settings: TraceSettings):
+        self.v, self.prompt, self.subject, self.settings = v, prompt, subject, settings
+        self.kind, self.sever, self.window = settings.kind, settings.sever, settings.window
+        self.span = span = v.subject_span(prompt, subject)
         self.samples = delta.shape[0]
         ids = v.batch([prompt]).ids.expand(self.samples + 1, -1)
         noise = torch.cat([torch.zeros_like(delta[:1]), delta])
@@ -313,8 +356,8 @@ class _CorruptedRuns:
             return x
 
         layers = range(v.n_layers)
-        self.sites = [_site_hook(v, kind, l) for l in layers] if kind != "hidden" else []
-        self.severed = [_site_hook(v, sever, l) for l in layers] if sever else []
+        self.sites = [_site_hook(v, self.kind, l) for l in layers] if self.kind != "hidden" else []
+        self.severed = [_site_hook(v, self.sever, l) for l in layers] if self.sever else []
         self.rec: Recording = v.record(ids, fwd_hooks=[(v.embed_hook, corrupt)], names=[*self.sites, *self.severed])
         self.patches = _Patches()
         last = v.final_norm(self.rec.resid[v.n_layers][:, -1])
@@ -327,14 +370,14 @@ class _CorruptedRuns:
     def hooks(self) -> list:
         return [(name, self.patches.hook(name)) for name in (*self.sites, *self.severed)]
 
-    def restored(self, token: int, layers: Sequence[int], window: int) -> torch.Tensor:
+    def restored(self, token: int, layers: Sequence[int]) -> torch.Tensor:
         """The final-normed last position of every restoration (``token``, l) for l in ``layers``,
         noise sample by noise sample: [len(layers) · S, d_model] (row ``k·S + s``: layer ``layers[k]``,
         sample ``s``). The rows of layer ``l`` join the batch at :func:`first_rerun_block`."""
         v, rec, S, L = self.v, self.rec, self.samples, self.v.n_layers
         joining = {}
         for l in layers:
-            joining.setdefault(first_rerun_block(self.kind, l, window, L), []).append(l)
+            joining.setdefault(first_rerun_block(self.kind, l, self.window, L), []).append(l)
         order = [l for block in sorted(joining) for l in joining[block]]
         x = rec.resid[0][:0, token:]
         sample_of_row = torch.empty(0, dtype=torch.long)
@@ -346,7 +389,7 @@ class _CorruptedRuns:
                 row_layers += [l for l in joining[block] for _ in range(S)]
             if block == L:
                 break
-            self.patches.now = self._patches_at(token, block, row_layers, sample_of_row, window)
+            self.patches.now = self._patches_at(token, block, row_layers, sample_of_row)
             x = v.run_blocks(rec, x, range(block, block + 1), start=token, rows=1 + sample_of_row)
         self.patches.now = {}
         finals = v.final_norm(x[:, -1])
@@ -362,14 +405,15 @@ class _CorruptedRuns:
             x[:, 0] = self.rec.resid[block][0, token]
         return x
 
-    def _patches_at(self, token: int, block: int, row_layers: list[int], sample_of_row: torch.Tensor,
-                    window: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _patches_at(self, token: int, block: int, row_layers: list[int],
+                    sample_of_row: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """What the hooks set in ``block``: the window's restored outputs (clean), the severed
         outputs (corrupted, of each row's sample)."""
         now = {}
         if self.kind != "hidden":
             rows = torch.tensor([r for r, l in enumerate(row_layers)
-                                 if block in restored_layers(self.kind, l, window, self.v.n_layers)], dtype=torch.long)
+                                 if block in restored_layers(self.kind, l, self.window, self.v.n_layers)],
+                                dtype=torch.long)
             if len(rows):
                 clean = self.rec.captured[self.sites[block]][0, token]
                 now[self.sites[block]] = (rows, clean.expand(len(rows), -1))
@@ -389,34 +433,29 @@ class _Restored:
 
     prompt: str
     subject: str
-    kind: str
+    settings: TraceSettings  # its samples: the rows of ``delta``
     span: TokenSpan
-    samples: int
     n_tokens: int
     traced: list[int]
     cells: list[tuple[int, list[int]]]  # the (token, layers) each block of restorations scores
     finals: torch.Tensor
     target: str | None
-    settings: dict[str, Any]
 
 
-def _restore(v: View, prompt: str, subject: str, kind: str, delta: torch.Tensor, *, window: int, sever: str | None,
-             target: str | None, positions: Sequence[int | str] | None, batch_size: int,
-             settings: dict[str, Any]) -> _Restored:
-    """Record the clean and corrupted runs of ``prompt`` and run every restoration above it."""
-    span = v.subject_span(prompt, subject)
-    runs = _CorruptedRuns(v, prompt, span, delta, kind, sever)
-    S, T, L = runs.samples, runs.n_tokens, v.n_layers
+def _restore(runs: _CorruptedRuns, target: str | None, positions: Sequence[int | str] | None,
+             batch_size: int) -> _Restored:
+    """Every restoration of the traced tokens run above the recorded clean and corrupted runs."""
+    v, span, S, T, L = runs.v, runs.span, runs.samples, runs.n_tokens, runs.v.n_layers
     finals, cells = [runs.clean_final, runs.corrupt_final], []
     traced = _traced_tokens(positions, span, T)
     with v.model.hooks(fwd_hooks=runs.hooks()):
         for token in traced:
-            live = [l for l in range(L) if restoration_can_matter(kind, token, l, span, T, L)]
+            live = [l for l in range(L) if restoration_can_matter(runs.kind, token, l, span, T, L)]
             per_batch = max(1, batch_size // S)
             for chunk in (live[k:k + per_batch] for k in range(0, len(live), per_batch)):
-                finals.append(runs.restored(token, chunk, window))
+                finals.append(runs.restored(token, chunk))
                 cells.append((token, chunk))
-    return _Restored(prompt, subject, kind, span, S, T, traced, cells, torch.cat(finals), target, settings)
+    return _Restored(runs.prompt, runs.subject, runs.settings, span, T, traced, cells, torch.cat(finals), target)
 
 
 def _scored(v: View, restored: Sequence[_Restored]) -> list[Trace]:
@@ -428,7 +467,7 @@ def _scored(v: View, restored: Sequence[_Restored]) -> list[Trace]:
     log_z, top = v.log_normalizer(torch.cat([r.finals for r in restored]))
     traces, at = [], 0
     for r in restored:
-        S, rows = r.samples, slice(at, at + len(r.finals))
+        S, rows = r.settings.samples, slice(at, at + len(r.finals))
         answer_id = int(top[at]) if r.target is None else v.target_ids(r.target)[0]
         probs = v.token_log_probs(r.finals, [answer_id], log_z=log_z[rows])[:, 0].exp().float().cpu()
         clean_prob, corrupted_prob = float(probs[0]), float(probs[1:S + 1].mean())
@@ -436,81 +475,41 @@ def _scored(v: View, restored: Sequence[_Restored]) -> list[Trace]:
         scores[r.traced] = corrupted_prob  # what cannot change (restoration_can_matter) scores P*[o]
         for (token, layers), p in zip(r.cells, probs[S + 1:].split([len(c) * S for _, c in r.cells])):
             scores[token, layers] = p.reshape(len(layers), S).mean(1)
-        traces.append(Trace(prompt=r.prompt, subject=r.subject, kind=r.kind, tokens=v.str_tokens(r.prompt),
+        traces.append(Trace(prompt=r.prompt, subject=r.subject, kind=r.settings.kind, tokens=v.str_tokens(r.prompt),
                             subject_span=r.span, answer=v.tokenizer.decode([answer_id]), answer_id=answer_id,
                             clean_prob=clean_prob, corrupted_prob=corrupted_prob, scores=scores,
-                            settings=r.settings))
+                            settings=r.settings.record()))
         at += len(r.finals)
     return traces
 
 
 @torch.no_grad()
-def trace(
-    model: Model,
-    prompt: str,
-    subject: str,
-    kind: Kind = "hidden",
-    *,
-    samples: int = 10,
-    noise: float = 3.0,
-    window: int | None = None,
-    noise_kind: str = "gaussian",
-    swap_subjects: Sequence[str] = (),
-    sever: str | None = None,
-    target: str | None = None,
-    positions: Sequence[int | str] | None = None,
-    seed: int = 0,
-    std: float | None = None,
-    delta: torch.Tensor | None = None,
-    batch_size: int = 256,
-) -> Trace:
+def trace(model: Model, prompt: str, subject: str, settings: TraceSettings = TraceSettings(), *,
+          target: str | None = None, positions: Sequence[int | str] | None = None, delta: torch.Tensor | None = None,
+          batch_size: int = 256) -> Trace:
     """Causal trace of ``prompt``'s answer over (token, layer) (Meng et al. 2022, §2.1).
 
     ``scores[i, l] = P*,clean h_i^(l)[o]``: the answer's probability in the corrupted run
-    with, for ``kind="hidden"``, the residual stream after block ``l`` at token ``i``
-    restored; for ``"mlp"`` / ``"attn"``, the MLP / attention outputs of the ``window``
-    layers around ``l`` (:func:`window_layers`; by default :func:`default_window`) at token
-    ``i``. ``sever="mlp"`` / ``"attn"`` freezes the MLP / attention outputs of the layers above
-    ``l`` at token ``i`` at their corrupted values (the paper's Figure 7). The answer ``o`` is
-    the clean run's top token, or the first token of ``target``. The noise is ``noise`` ×
-    :func:`embedding_std` (``std`` overrides the measured value; ``delta`` gives the
-    corruption itself, as :func:`corruption` returns it). ``positions``: the tokens to trace,
-    as positions or names of :data:`TOKEN_GROUPS` (default all); the others are NaN.
-    ``batch_size``: the most rows re-run together.
+    with the state of ``settings.kind`` at token ``i`` and layer ``l`` restored (:class:`TraceSettings`
+    says which, and how the subject is corrupted). The answer ``o`` is the clean run's top token,
+    or the first token of ``target``. ``delta`` gives the corruption itself, as :func:`corruption`
+    returns it (its rows are the samples). ``positions``: the tokens to trace, as positions or
+    names of :data:`TOKEN_GROUPS` (default all); the others are NaN. ``batch_size``: the most
+    rows re-run together.
     """
     v = view(model)
-    window = default_window(v.n_layers) if window is None else window
-    _check(kind, sever, window)
+    settings = settings.for_depth(v.n_layers)
     if delta is None:
-        delta = corruption(model, prompt, subject, samples=samples, noise=noise, noise_kind=noise_kind,
-                           seed=seed, std=std, swap_subjects=swap_subjects)
-    settings = dict(samples=delta.shape[0], noise=noise, noise_kind=noise_kind, window=window, sever=sever, seed=seed)
-    return _scored(v, [_restore(v, prompt, subject, kind, delta, window=window, sever=sever, target=target,
-                                positions=positions, batch_size=batch_size, settings=settings)])[0]
+        delta = corruption(model, prompt, subject, settings)
+    runs = _CorruptedRuns(v, prompt, subject, delta, replace(settings, samples=delta.shape[0]))
+    return _scored(v, [_restore(runs, target, positions, batch_size)])[0]
 
 
 @torch.no_grad()
-def trace_facts(
-    model: Model,
-    facts: Sequence[Any],
-    kind: Kind = "hidden",
-    *,
-    samples: int = 10,
-    noise: float = 3.0,
-    window: int | None = None,
-    noise_kind: str = "gaussian",
-    swap_subjects: Sequence[str] = (),
-    sever: str | None = None,
-    target: str | None = None,
-    positions: Sequence[int | str] | None = None,
-    full_maps: int | None = None,
-    seed: int = 0,
-    std: float | None = None,
-    batch_size: int = 256,
-    rows_per_pass: int = 2048,
-    progress: bool = True,
-) -> list[Trace]:
-    """:func:`trace` every fact (``fact.prompt``, ``fact.subject``); fact ``k`` uses seed ``seed + k``.
+def trace_facts(model: Model, facts: Sequence[Any], settings: TraceSettings = TraceSettings(), *,
+                target: str | None = None, positions: Sequence[int | str] | None = None, full_maps: int | None = None,
+                batch_size: int = 256, rows_per_pass: int = 2048, progress: bool = True) -> list[Trace]:
+    """:func:`trace` every fact (``fact.prompt``, ``fact.subject``); fact ``k`` uses seed ``settings.seed + k``.
 
     The same options as :func:`trace`; with ``full_maps = n``, the first ``n`` facts are traced
     at every token (for the maps of the paper's Figure 2) and the others at ``positions`` only
@@ -518,17 +517,15 @@ def trace_facts(
     the unembedding, ``rows_per_pass`` restorations at a time: a pass costs about as much for
     a few rows as for a hundred, the matrix being read from memory either way."""
     v = view(model)
-    window = default_window(v.n_layers) if window is None else window
-    _check(kind, sever, window)
-    label = kind if sever is None else f"{kind}, {sever} severed"
+    settings = settings.for_depth(v.n_layers)
+    label = settings.kind if settings.sever is None else f"{settings.kind}, {settings.sever} severed"
     traces, waiting = [], []
     for k, f in enumerate(tqdm(facts, desc=f"tracing ({label})", disable=not progress)):
-        delta = corruption(model, f.prompt, f.subject, samples=samples, noise=noise, noise_kind=noise_kind,
-                           seed=seed + k, std=std, swap_subjects=swap_subjects)
-        settings = dict(samples=samples, noise=noise, noise_kind=noise_kind, window=window, sever=sever, seed=seed + k)
-        waiting.append(_restore(v, f.prompt, f.subject, kind, delta, window=window, sever=sever, target=target,
-                                positions=None if full_maps is not None and k < full_maps else positions,
-                                batch_size=batch_size, settings=settings))
+        fact_settings = replace(settings, seed=settings.seed + k)
+        runs = _CorruptedRuns(v, f.prompt, f.subject, corruption(model, f.prompt, f.subject, fact_settings),
+                              fact_settings)
+        waiting.append(_restore(runs, target, None if full_maps is not None and k < full_maps else positions,
+                                batch_size))
         if sum(len(r.finals) for r in waiting) >= rows_per_pass:
             traces += _scored(v, waiting)
             waiting = []
@@ -539,25 +536,15 @@ def trace_facts(
 
 
 @torch.no_grad()
-def trace_straightforward(
-    model: Model,
-    prompt: str,
-    subject: str,
-    kind: Kind = "hidden",
-    *,
-    delta: torch.Tensor,
-    window: int | None = None,
-    sever: str | None = None,
-    target: str | None = None,
-    progress: bool = False,
-) -> Trace:
+def trace_straightforward(model: Model, prompt: str, subject: str, settings: TraceSettings = TraceSettings(), *,
+                          delta: torch.Tensor, target: str | None = None, progress: bool = False) -> Trace:
     """The same scores as :func:`trace`, computed as the paper's code does (reference and
     benchmark peer): for every (token, layer), one full forward pass of a batch of the clean
     prompt and ``S`` corrupted copies (noise ``delta``, [S, |subject|, d]), with the chosen
     states of the corrupted rows set to those of the clean row, and logits everywhere."""
     v = view(model)
-    window = default_window(v.n_layers) if window is None else window
-    _check(kind, sever, window)
+    settings = replace(settings.for_depth(v.n_layers), samples=delta.shape[0])
+    kind, window, sever = settings.kind, settings.window, settings.sever
     span = v.subject_span(prompt, subject)
     ids = v.batch([prompt]).ids
     samples, n_tokens, n_layers = delta.shape[0], ids.shape[1], v.n_layers
@@ -606,4 +593,4 @@ def trace_straightforward(
     return Trace(prompt=prompt, subject=subject, kind=kind, tokens=v.str_tokens(prompt), subject_span=span,
                  answer=v.tokenizer.decode([answer_id]), answer_id=answer_id,
                  clean_prob=float(clean_logits.softmax(-1)[0, answer_id]), corrupted_prob=float(corrupted),
-                 scores=scores, settings=dict(samples=samples, window=window, sever=sever))
+                 scores=scores, settings=settings.record())

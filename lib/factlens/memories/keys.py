@@ -8,7 +8,7 @@ Key ``k_i`` detects a pattern in the input prefix, the coefficient ``m_i`` says 
 and the value ``v_i`` (row ``i`` of the MLP output matrix) is added to the output with weight
 ``m_i``. In a gated MLP (Gemma, Llama) the coefficient is ``m_i = act(x . g_i) * (x . k_i)``:
 the key is the pair (gate row, input row); the values are still the rows of the output
-matrix. ``factlens.core.models.View.key_hook`` reads ``m`` for every architecture.
+matrix. ``factlens.core.view.View.key_hook`` reads ``m`` for every architecture.
 
 The module follows the paper's sections:
 
@@ -39,7 +39,8 @@ import torch
 from tqdm.auto import tqdm
 
 from factlens.core.cache import cached_tensors
-from factlens.core.models import Batch, Model, View, view
+from factlens.core.models import Model, view
+from factlens.core.view import Batch, View
 
 # --------------------------------------------------------------------------- the corpus
 

@@ -1,13 +1,12 @@
 """What goes with a model knowing a fact: analyses of a LAMA probe (Petroni et al. 2019, sections 4-5).
 
-:mod:`factlens.probing.lama` ranks the candidates; this module asks what the ranks mean:
+:mod:`factlens.probing.lama` ranks the candidates (and :mod:`factlens.probing.baselines` stands in
+for what the model is compared with); this module asks what the ranks mean:
 
 * intervals: :func:`p_at_1_interval` and :func:`p_at_1_difference`, P@1 averaged over relations
   as the paper's table does, with a bootstrap over facts stratified by relation;
   :func:`interval_table` for the rows a sample is sized by;
-* stand-ins and samples: :func:`evidence_facts` (the fact's own evidence sentence, a labelled
-  stand-in for the oracle relation extractor RE_o), :func:`split_object_sample` (single- against
-  multi-token objects, matched per relation);
+* samples: :func:`split_object_sample` (single- against multi-token objects, matched per relation);
 * when the model is right (section 5): :func:`reliability` (P@1 against confidence),
   :func:`object_frequency`, :func:`subject_object_similarity`, :func:`correlation` and
   :func:`binned_p_at_1`;
@@ -58,25 +57,6 @@ def split_object_sample(model: Model, facts: Iterable[LamaFact], per_relation: i
         n = min(per_relation, len(single), len(split))
         sample += rng.sample(single, n) + rng.sample(split, n)
     return sample
-
-
-def evidence_facts(facts: Iterable[LamaFact]) -> list[LamaFact]:
-    """The facts re-posed as their first evidence sentence that names the subject, object masked.
-
-    A stand-in for the paper's oracle relation extractor (RE_o), which reads the sentences
-    that express the fact: here the model reads such a sentence (``[X]`` where the subject is
-    written, ``[Y]`` where the object was) and fills in the object. Unlike RE_o it never sees
-    the object; it measures how much the fact's real context helps. Facts without such a
-    sentence are left out.
-    """
-    out = []
-    for f in facts:
-        for sentence in f.evidences:
-            if "[MASK]" in sentence and f.subject and f.subject in sentence:
-                template = sentence.replace(f.subject, "[X]", 1).replace("[MASK]", "[Y]")
-                out.append(replace(f, template=template, evidences=()))
-                break
-    return out
 
 
 # --------------------------------------------------------------------------- analyses
@@ -260,7 +240,7 @@ def interval_table(result: ProbeResult, rows: dict[str, pd.Series], *, n_boot: i
 def prefix_shadowed(model: Model, facts: Iterable[LamaFact], objects: dict[str, list[str]]) -> list[bool]:
     """For each fact, whether another candidate of its relation (``objects[relation]``) is a strict
     token prefix of its object (``Paris`` of ``Paris Saint-Germain``): scored without the
-    sentence's end, such a fact's object can never rank first (:func:`factlens.probing.lama.tail`)."""
+    sentence's end, such a fact's object can never rank first (:func:`factlens.probing.cloze.tail`)."""
     v = view(model)
     ids: dict[str, tuple[int, ...]] = {}
 

@@ -1,11 +1,12 @@
 """LAMA probing (Petroni et al. 2019) for causal language models, and past its limits.
 
 A knowledge-base triple (subject, relation, object) becomes a cloze statement through the
-relation's template, ``"[X] was born in [Y] ."`` -> ``"Dante was born in [Y] ."``, and the
-model knows the fact when it ranks the object first among the candidates.
+relation's template (:mod:`factlens.probing.cloze`), ``"[X] was born in [Y] ."`` -> ``"Dante was
+born in [Y] ."``, and the model knows the fact when it ranks the object first among the candidates.
 
 LAMA probes masked language models, which see both sides of ``[Y]``. A causal model reads
-left to right, so the protocol is adapted (:func:`probe`):
+left to right, so the protocol is adapted (:func:`probe`; the ranking itself is
+:mod:`factlens.probing.ranking`):
 
 * ``[Y]`` ends the sentence (only punctuation follows): the candidates are ranked by the
   next-token log-probability after the prefix, ``log P(y | prefix)``; one forward pass per
@@ -23,21 +24,20 @@ left to right, so the protocol is adapted (:func:`probe`):
   ``log P(y_1..y_n | prefix) = sum_t log P(y_t | prefix, y_<t)``, with the same shortlist.
 
 Candidates are LAMA's common vocabulary mapped to single tokens of the model
-(:func:`vocabulary_tokens`; words the tokenizer splits drop out) or the full vocabulary.
-The metrics are the paper's: precision at k (P@k, the share of facts whose object ranks
+(:func:`factlens.probing.ranking.vocabulary_tokens`; words the tokenizer splits drop out) or the
+full vocabulary. The metrics are the paper's: precision at k (P@k, the share of facts whose object ranks
 in the top k) and mean reciprocal rank, in percent; a corpus's or relation type's score is
-the mean over its relations, as in the paper's table.
+the mean over its relations, as in the paper's table. The baselines are
+:mod:`factlens.probing.baselines`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import string
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -46,255 +46,25 @@ import torch
 from tqdm.auto import tqdm
 
 from factlens import data
-from factlens.core.models import Model, View, view
+from factlens.core.models import Model, view
 from factlens.data import LamaFact
+from factlens.probing.cloze import SENTENCE_CORPORA, Cloze, cloze, fact_cloze
+from factlens.probing.ranking import (
+    Candidates,
+    Ranked,
+    RankSettings,
+    continuation_logprobs,
+    next_token_logprobs,
+    rank_facts,
+    vocabulary_tokens,
+)
 
 #: Google-RE's relations whose objects are words (the third, date_of_birth, has years).
 GOOGLE_RE_TWO = ("place_of_birth", "place_of_death")
 
-#: Corpora whose "template" is a masked sentence with no subject slot.
-SENTENCE_CORPORA = ("Squad", "ConceptNet")
-_PUNCTUATION = set(string.punctuation) | {" "}
-
 
 class UnknownRelationError(ValueError):
     """A relation id that LAMA does not have."""
-
-
-# --------------------------------------------------------------------------- cloze statements
-
-
-@dataclass(frozen=True)
-class Cloze:
-    """A template with the subject filled in, split at the first ``[Y]``.
-
-    ``prefix`` is the text before ``[Y]`` (without its trailing space), ``space`` whether the
-    object follows a space, ``suffix`` the text after ``[Y]`` (further ``[Y]`` are filled with
-    the same candidate), ``final`` whether only punctuation follows ``[Y]``.
-    """
-
-    prefix: str
-    space: bool
-    suffix: str
-
-    @property
-    def final(self) -> bool:
-        return all(ch in _PUNCTUATION for ch in self.suffix.replace("[Y]", ""))
-
-
-def cloze(template: str, subject: str = "", *, needs_subject: bool = True) -> Cloze:
-    """Fill ``[X]`` with ``subject`` and split the template at ``[Y]``.
-
-    Raises ``ValueError`` when the template has no ``[Y]``, or no ``[X]`` although
-    ``needs_subject`` (relation templates; SQuAD's masked sentences have none).
-    """
-    if "[Y]" not in template:
-        raise ValueError(f"template {template!r} has no [Y]: mark the object's place, e.g. '[X] was born in [Y] .'")
-    if needs_subject and "[X]" not in template:
-        raise ValueError(f"template {template!r} has no [X]: mark the subject's place, e.g. '[X] was born in [Y] .'")
-    filled = template.replace("[X]", subject)
-    head, _, suffix = filled.partition("[Y]")
-    return Cloze(prefix=head.rstrip(), space=head != head.rstrip() or not head, suffix=suffix)
-
-
-def fact_cloze(fact: LamaFact) -> Cloze:
-    """A LAMA fact's cloze statement (SQuAD's and ConceptNet's masked sentences have no subject slot)."""
-    return cloze(fact.template, fact.subject, needs_subject=fact.corpus not in SENTENCE_CORPORA)
-
-
-# --------------------------------------------------------------------------- candidates
-
-
-def vocabulary_tokens(model: Model, words: Sequence[str] | None = None, *, space: bool = True) -> dict[int, str]:
-    """LAMA's common vocabulary (or ``words``) mapped to single tokens of the model.
-
-    A word survives when it is one token as a continuation (``' Paris'`` with ``space``);
-    words the tokenizer splits drop out, and words that map to the same token keep the first.
-    """
-    v = view(model)
-    words = data.lama_vocab() if words is None else words
-    tokens: dict[int, str] = {}
-    for w in words:
-        ids = v.tokenizer((" " if space else "") + w, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1 and ids[0] not in tokens:
-            tokens[ids[0]] = w
-    return tokens
-
-
-@dataclass
-class _Candidates:
-    """A ranking's candidates: words, the token ids of each as a continuation, first tokens."""
-
-    words: list[str]
-    ids: list[list[int]]
-    first: torch.Tensor
-    index: dict[str, int]
-
-    @cached_property
-    def single(self) -> torch.Tensor:
-        """Which candidates are one token."""
-        return torch.tensor([len(t) == 1 for t in self.ids])
-
-    @classmethod
-    def of_words(cls, v: View, words: Iterable[str], space: bool) -> _Candidates:
-        words = list(dict.fromkeys(words))
-        ids = [v.tokenizer((" " if space else "") + w, add_special_tokens=False)["input_ids"] for w in words]
-        keep = [i for i, t in enumerate(ids) if t]
-        words, ids = [words[i] for i in keep], [ids[i] for i in keep]
-        return cls(words, ids, torch.tensor([t[0] for t in ids]), {w: i for i, w in enumerate(words)})
-
-    @classmethod
-    def of_tokens(cls, tokens: dict[int, str]) -> _Candidates:
-        words = list(tokens.values())
-        return cls(words, [[t] for t in tokens], torch.tensor(list(tokens)), {w: i for i, w in enumerate(words)})
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-@torch.no_grad()
-def _next_token_logprobs(v: View, prefixes: list[list[int]]) -> torch.Tensor:
-    """log P(. | prefix) over the full vocabulary at each prefix's last position: [b, vocab]."""
-    batch = v.batch(prefixes)
-    return v.logits_at(batch.ids, batch.last).float().log_softmax(-1)
-
-
-@torch.no_grad()
-def _continuation_logprobs(v: View, prefixes: list[list[int]], continuations: list[list[int]],
-                           max_positions: int = 256) -> torch.Tensor:
-    """sum_t log P(c_t | prefix, c_<t) for each (prefix, continuation) pair: [n].
-
-    Logits are computed only at the positions that predict a continuation token.
-    """
-    rows = [p + c for p, c in zip(prefixes, continuations)]
-    hidden = v.final_hidden(v.batch(rows).ids)
-    seq, pos, tgt = [], [], []
-    for i, (p, c) in enumerate(zip(prefixes, continuations)):
-        for t, token in enumerate(c):
-            seq.append(i)
-            pos.append(len(p) - 1 + t)
-            tgt.append(token)
-    seq_t, pos_t, tgt_t = torch.tensor(seq), torch.tensor(pos), torch.tensor(tgt)
-    total = torch.zeros(len(rows))
-    for s in range(0, len(seq), max_positions):
-        sl = slice(s, s + max_positions)
-        logits = v.unembed(hidden[seq_t[sl], pos_t[sl]][:, None])[:, 0].float()
-        lp = logits.log_softmax(-1).gather(-1, tgt_t[sl, None].to(logits.device))[:, 0].cpu()
-        total.index_add_(0, seq_t[sl], lp)
-    return total
-
-
-@dataclass
-class _Ranked:
-    rank: int
-    gold_logprob: float
-    top_words: list[str]
-    top_logprobs: list[float]
-    exact: bool
-    prefix_rank: int  # the gold object's rank by log P(y | prefix) alone: the left context, exactly
-
-
-def _rank_row(bound: torch.Tensor, needs: torch.Tensor, scored: dict[int, float], shortlist: list[int],
-              gold: int, words: list[str], k: int) -> _Ranked:
-    """Shortlist re-ranking: the ``shortlist`` (the best candidates by ``bound``, the first-token
-    log-probability) re-ordered by the full score, then every other candidate by its bound.
-
-    ``needs`` marks the candidates whose full score is not their bound; ``scored`` holds the
-    full score of those in the shortlist (and of the gold object). The ranking is exact when
-    no such candidate outside the shortlist has a bound above the gold object's score or the
-    k-th score (scores are sums of log-probabilities, so a bound is never below the score).
-    """
-    full = {j: scored.get(j, float(bound[j])) for j in shortlist}
-    head = sorted(shortlist, key=lambda j: -full[j])
-    rest_bound = bound.clone()
-    rest_bound[torch.tensor(shortlist, dtype=torch.long)] = -math.inf
-    s_gold = scored.get(gold, float(bound[gold]))
-    if gold in full:
-        rank = head.index(gold) + 1
-    else:
-        rank = len(head) + 1 + int((rest_bound > bound[gold]).sum()) - int(rest_bound[gold] > bound[gold])
-    top = head[:k]
-    values = [full[j] for j in top]
-    if len(top) < k:
-        extra = rest_bound.topk(min(k - len(top), int(torch.isfinite(rest_bound).sum())))
-        top, values = top + extra.indices.tolist(), values + extra.values.tolist()
-    unsure = rest_bound[needs]
-    outside = float(unsure.max()) if len(unsure) else -math.inf
-    exact = outside <= min(s_gold, values[-1]) and (gold in full or not bool(needs[gold]))
-    prefix_rank = 1 + int((bound > bound[gold]).sum())
-    return _Ranked(rank, s_gold, [words[i] for i in top], values, bool(exact), prefix_rank)
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """How :func:`_rank_facts` ranks: ``k`` words kept, ``rescore`` candidates scored in full,
-    ``batch_size`` rows per forward pass, ``suffix_tokens`` of an inner ``[Y]``'s suffix scored,
-    ``close``: a final ``[Y]``'s candidates are followed by the sentence's end (see :func:`tail`)."""
-
-    k: int
-    rescore: int
-    batch_size: int
-    suffix_tokens: int | None
-    close: bool = False
-
-
-def tail(c: Cloze, word: str, close: bool) -> str:
-    """The text scored after a candidate ``word`` besides the word itself.
-
-    An inner ``[Y]``: the rest of the sentence with the candidate filled in. A final ``[Y]``
-    with ``close``: the sentence's end, the template's closing punctuation as it is written in
-    text (LAMA's tokenized ``" ."`` becomes ``"."``; ``"."`` when the template has none), which
-    closes the word: without it, a candidate whose tokens begin another's (``New`` and ``New
-    York``) always outranks it, since every further token only lowers the log-probability.
-    A final ``[Y]`` without ``close``: nothing.
-    """
-    if not c.final:
-        return c.suffix.replace("[Y]", word)
-    if not close:
-        return ""
-    return c.suffix.replace("[Y]", word).strip() or "."
-
-
-def _rank_facts(v: View, facts: list[LamaFact], candidates: Callable[[LamaFact, Cloze], _Candidates],
-                settings: _Settings, bar) -> list[tuple[LamaFact, _Ranked]]:
-    """Rank each fact's candidates (see :func:`probe`). Facts of every template share a batch,
-    sorted by prompt length so that batches carry little padding; the next-token logits are
-    read at each prefix's last position only, and a re-scored continuation's at its own tokens."""
-    clozes = {id(f): fact_cloze(f) for f in facts}
-    prefix_ids = {id(f): v.token_ids(clozes[id(f)].prefix) for f in facts}
-    ordered = sorted(facts, key=lambda f: len(prefix_ids[id(f)]))
-    size = settings.batch_size
-    out = []
-    for s in range(0, len(ordered), size):
-        chunk = ordered[s : s + size]
-        prefixes = [prefix_ids[id(f)] for f in chunk]
-        logprobs = _next_token_logprobs(v, prefixes).cpu()
-        pairs, owners, plans = [], [], []
-        for i, fact in enumerate(chunk):
-            c, cands = clozes[id(fact)], candidates(fact, clozes[id(fact)])
-            bound = logprobs[i, cands.first]
-            needs = ~cands.single if c.final and not settings.close else torch.ones_like(cands.single)
-            gold = cands.index[fact.object]
-            shortlist = bound.topk(min(settings.rescore, len(cands.words))).indices.tolist()
-            todo = [j for j in shortlist if needs[j]]
-            if needs[gold] and gold not in todo:
-                todo.append(gold)
-            for j in todo:  # log P(y_1 | prefix) is the bound already: score what follows y_1
-                text = tail(c, cands.words[j], settings.close)
-                tail_ids = v.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-                pairs.append((prefixes[i] + cands.ids[j][:1], cands.ids[j][1:] + tail_ids[: settings.suffix_tokens]))
-                owners.append((i, j))
-            plans.append((bound, needs, shortlist, gold, cands))
-        scores: dict[int, dict[int, float]] = defaultdict(dict)
-        for r in range(0, len(pairs), size):
-            part = pairs[r : r + size]
-            lps = _continuation_logprobs(v, [p for p, _ in part], [c for _, c in part])
-            for (i, j), lp in zip(owners[r : r + size], lps.tolist()):
-                scores[i][j] = float(plans[i][0][j]) + lp  # + log P(y_1 | prefix), the bound
-        for i, (bound, needs, shortlist, gold, cands) in enumerate(plans):
-            out.append((chunk[i], _rank_row(bound, needs, scores[i], shortlist, gold, cands.words, settings.k)))
-        bar.update(len(chunk))
-    return out
 
 
 # --------------------------------------------------------------------------- results
@@ -432,9 +202,11 @@ class ProbeResult:
         }
 
 
-def _frame(ranked: list[tuple[LamaFact, _Ranked]], types: dict[str, str], single: Callable[[LamaFact], bool],
-           order: Sequence[LamaFact] = ()) -> pd.DataFrame:
-    """One row per ranked fact, in the order of ``order`` (the facts as given)."""
+def ranked_frame(ranked: list[tuple[LamaFact, Ranked]], single: Callable[[LamaFact], bool],
+                 order: Sequence[LamaFact] = ()) -> pd.DataFrame:
+    """:attr:`ProbeResult.frame`: one row per ranked fact, in the order of ``order`` (the facts as
+    given); ``single(fact)``: whether the fact's object is one token."""
+    types = relation_types()
     position = {id(f): i for i, f in enumerate(order)}
     ranked = sorted(ranked, key=lambda pair: position.get(id(pair[0]), 0))
     rows = [{
@@ -461,7 +233,7 @@ def _type_of(fact: LamaFact, types: dict[str, str]) -> str:
         ) from None
 
 
-def _check_facts(facts: Sequence[LamaFact], k: int = 1, rescore: int = 1) -> list[LamaFact]:
+def checked_facts(facts: Sequence[LamaFact], k: int = 1, rescore: int = 1) -> list[LamaFact]:
     """The facts as a list, after checking them and the probe's sizes (clear errors before any work)."""
     if rescore < 1:
         raise ValueError(f"rescore must be at least 1, got {rescore}")
@@ -485,7 +257,7 @@ def probe(model: Model, facts: Sequence[LamaFact], k: int = 10, vocab: str = "co
     """LAMA's probe on a causal LM: rank every candidate token as the object of each fact.
 
     ``vocab="common"`` ranks LAMA's common vocabulary mapped to single tokens of the model
-    (:func:`vocabulary_tokens`), as the paper does; ``"full"`` ranks every token. A fact whose
+    (:func:`factlens.probing.ranking.vocabulary_tokens`), as the paper does; ``"full"`` ranks every token. A fact whose
     object is not one candidate token is skipped (``result.skipped`` says why), as LAMA
     keeps only single-token objects; :func:`probe_objects` ranks whole token sequences.
 
@@ -500,17 +272,16 @@ def probe(model: Model, facts: Sequence[LamaFact], k: int = 10, vocab: str = "co
     """
     if vocab not in ("common", "full"):
         raise ValueError(f"vocab must be 'common' (LAMA's common vocabulary) or 'full', got {vocab!r}")
-    facts = _check_facts(facts, k, rescore)
+    facts = checked_facts(facts, k, rescore)
     v = view(model)
-    types = relation_types()
-    spaced: dict[bool, _Candidates] = {}
+    spaced: dict[bool, Candidates] = {}
     for space in {fact_cloze(f).space for f in facts}:
         if vocab == "common":
-            spaced[space] = _Candidates.of_tokens(vocabulary_tokens(model, space=space))
+            spaced[space] = Candidates.of_tokens(vocabulary_tokens(model, space=space))
         else:
             n = v.d_vocab
             words = [v.tokenizer.decode([t]).removeprefix(" " if space else "") for t in range(n)]
-            spaced[space] = _Candidates(words, [[t] for t in range(n)], torch.arange(n), {})
+            spaced[space] = Candidates(words, [[t] for t in range(n)], torch.arange(n), {})
     skipped: list[tuple[LamaFact, str]] = []
     keep = []
     for f in facts:
@@ -525,16 +296,16 @@ def probe(model: Model, facts: Sequence[LamaFact], k: int = 10, vocab: str = "co
                 spaced[space].index[f.object] = ids[0]
             keep.append(f)
     bar = tqdm(total=len(keep), desc=f"probing ({vocab} vocabulary)", disable=not progress)
-    settings = _Settings(k, rescore, batch_size, suffix_tokens)
-    ranked = _rank_facts(v, keep, lambda f, c: spaced[c.space], settings, bar)
+    settings = RankSettings(k, rescore, batch_size, suffix_tokens)
+    ranked = rank_facts(v, keep, lambda f, c: spaced[c.space], settings, bar)
     bar.close()
     single = lambda f: True  # noqa: E731  (only single-token objects are probed here)
-    return ProbeResult(_frame(ranked, types, single, facts), skipped, method=f"probe({vocab})")
+    return ProbeResult(ranked_frame(ranked, single, facts), skipped, method=f"probe({vocab})")
 
 
 def relation_objects(facts: Iterable[LamaFact]) -> dict[str, list[str]]:
     """Each relation's distinct objects, most frequent first (ties by name): the candidates of
-    :func:`probe_objects` and the ranking of the Freq baseline."""
+    :func:`probe_objects` and the ranking of the Freq baseline (:func:`factlens.probing.baselines.freq_baseline`)."""
     counts: dict[str, Counter] = defaultdict(Counter)
     for f in facts:
         counts[f.relation][f.object] += 1
@@ -548,36 +319,35 @@ def probe_objects(model: Model, facts: Sequence[LamaFact], k: int = 10, *, objec
 
     ``score(y) = sum_t log P(y_t | prefix, y_<t) + log P(tail | prefix, y)``, so objects the
     tokenizer splits are probed too; ``single_token`` in the result tells the two kinds apart.
-    The tail (:func:`tail`) is an inner ``[Y]``'s suffix, scored up to ``suffix_tokens``, and at
+    The tail (:func:`factlens.probing.cloze.tail`) is an inner ``[Y]``'s suffix, scored up to ``suffix_tokens``, and at
     a final ``[Y]`` the sentence's end when ``close`` (the default): without it a candidate whose
     tokens begin another's always outranks it. Candidates: ``objects[relation]`` (default: the
     relation's distinct objects among ``facts``; the gold object is always one). The
     ``rescore`` candidates with the best first-token log-probability are scored in full and
     re-ordered, as in :func:`probe`.
     """
-    facts = _check_facts(facts, k, rescore)
+    facts = checked_facts(facts, k, rescore)
     v = view(model)
-    types = relation_types()
     objects = relation_objects(facts) if objects is None else objects
-    sets: dict[tuple[str, bool, str], _Candidates] = {}
+    sets: dict[tuple[str, bool, str], Candidates] = {}
 
-    def candidates(f: LamaFact, c: Cloze) -> _Candidates:
+    def candidates(f: LamaFact, c: Cloze) -> Candidates:
         key = (f.relation, c.space, f.object if f.object not in objects.get(f.relation, ()) else "")
         if key not in sets:
-            sets[key] = _Candidates.of_words(v, [*objects.get(f.relation, []), f.object], c.space)
+            sets[key] = Candidates.of_words(v, [*objects.get(f.relation, []), f.object], c.space)
         return sets[key]
 
     bar = tqdm(total=len(facts), desc="probing whole objects", disable=not progress)
-    ranked = _rank_facts(v, facts, candidates, _Settings(k, rescore, batch_size, suffix_tokens, close), bar)
+    ranked = rank_facts(v, facts, candidates, RankSettings(k, rescore, batch_size, suffix_tokens, close), bar)
     bar.close()
 
     def single(f: LamaFact) -> bool:
         return len(v.target_ids(f.object)) == 1
 
-    return ProbeResult(_frame(ranked, types, single, facts), method="probe_objects")
+    return ProbeResult(ranked_frame(ranked, single, facts), method="probe_objects")
 
 
-# --------------------------------------------------------------------------- facts and baselines
+# --------------------------------------------------------------------------- facts and one cloze
 
 
 def lama_facts(corpus: str = "TREx", relations: Sequence[str] | None = None, per_relation: int | None = None,
@@ -601,27 +371,6 @@ def lama_facts(corpus: str = "TREx", relations: Sequence[str] | None = None, per
     return [f for r in sorted(by_rel) for f in (rng.sample(by_rel[r], min(per_relation, len(by_rel[r]))))]
 
 
-def freq_baseline(facts: Sequence[LamaFact], reference: Sequence[LamaFact] | None = None) -> ProbeResult:
-    """Freq (Petroni et al. 2019, section 4): rank a relation's objects by how often they are its
-    object in the test data (``reference``, default ``facts``), the same answer for every subject.
-    The log-probabilities are the objects' relative frequencies."""
-    facts = _check_facts(facts)
-    reference = facts if reference is None else list(reference)
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for f in reference:
-        counts[f.relation][f.object] += 1
-    ranking = relation_objects(reference)
-    types = relation_types()
-    ranked = []
-    for f in facts:
-        order, c = ranking.get(f.relation, []), counts[f.relation]
-        total = max(sum(c.values()), 1)
-        rank = order.index(f.object) + 1 if f.object in order else len(order) + 1
-        gold_lp = math.log(c[f.object] / total) if c[f.object] else -math.inf
-        ranked.append((f, _Ranked(rank, gold_lp, order[:10], [math.log(c[o] / total) for o in order[:10]], True, rank)))
-    return ProbeResult(_frame(ranked, types, lambda f: True), method="Freq")
-
-
 def query(model: Model, template: str, subject: str = "", k: int = 10, vocab: str = "common",
           relation: str | None = None, rescore: int = 20) -> pd.DataFrame:
     """The top-k answers for one cloze (``[X]`` the subject, ``[Y]`` the object) with probabilities,
@@ -639,13 +388,13 @@ def query(model: Model, template: str, subject: str = "", k: int = 10, vocab: st
     c = cloze(template, subject, needs_subject=bool(subject) or "[X]" in template)
     v = view(model)
     if vocab == "common":
-        cands = _Candidates.of_tokens(vocabulary_tokens(model, space=c.space))
+        cands = Candidates.of_tokens(vocabulary_tokens(model, space=c.space))
     else:
         n = v.d_vocab
-        cands = _Candidates([v.tokenizer.decode([t]).strip() for t in range(n)], [[t] for t in range(n)],
-                            torch.arange(n), {})
+        cands = Candidates([v.tokenizer.decode([t]).strip() for t in range(n)], [[t] for t in range(n)],
+                           torch.arange(n), {})
     with torch.no_grad():
-        bound = _next_token_logprobs(v, [v.token_ids(c.prefix)])[0, cands.first.to(v.device)].cpu()
+        bound = next_token_logprobs(v, [v.token_ids(c.prefix)])[0, cands.first.to(v.device)].cpu()
     if c.final:
         top = bound.topk(k)
         words, lps = [cands.words[i] for i in top.indices.tolist()], top.values.tolist()
@@ -654,7 +403,7 @@ def query(model: Model, template: str, subject: str = "", k: int = 10, vocab: st
         tails = [v.tokenizer(c.suffix.replace("[Y]", cands.words[j]), add_special_tokens=False)["input_ids"][:8]
                  for j in best]
         prefix = v.token_ids(c.prefix)
-        lps_all = _continuation_logprobs(v, [prefix] * len(best), [cands.ids[j] + t for j, t in zip(best, tails)])
+        lps_all = continuation_logprobs(v, [prefix] * len(best), [cands.ids[j] + t for j, t in zip(best, tails)])
         order = lps_all.argsort(descending=True)[:k].tolist()
         words, lps = [cands.words[best[i]] for i in order], [float(lps_all[i]) for i in order]
     return pd.DataFrame({"answer": words, "log_prob": lps, "prob": np.exp(lps)},

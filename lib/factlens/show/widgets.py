@@ -40,7 +40,7 @@ from IPython.display import HTML, display
 from factlens import data
 from factlens.core.models import Model, view
 from factlens.editing import generation, rome
-from factlens.locating.tracing import KINDS, Trace, default_window, trace
+from factlens.locating.tracing import KINDS, Trace, TraceSettings, trace
 from factlens.memories.keys import key_coefficients
 from factlens.memories.values import strongest_memories, value_logits
 from factlens.probing.lama import UnknownRelationError, query
@@ -317,13 +317,17 @@ def memory_explorer(model: Model, search: TriggerSearch, corpus: Corpus,
 
 # --- causal tracing (chapter 3a) ----------------------------------------------------------------
 
+#: The trace explorer's first settings: the paper's, with 3 noise samples (a click takes seconds on a CPU).
+EXPLORER_TRACE = TraceSettings(samples=3)
+
 
 def trace_explorer(model: Model, prompt: str = "The Space Needle is located in the city of",
-                   subject: str = "The Space Needle", kind: str = "hidden", samples: int = 3,
-                   noise: float = 3.0, window: int | None = None, initial: Trace | None = None) -> None:
+                   subject: str = "The Space Needle", settings: TraceSettings = EXPLORER_TRACE,
+                   initial: Trace | None = None) -> None:
     """Causal tracing of any prompt (chapter 3a): write a prompt and its subject, choose the
     kind of state restored, the noise samples, the noise (× the embeddings' std) and the window
-    (default: ``tracing.default_window``, the paper's 10 of 48 layers scaled to depth);
+    (``settings`` gives their first values, and the rest of the trace's settings; the window by
+    default ``tracing.default_window``, the paper's 10 of 48 layers scaled to depth);
     press "trace" to see the heatmap (``factlens.locating.tracing.trace``). The default is shown
     at once (``initial``: a trace of the default already computed, shown instead of tracing it again)."""
     import matplotlib.pyplot as plt
@@ -332,11 +336,13 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
 
     text = _text("prompt", prompt, "prompt", wide=True)
     subj = _text("subject", subject, "subject")
-    kinds = w.Dropdown(options=list(KINDS), value=kind, description="restore").add_class("factlens-kind")
-    n = w.IntSlider(value=samples, min=1, max=20, description="samples").add_class("factlens-samples")
-    scale = w.FloatSlider(value=noise, min=0.0, max=10.0, step=0.5, description="noise × σ").add_class("factlens-noise")
-    width = w.IntSlider(value=default_window(view(model).n_layers) if window is None else window, min=1,
-                        max=view(model).n_layers, description="window").add_class("factlens-window")
+    settings = settings.for_depth(view(model).n_layers)
+    kinds = w.Dropdown(options=list(KINDS), value=settings.kind, description="restore").add_class("factlens-kind")
+    n = w.IntSlider(value=settings.samples, min=1, max=20, description="samples").add_class("factlens-samples")
+    scale = w.FloatSlider(value=settings.noise, min=0.0, max=10.0, step=0.5,
+                          description="noise × σ").add_class("factlens-noise")
+    width = w.IntSlider(value=settings.window, min=1, max=view(model).n_layers,
+                        description="window").add_class("factlens-window")
     go = _Button(description="trace").add_class("factlens-go")
     controls = [text, subj, kinds, n, scale, width, go]
     panel = _Panel("trace", "trace", [w.HBox([text, subj]), w.HBox([kinds, n]), w.HBox([scale, width, go])], controls)
@@ -352,8 +358,8 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
     def traced() -> str:
         check_text(model, subj.value, "subject", "The Space Needle")
         panel.stage(f"tracing {len(view(model).token_ids(text.value))} tokens × {view(model).n_layers} layers")
-        return show(trace(model, text.value, subj.value, kinds.value, samples=n.value, noise=scale.value,
-                          window=width.value))
+        return show(trace(model, text.value, subj.value, replace(settings, kind=kinds.value, samples=n.value,
+                                                                 noise=scale.value, window=width.value)))
 
     panel.run(traced if initial is None else lambda: show(initial))
     go.on_click(lambda _: panel.click(go, traced))
