@@ -342,3 +342,53 @@ def test_the_verdicts_figure_counts_every_claim_once_per_model():
     fig = plot_verdicts(frame)
     widths = [sum(bar.get_width() for bar in ax.patches) for ax in fig.axes]
     assert [ax.get_title() for ax in fig.axes] == ["A", "B"] and widths == [2, 1]
+
+
+def test_the_forest_plot_draws_every_claim_per_chapter_and_model_coloured_by_verdict():
+    import pandas as pd
+    from matplotlib.colors import to_hex
+
+    from factlens.show.plots import VERDICT_COLOURS, plot_forest
+
+    rows = [  # chapter, claim, model, kind, ours, low, high, paper, tau, reference, verdict
+        ("lama", "lama.a", "A", "value", 30.0, 29.0, 31.0, 30.0, 3.0, 0.0, "reproduced"),
+        ("lama", "lama.b", "A", "ordering", 2.0, -1.0, 5.0, float("nan"), 1.0, float("nan"), "inconclusive"),
+        ("lama", "lama.a", "B", "value", 10.0, 8.0, 12.0, 30.0, 3.0, 0.0, "partly"),
+        ("rome", "rome.c", "A", "ordering", -4.0, -6.0, -2.0, 5.0, 1.0, float("nan"), "not reproduced"),
+    ]
+    frame = pd.DataFrame(rows, columns=list(claims.FOREST_COLUMNS))
+    fig = plot_forest(frame)
+    axes = fig.axes
+    assert len(axes) == 4  # two chapters x two models
+    assert [ax.get_title() for ax in axes] == ["lama: A", "lama: B", "rome: A", "rome: B"]
+    assert [len(ax.get_yticks()) for ax in axes] == [2, 2, 1, 1]  # a chapter's claims, in every model's panel
+    drawn = {(ax.get_title(), line.get_gid().split(":", 1)[1]): to_hex(line.get_color())
+             for ax in axes for line in ax.lines if (line.get_gid() or "").startswith("interval:")}
+    assert drawn == {("lama: A", "lama.a"): VERDICT_COLOURS["reproduced"],
+                     ("lama: A", "lama.b"): VERDICT_COLOURS["inconclusive"],
+                     ("lama: B", "lama.a"): VERDICT_COLOURS["partly"],
+                     ("rome: A", "rome.c"): VERDICT_COLOURS["not reproduced"]}
+    line = next(ln for ln in axes[1].lines if ln.get_gid() == "interval:lama.a")
+    assert list(line.get_xdata()) == [(8.0 - 30.0) / 3.0, (12.0 - 30.0) / 3.0]  # (ours - paper) / τ
+    line = next(ln for ln in axes[2].lines if ln.get_gid() == "interval:rome.c")
+    assert list(line.get_xdata()) == [-6.0, -2.0]  # an ordering: ours / τ on the paper's side
+    papers_marks = {ln.get_gid() for ax in axes for ln in ax.lines if (ln.get_gid() or "").startswith("paper:")}
+    assert papers_marks == {"paper:lama.a", "paper:rome.c"}  # a direction-only number has no mark
+
+
+def test_a_claims_anchor_and_link():
+    assert claims.anchor("rome.counterfact.S.ROME-FT+L") == "claim-rome-counterfact-s-rome-ft-l"
+    c = Claim("lama", "trex_left_context", "s", "G", "lama.p_at_1.Transformer-XL.T-REx", 17.0, (16.0, 18.0), 500)
+    assert c.full_id == "lama.trex_left_context" and c.anchor == "claim-lama-trex-left-context"
+    link = "[claim lama.trex_left_context](../claims.ipynb#claim-lama-trex-left-context)"
+    assert claims.claim_link(c.full_id) == link
+    hypothesis = Claim("editing", "nm", "s", "G", "rome.nm_C_minus_identity", 6.0, (5.5, 6.5), 50, kind="ordering")
+    assert hypothesis.paper.ours and hypothesis.paper_shown.endswith("(our hypothesis)")
+    assert Claim.from_record(hypothesis.to_record()).paper.ours
+
+
+def test_the_sphinx_extension_reads_the_claims_anchors():
+    from factlens.book.anchors import claim_anchors
+
+    html = '<td><a id="claim-lama-x" href="#claim-lama-x">lama.x</a></td><a id="other">y</a>'
+    assert claim_anchors(html) == {"claim-lama-x": "lama.x"}

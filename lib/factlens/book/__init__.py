@@ -10,7 +10,9 @@ One concern per module:
 * :mod:`factlens.book.execution`: papermill, one fresh kernel per notebook, failures named by
   notebook and cell;
 * :mod:`factlens.book.site`: the executed notebooks as the static book shows them, MathJax,
-  and Jupyter Book 1.
+  and Jupyter Book 1;
+* :mod:`factlens.book.anchors`: a Sphinx extension, the claims' anchors on the Claims page as
+  link targets.
 
 The command line is ``python -m factlens.book`` (:mod:`factlens.book.__main__`). Chapters write
 their results with :mod:`factlens.evidence.results`, not here. Nothing here imports torch.

@@ -10,6 +10,7 @@ Claims page collects them (:func:`claims_frame`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -139,6 +140,28 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}"
 
 
+CLAIMS_PAGE = "claims.ipynb"  # the Claims page, beside the chapters' folders under chapters/
+
+
+def anchor(full_id: str) -> str:
+    """The id of a claim's row on the Claims page: ``"claim-"`` and the claim's full id
+    (``<chapter>.<id>``) in lower case, every run of other characters than letters and digits a
+    hyphen: ``"rome.counterfact.ES.ROME"`` -> ``"claim-rome-counterfact-es-rome"``.
+
+    Prose names a claim with a markdown link to that row, the book's one link form::
+
+        [claim rome.counterfact.ES.ROME](../claims.ipynb#claim-rome-counterfact-es-rome)
+
+    (the path relative to the page that links; ``tests/test_prose.py`` checks every such link, and
+    ``factlens.book.anchors`` makes Sphinx resolve the anchor)."""
+    return "claim-" + re.sub(r"[^a-z0-9]+", "-", full_id.lower()).strip("-")
+
+
+def claim_link(full_id: str, page: str = f"../{CLAIMS_PAGE}") -> str:
+    """The markdown link that names a claim in prose (see :func:`anchor`)."""
+    return f"[claim {full_id}]({page}#{anchor(full_id)})"
+
+
 @dataclass
 class Claim:
     """One headline claim of a chapter, with our number, its interval, and a verdict by :data:`VERDICT_RULE`.
@@ -188,9 +211,21 @@ class Claim:
         self.verdict, self.size, self.n_to_settle, self.why = found.verdict, found.size, found.n_to_settle, found.why
 
     @property
+    def full_id(self) -> str:
+        """``<chapter>.<id>``: the name prose uses for the claim (``"lama.trex_left_context"``)."""
+        return f"{self.chapter}.{self.id}"
+
+    @property
+    def anchor(self) -> str:
+        """The id of the claim's row on the Claims page (:func:`anchor`)."""
+        return anchor(self.full_id)
+
+    @property
     def paper_shown(self) -> str:
-        """The paper's number as the tables show it: its value, or its direction "A > B"."""
-        return self.paper.direction or _fmt(self.paper.value)
+        """The paper's number as the tables show it: its value, or its direction "A > B"; a
+        hypothesis of this book's, not a paper's result, says so."""
+        shown = self.paper.direction or _fmt(self.paper.value)
+        return f"{shown} (our hypothesis)" if self.paper.ours else shown
 
     def sentence(self) -> str:
         """The claim in one sentence, with both numbers and the verdict (the prose uses this)."""
@@ -234,6 +269,21 @@ class Claim:
 
 FRAME_COLUMNS = ("chapter", "claim", "statement", "paper", "τ", "τ's reason", "source", "ours [95% interval]", "n",
                  "verdict", "size", "n to settle", "why", "how it differs")
+
+
+FOREST_COLUMNS = ("chapter", "claim", "model", "kind", "ours", "low", "high", "paper", "tau", "reference", "verdict")
+
+
+def forest_frame(claims: Sequence[Claim]):
+    """The numbers a forest plot draws (``factlens.show.plots.plot_forest``), one row per claim and
+    model, with the columns of :data:`FOREST_COLUMNS`: ``claim`` the full id, ``paper`` the paper's
+    value (NaN for a direction), ``tau`` its τ, ``reference`` a value claim's no-effect value (NaN if none)."""
+    import pandas as pd
+
+    rows = [(c.chapter, c.full_id, c.model, c.kind, c.ours, c.ci[0], c.ci[1],
+             math.nan if c.paper.value is None else c.paper.value, c.paper.tau,
+             math.nan if c.reference is None else c.reference, c.verdict) for c in claims]
+    return pd.DataFrame(rows, columns=list(FOREST_COLUMNS))
 
 
 def claims_frame(claims: Sequence[Claim]):

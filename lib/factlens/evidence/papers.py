@@ -25,6 +25,7 @@ GEVA = "Geva et al. 2021"
 MENG = "Meng et al. 2022"
 MEMIT = "Meng et al. 2023"
 ALPHAEDIT = "Fang et al. 2025"
+THIS_BOOK = "this book"  # a hypothesis of ours, set beside a paper's premise: no paper reports the number
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class PaperNumber:
         """"Meng et al. 2022, Table 4, GPT-2 XL" (and the note, when there is one)."""
         text = ", ".join(part for part in (self.paper, self.where, self.model) if part)
         return f"{text} ({self.note})" if self.note else text
+
+    @property
+    def ours(self) -> bool:
+        """True for a hypothesis of this book's (``paper`` is :data:`THIS_BOOK`), not a paper's result."""
+        return self.paper.startswith(THIS_BOOK)
 
     @property
     def sign(self) -> float:
@@ -262,11 +268,11 @@ _direction("rome.ps_middle_minus_edges", MENG, "Figure 5", _GPT2_XL,
            "middle layers > first and last layers (paraphrase score PS of edits at the last subject token)",
            tau=10.0, why="ten points of PS, a tenth of the scale (a stated margin: the figure gives no spread)",
            note="edits generalize best in the middle layers, where causal tracing peaks")
-_direction("rome.nm_C_minus_identity", MENG, "Section 3.1, eq. 2", "GPT-2 XL",
+_direction("rome.nm_C_minus_identity", THIS_BOOK, f"our hypothesis from {MENG}, Section 3.1, eq. 2", "",
            "C estimated > C = I (neighbours' margin NM)", tau=5.0,
            why="five points of NM, as for Table 4's scores (a stated margin)",
-           note="C spreads the update away from the keys text uses, so other subjects' facts move less than with "
-                "C = I; the paper reports no C = I ablation")
+           note="ours, not the paper's result: C spreads the update away from the keys text uses, so other "
+                "subjects' facts should move less than with C = I; the paper reports no C = I ablation")
 
 # --------------------------------------------------------------------------- many edits
 

@@ -437,3 +437,89 @@ def plot_verdicts(frame) -> "plt.Figure":
     axes[0][-1].legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     fig.tight_layout()
     return fig
+
+
+FOREST_SCALE = ("value claim: (ours − paper) / τ, the paper's band at ±1;\nordering claim: ours / τ on the "
+                "paper's side, reproduced beyond +1 (symmetric log scale)")
+
+
+def _forest_x(row) -> tuple[float, float, float, float | None, float | None, tuple[float, float]]:
+    """One claim on the forest plot's common scale: (estimate, low, high, the paper's mark, the
+    reference's mark, the band a reproduced interval lies in), each in units of τ."""
+    import math
+
+    tau = float(row["tau"])
+    paper_value = row["paper"]
+    has_paper = paper_value is not None and not (isinstance(paper_value, float) and math.isnan(paper_value))
+    if row["kind"] == "value":
+        centre = float(paper_value)
+        x = [(float(row[k]) - centre) / tau for k in ("ours", "low", "high")]
+        reference = row.get("reference")
+        ref = None if reference is None or math.isnan(float(reference)) else (float(reference) - centre) / tau
+        return x[0], x[1], x[2], 0.0, ref, (-1.0, 1.0)
+    sign = math.copysign(1.0, float(paper_value)) if has_paper else 1.0
+    x = sorted(sign * float(row[k]) / tau for k in ("low", "high"))
+    mark = abs(float(paper_value)) / tau if has_paper else None
+    return sign * float(row["ours"]) / tau, x[0], x[1], mark, 0.0, (1.0, math.inf)
+
+
+def plot_forest(frame, title: str = "") -> "plt.Figure":
+    """Every claim of ``frame`` (``claims.forest_frame``: one row per claim and model) as a forest plot:
+    one row of panels per chapter, one panel per model, one line per claim.
+
+    The claims' scales differ (percent, probability, layers), so each is drawn in units of its τ
+    (:data:`FOREST_SCALE`): a value claim at (ours − paper)/τ, where the paper's band is [−1, 1] and
+    the paper's number (a black diamond) at 0; an ordering at ours/τ read on the paper's side, where
+    the rule's bar is +1 (τ), no difference 0 and the paper's difference (a diamond, when it gives
+    one) at |p|/τ. The grey box behind a line is where a reproduced interval lies; a grey tick marks
+    a value claim's reference (chance, baseline, unedited). Our interval and estimate are coloured
+    by verdict (:data:`VERDICT_COLOURS`); the x axis is a symmetric log scale, linear within ±2."""
+    import math
+
+    from matplotlib.patches import Patch, Rectangle
+
+    chapters = list(dict.fromkeys(frame["chapter"])) or ["none"]
+    models = list(dict.fromkeys(frame["model"])) or ["none"]
+    per_chapter = {ch: list(dict.fromkeys(frame.loc[frame["chapter"] == ch, "claim"])) for ch in chapters}
+    heights = [max(len(per_chapter[ch]), 1) + 1.2 for ch in chapters]
+    fig, axes = plt.subplots(len(chapters), len(models), figsize=(3.4 + 3.6 * len(models), 0.26 * sum(heights) + 1.9),
+                             squeeze=False, gridspec_kw={"height_ratios": heights})
+    limit = 2.0
+    for (i, chapter), (j, model) in ((c, m) for c in enumerate(chapters) for m in enumerate(models)):
+        ax = axes[i][j]
+        names = per_chapter[chapter]
+        rows = frame[(frame["chapter"] == chapter) & (frame["model"] == model)]
+        for _, row in rows.iterrows():
+            y = names.index(row["claim"])
+            est, low, high, mark, ref, band = _forest_x(row)
+            limit = max(limit, *(abs(v) for v in (est, low, high, mark or 0.0, ref or 0.0) if math.isfinite(v)))
+            right = band[1] if math.isfinite(band[1]) else 1e6
+            ax.add_patch(Rectangle((band[0], y - 0.38), right - band[0], 0.76, color="#e8e8e8", lw=0, zorder=0))
+            colour = VERDICT_COLOURS[row["verdict"]]
+            ax.plot([low, high], [y, y], color=colour, lw=2.2, solid_capstyle="butt", gid=f"interval:{row['claim']}",
+                    zorder=2)
+            ax.plot([est], [y], "o", color=colour, ms=4, zorder=3)
+            if mark is not None:
+                ax.plot([mark], [y], "D", color="k", ms=4, zorder=4, gid=f"paper:{row['claim']}")
+            if ref is not None and row["kind"] == "value":
+                ax.plot([ref], [y], "|", color="#616161", ms=10, mew=1.5, zorder=1)
+        ax.axvline(0, color="#9e9e9e", lw=0.6, zorder=0)
+        ax.set_yticks(range(len(names)), names if j == 0 else [""] * len(names), fontsize=7)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_xscale("symlog", linthresh=2)
+        ax.set_title(f"{chapter}: {model}" if len(models) > 1 else chapter, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    for row_axes in axes:
+        for ax in row_axes:
+            ax.set_xlim(-1.15 * limit, 1.15 * limit)
+    height = fig.get_figheight()
+    fig.supxlabel("in units of τ. " + FOREST_SCALE, fontsize=7, y=0.45 / height, va="bottom")
+    handles = [Patch(color=c, label=v) for v, c in VERDICT_COLOURS.items()]
+    handles += [plt.Line2D([], [], marker="D", color="k", ls="", label="the paper"),
+                Patch(color="#e8e8e8", label="where a reproduced interval lies")]
+    fig.legend(handles=handles, fontsize=7, frameon=False, loc="lower center", ncol=3 if len(models) == 1 else 6,
+               bbox_to_anchor=(0.5, 0.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.85 / height, 1, 1))
+    return fig
