@@ -218,6 +218,20 @@ def p_at_1_difference(a: ProbeResult, b: ProbeResult, *, paired: bool, n_boot: i
     return value, float(low), float(high)
 
 
+def split_at_median(result: ProbeResult, values: pd.Series | Sequence[float]) -> tuple[ProbeResult, ProbeResult]:
+    """The facts whose ``values`` (one per fact, aligned with ``result.frame``; NaN left out) lie above
+    their relation's median, and the others: ``(high, low)``. Split within each relation, so that the
+    two halves hold the same relations and a P@1 difference (:func:`p_at_1_difference`, unpaired)
+    compares facts of one relation, not easy relations with hard ones."""
+    x = pd.Series(np.asarray(values, dtype=float), index=result.frame.index)
+    known = x.notna()
+    median = x[known].groupby(result.frame.loc[known, "relation"]).transform("median")
+    high = known & (x > median.reindex(x.index))
+    low = known & ~high
+    return (ProbeResult(result.frame[high.to_numpy()].reset_index(drop=True)),
+            ProbeResult(result.frame[low.to_numpy()].reset_index(drop=True)))
+
+
 def interval_table(result: ProbeResult, rows: dict[str, pd.Series], *, n_boot: int = 2000,
                    seed: int = 0) -> pd.DataFrame:
     """P@1 (%) with its 95% interval (:func:`p_at_1_interval`) for each named subset of the facts
