@@ -112,6 +112,33 @@ def mass_fraction(coefficients: torch.Tensor, value_norms: torch.Tensor, mass: f
     return ((share < mass).sum(-1) + 1).float() / coefficients.shape[-1]
 
 
+def large_fraction(coefficients: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """Per example and layer (``coefficients`` [n, n_layers, d_mlp]), the share of memories whose
+    coefficient is large: ``|m_i|`` above ``threshold`` times the largest ``|m_i|`` of that layer for
+    that example. A stand-in for the paper's active memories (a ReLU's ``m_i > 0``): a gated GELU
+    gives no exact zero, so "non-zero" counts every memory; a memory far below the layer's largest
+    adds next to nothing, as a ReLU's zero adds nothing (the threshold is ours, not the paper's)."""
+    size = coefficients.abs()
+    top = size.amax(-1, keepdim=True).clamp(min=torch.finfo(size.dtype).tiny)
+    return (size > threshold * top).float().mean(-1)
+
+
+def composition_matrix(agg: dict[str, dict]) -> tuple[list[int], torch.Tensor]:
+    """The layers whose composition :func:`aggregation` counted and, per example and layer, 1 where the
+    layer's top token is the token of no single active memory: ``(layers, [n_examples, n_layers])``."""
+    layers = sorted(agg["composed_examples"])
+    return layers, torch.stack([agg["composed_examples"][l] for l in layers], 1)
+
+
+def veto_counts(readout: LayerReadout) -> torch.Tensor:
+    """Per example, over every layer: ``[changed, to the FF's own top]``, the number of layers where the
+    FF changes the residual's top token and, of those, where the new top is the FF's own top token
+    (:func:`refinement_counts`, counted per example so that examples are the units)."""
+    changed = readout.after_top != readout.before_top
+    to_ff = changed & (readout.after_top == readout.added_top)
+    return torch.stack([changed.sum(1), to_ff.sum(1)], 1).double()
+
+
 def refinement_counts(before_top: torch.Tensor, before_second: torch.Tensor, after_top: torch.Tensor,
                       ff_top: torch.Tensor, final_top: torch.Tensor) -> dict[str, float]:
     """Section 5.2 for one layer, all tensors [n]:

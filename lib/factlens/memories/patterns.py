@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -76,6 +77,26 @@ class PatternScores:
         """The per-key values of ``measure`` over ``layers`` (default: all), NaN left out."""
         chosen = self.per_key[measure] if layers is None else {l: self.per_key[measure][l] for l in layers}
         return [x for xs in chosen.values() for x in xs if not math.isnan(x)]
+
+
+    def thresholds(self, quantile: float = 0.95) -> dict[str, float]:
+        """Per measure, the ``quantile`` of the random groups' values: a key shows the pattern when its
+        own value lies above it."""
+        return {m: float(np.nanquantile(np.asarray(xs, dtype=float), quantile)) for m, xs in self.null.items()}
+
+    def with_pattern(self, measures: Sequence[str] = ("shallow_last", "shallow_bigram", "semantic"),
+                     layers: Iterable[int] | None = None, quantile: float = 0.95) -> tuple[list[bool], float]:
+        """Per key of ``layers`` (default: all), whether it shows at least one of ``measures``' patterns
+        (its value above the random groups' ``quantile``; an undefined value shows none), and the
+        share of the random groups that would pass the same test: the rate a key without any pattern
+        gets by chance (each group is one set of random prefixes, measured by every measure)."""
+        cut = self.thresholds(quantile)
+        chosen = list(self.per_key[measures[0]]) if layers is None else list(layers)
+        flags = [any(self.per_key[m][l][i] > cut[m] for m in measures)  # NaN > x is False
+                 for l in chosen for i in range(len(self.per_key[measures[0]][l]))]
+        groups = len(self.null[measures[0]])
+        chance = sum(any(self.null[m][g] > cut[m] for m in measures) for g in range(groups)) / max(groups, 1)
+        return flags, chance
 
 
 def pattern_scores(search: TriggerSearch, corpus: Corpus) -> PatternScores:
