@@ -123,6 +123,29 @@ def peak_depth(effects: torch.Tensor | np.ndarray) -> float:
     return float(mean.argmax() / (len(mean) - 1))
 
 
+def scaled_layer(paper_layer: int, paper_layers: int, n_layers: int) -> int:
+    """The layer of an ``n_layers`` model at the relative depth of the paper's ``paper_layer`` (0-based)
+    of ``paper_layers``: ``round(paper_layer / (paper_layers − 1) · (n_layers − 1))``. A site fixed in
+    advance, from the paper, so that the AIE read there is a mean over facts (a claim's bootstrap
+    handles it), not a maximum over layers chosen on the same facts."""
+    return round(paper_layer / (paper_layers - 1) * (n_layers - 1))
+
+
+def layer_thirds(n_layers: int) -> tuple[list[int], list[int], list[int]]:
+    """The first, middle and last thirds of ``n_layers`` layers (the middle: ``L/3 <= l < 2L/3``)."""
+    third = n_layers / 3
+    first = [l for l in range(n_layers) if l < third]
+    middle = [l for l in range(n_layers) if third <= l < 2 * third]
+    return first, middle, [l for l in range(n_layers) if l >= 2 * third]
+
+
+def band_difference(effects: torch.Tensor | np.ndarray, a: Sequence[int], b: Sequence[int]) -> np.ndarray:
+    """Per fact, the mean effect over layers ``a`` minus over layers ``b`` (effects [facts, layers]):
+    the units of an ordering claim about where along the layers an effect lies."""
+    x = np.asarray(effects, dtype=float)
+    return x[:, list(a)].mean(1) - x[:, list(b)].mean(1)
+
+
 def average_indirect_effects(traces: Sequence[Trace]) -> AverageEffect:
     """AIE over ``traces`` by token group × layer (the paper's Figure 2)."""
     if not traces:
