@@ -15,7 +15,7 @@ tokens: ROME's code compares mean negative log-likelihoods per token):
 * consistency RS (tf-idf similarity to reference texts about o*) needs ROME's
   ``attribute_snippets.json`` and ``idf.npy``; :func:`rs_available` says whether we have them.
 
-zsRE (Table 3), as ROME's code builds it (``MENDQADataset``): the edit writes the question's
+zsRE (Table 1), as ROME's code builds it (``MENDQADataset``): the edit writes the question's
 true answer ``answers[0]``; efficacy, paraphrase and specificity are token accuracies, the
 fraction of the target's tokens that are the model's argmax prediction given the prompt and
 the target's previous tokens (teacher forced); the specificity target is the model-independent
@@ -59,7 +59,7 @@ _Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # two-sided normal quantiles (as sta
 ZSRE_METRICS = ("efficacy", "paraphrase", "specificity")
 
 # The paper's numbers on GPT-2 XL (factlens.evidence.papers), in percent (GE: entropy × 100), per method:
-# CounterFact, Table 4 (RS, the consistency score, needs data we do not have); zsRE, Table 3.
+# CounterFact, Table 4 (RS, the consistency score, needs data we do not have); zsRE, Table 1.
 PAPER_COUNTERFACT: dict[str, dict[str, float]] = {
     m: paper_table(f"rome.counterfact.{m}") for m in ("unedited", "FT", "FT+L", "KN", "ROME")}
 PAPER_ZSRE: dict[str, dict[str, float]] = {m: paper_table(f"rome.zsre.{m}") for m in ("unedited", "FT", "FT+L", "ROME")}
@@ -214,7 +214,7 @@ def zsre_edit(record: ZsreCase | Mapping[str, Any], case_id: int = -1) -> ZsreEd
     format: ``subject, src, rephrase, answers, loc, loc_ans``), as ROME's ``MENDQADataset``
     builds it: the edit writes the true answer ``answers[0]`` into the question with the subject
     replaced by ``{}``, and the neighbourhood prompt is ``loc + "?"``. (MEND's protocol edits
-    toward the file's ``alt`` instead; the ROME paper's Table 3 does not.)"""
+    toward the file's ``alt`` instead; the ROME paper's Table 1 does not.)"""
     if isinstance(record, Mapping):
         get = record.__getitem__
         answers, cid = record["answers"], record.get("case_id", case_id)

@@ -18,7 +18,7 @@ every question whose answer changed:
 Edited subjects are left out of the relation and paraphrase facts (their answers are meant to change).
 
 :meth:`RippleReport.p_at_1_change` turns the relation questions into one number with its interval:
-LAMA P@1 of the untouched facts after the edit minus before, the specificity of ROME's Table 3
+LAMA P@1 of the untouched facts after the edit minus before, the specificity of ROME's Table 1
 (accuracy on other facts, before and after) asked of the edited fact's own relation.
 """
 
@@ -37,7 +37,7 @@ from factlens.data import LamaFact
 from factlens.editing import evaluation
 from factlens.editing.rome import EditRequest
 from factlens.evidence import stats
-from factlens.probing import lama
+from factlens.probing import cloze, lama
 from factlens.probing.analysis import paraphrase_facts
 
 KINDS = ("edited", "relation", "paraphrase", "reverse")
@@ -60,7 +60,7 @@ class RippleReport:
         """P@1 after minus P@1 before over the ``kind``'s questions, in points, with the 95% interval of a
         bootstrap paired by question: ``(difference, low, high, n)``.
 
-        For ``relation`` this is ROME's specificity (Meng et al. 2022, Table 3: token accuracy on other
+        For ``relation`` this is ROME's specificity (Meng et al. 2022, Table 1: token accuracy on other
         facts, the edited model's minus the unedited model's) on the other facts of the edited relation."""
         asked = self.answers[self.answers["kind"] == kind]
         if asked.empty:
@@ -70,6 +70,25 @@ class RippleReport:
                                                      100.0 * asked["right_before"].to_numpy(), paired=True,
                                                      seed=seed)
         return diff, low, high, len(asked)
+
+
+def neighbourhood_scores(model: Model, facts: Sequence[LamaFact], target: str) -> pd.DataFrame:
+    """CounterFact's neighbourhood measures on LAMA facts: per fact whose blank ends its template, ``NS``
+    (1 when the fact's true object is more probable after its cloze prefix than the edit's ``target``,
+    as ROME compares them: the mean per-token log-probability) and ``NM`` (``P(object) − P(target)``),
+    on the model as it is now. Asked before and after an edit, the change is CounterFact's NS and NM of
+    the edited model minus the unedited one's (Meng et al. 2022, Table 4), on the edited relation's other
+    facts rather than CounterFact's neighbours (other subjects that share the edited fact's object)."""
+    asked = [(f, cloze.fact_cloze(f)) for f in facts]
+    asked = [(f, c) for f, c in asked if c.final]
+    if not asked:
+        return pd.DataFrame(columns=["subject", "object", "NS", "NM"])
+    prompts = [c.prefix for _, c in asked]
+    with torch.no_grad():
+        true = evaluation.target_log_probs(model, prompts, [f.object for f, _ in asked])
+        new = evaluation.target_log_probs(model, prompts, [target] * len(asked))
+    return pd.DataFrame({"subject": [f.subject for f, _ in asked], "object": [f.object for f, _ in asked],
+                         "NS": (true > new).double().numpy(), "NM": (true.exp() - new.exp()).double().numpy()})
 
 
 def _edited_facts(requests: Sequence[EditRequest], relations: Sequence[str | None]) -> list[LamaFact]:
