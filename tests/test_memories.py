@@ -10,9 +10,18 @@ import pytest
 import torch
 
 from factlens.core.models import load_model, view
-from factlens.memories.aggregation import composition_counts, mass_fraction, read_layers, refinement_counts
+from factlens.memories.aggregation import (
+    LayerReadout,
+    composition_counts,
+    composition_matrix,
+    large_fraction,
+    mass_fraction,
+    read_layers,
+    refinement_counts,
+    veto_counts,
+)
 from factlens.memories.keys import Corpus, key_coefficients, paper_layer_split, top_triggers, trigger_search
-from factlens.memories.patterns import pattern_scores, removal_drops, remove_token
+from factlens.memories.patterns import PatternScores, pattern_scores, removal_drops, remove_token
 from factlens.memories.values import ValueTokens, strongest_memories, value_agreement, value_logits, value_tokens
 
 TEXTS = [
@@ -364,3 +373,37 @@ def test_default_model_normed_projection_is_the_models_own_path():
     rows = strongest_memories(model, "The Eiffel Tower is located in the city of", top=2)
     assert len(rows) == 2 * v.n_layers
     assert any(r["coefficient"] < 0 for r in rows), "a gated MLP's strongest memories include negative ones"
+
+
+def test_a_key_shows_a_pattern_above_the_random_groups_quantile():
+    nan = float("nan")
+    scores = PatternScores(
+        per_key={"shallow_last": {0: [0.9, 0.0, nan], 1: [0.0]}, "semantic": {0: [0.0, 0.5, nan], 1: [0.05]}},
+        null={"shallow_last": [0.0, 0.1, 0.2, 0.3, 0.4], "semantic": [0.0, 0.0, 0.0, 0.0, 0.6]})
+    cut = scores.thresholds(0.5)
+    assert cut == {"shallow_last": pytest.approx(0.2), "semantic": pytest.approx(0.0)}
+    shown, chance = scores.with_pattern(("shallow_last", "semantic"), quantile=0.5)
+    # key 0: shallow above 0.2; key 1: semantic above 0; key 2: undefined everywhere; layer 1's key: semantic
+    assert shown == [True, True, False, True]
+    assert chance == pytest.approx(2 / 5)  # groups 3 and 4 pass on shallow (> 0.2), group 4 on semantic too
+    assert scores.with_pattern(("shallow_last", "semantic"), layers=[1], quantile=0.5)[0] == [True]
+
+
+def test_large_coefficients_are_counted_against_the_layers_largest():
+    coef = torch.tensor([[[10.0, -2.0, 0.5, 1.5], [1.0, 1.0, 1.0, 1.0]],
+                         [[0.0, 0.0, 0.0, 0.0], [-4.0, 0.3, 0.5, 0.1]]])  # [examples, layers, memories]
+    # example 0: |m| > 1 in layer 0 -> 10, -2, 1.5; every memory in layer 1; example 1: none (all 0), then -4 and 0.5
+    assert large_fraction(coef).tolist() == [[0.75, 1.0], [0.0, 0.5]]
+    assert large_fraction(coef, threshold=0.5).tolist() == [[0.25, 1.0], [0.0, 0.25]]
+
+
+def test_the_composition_matrix_and_the_veto_counts_per_example():
+    agg = {"composed_examples": {3: torch.tensor([1.0, 0.0]), 1: torch.tensor([1.0, 1.0])}}
+    layers, matrix = composition_matrix(agg)
+    assert layers == [1, 3] and matrix.tolist() == [[1.0, 1.0], [1.0, 0.0]]
+    assert float(matrix.mean(0).min()) == 0.5  # the composition claim's minimum over layers
+    before = torch.tensor([[1, 1, 1], [5, 5, 5]])
+    after = torch.tensor([[1, 3, 7], [5, 5, 6]])  # example 0 changes twice (to 3 = FF's top, to 7), example 1 once
+    added = torch.tensor([[9, 3, 2], [9, 9, 6]])
+    readout = LayerReadout(torch.zeros(2, 3, 1), added, added, before, before, after, after[:, -1])
+    assert veto_counts(readout).tolist() == [[2.0, 1.0], [1.0, 1.0]]

@@ -54,6 +54,16 @@ def test_paper_rows_average_relations_as_the_papers_table():
     assert math.isnan(rows["ConceptNet"]) and "Google-RE date_of_birth" not in rows
 
 
+def test_split_at_median_splits_within_each_relation():
+    frame = pd.DataFrame({"corpus": ["TREx"] * 6, "relation": ["P1", "P1", "P1", "P1", "P2", "P2"],
+                          "relation_type": ["N-1"] * 6, "rank": [1, 2, 1, 3, 1, 1], "uuid": list("abcdef")})
+    values = [0.9, 0.1, 0.5, float("nan"), 10.0, 20.0]  # P1's median 0.5 (of the known three), P2's 15
+    high, low = analysis.split_at_median(lama.ProbeResult(frame), values)
+    assert list(high.frame["uuid"]) == ["a", "f"] and list(low.frame["uuid"]) == ["b", "c", "e"]
+    diff, lo, hi = analysis.p_at_1_difference(high, low, paired=False)
+    assert diff == pytest.approx(100.0 - (50.0 + 100.0) / 2)  # high: P1 100, P2 100; low: P1 50, P2 100
+
+
 def test_google_re_row_needs_its_three_relations():
     """The paper's Google-RE mean has birth dates; without them the row is the two-relation one."""
     frame = pd.DataFrame({"corpus": ["Google_RE"] * 4, "relation": ["place_of_birth", "place_of_birth",

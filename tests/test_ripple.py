@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
 
 from factlens.core.models import view
-from factlens.editing import ripple
+from factlens.editing import evaluation, ripple
 from factlens.editing.rome import EditRequest
 from factlens.probing import lama
 
@@ -80,3 +82,14 @@ def test_p_at_1_change_is_the_paired_difference_of_accuracies():
     assert -100.0 <= low <= diff <= high <= 0.0  # a fact only ever lost: the paired interval never goes above 0
     edited = report.p_at_1_change("edited")
     assert (edited[0], edited[3]) == (100.0, 1)
+
+
+def test_neighbourhood_scores_compare_the_true_object_with_the_target(tiny):
+    facts = _probe(tiny).questions["relation"][:6]
+    scores = ripple.neighbourhood_scores(tiny, facts, "Rome")
+    assert 0 < len(scores) <= len(facts)
+    for _, row in scores.iterrows():
+        fact = next(f for f in facts if f.subject == row["subject"] and f.object == row["object"])
+        prefix = fact.template.split("[Y]")[0].replace("[X]", fact.subject).rstrip()
+        true, new = (float(x) for x in evaluation.target_log_probs(tiny, [prefix, prefix], [fact.object, "Rome"]))
+        assert row["NS"] == float(true > new) and row["NM"] == pytest.approx(math.exp(true) - math.exp(new), abs=1e-6)

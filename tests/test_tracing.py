@@ -10,7 +10,15 @@ import torch
 
 from factlens.core.models import load_model, view
 from factlens.core.view import SubjectNotFoundError, TokenSpan
-from factlens.locating.average_effects import average_indirect_effects, fact_effects, peak_depth, peak_effect
+from factlens.locating.average_effects import (
+    average_indirect_effects,
+    band_difference,
+    fact_effects,
+    layer_thirds,
+    peak_depth,
+    peak_effect,
+    scaled_layer,
+)
 from factlens.locating.tracing import (
     TOKEN_GROUPS,
     Trace,
@@ -309,3 +317,12 @@ def test_the_fast_trace_equals_the_straightforward_loop_on_the_default_model():
         assert fast.answer_id == slow.answer_id
         torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-4, atol=2e-6)
         assert slow.indirect_effect.abs().max() > 0.01
+
+
+def test_sites_and_bands_fixed_in_advance():
+    assert scaled_layer(15, 48, 18) == 5 and scaled_layer(15, 48, 48) == 15 and scaled_layer(47, 48, 12) == 11
+    assert layer_thirds(18) == (list(range(6)), list(range(6, 12)), list(range(12, 18)))
+    first, middle, last = layer_thirds(7)
+    assert first + middle + last == list(range(7)) and middle == [3, 4]
+    effects = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.2, 0.2, 0.6, 0.2]])
+    assert band_difference(effects, [1, 2], [0, 3]).tolist() == pytest.approx([1.0, 0.2])
