@@ -113,6 +113,25 @@ def test_navigation_reaches_every_chapter(site, browser):
     assert not missing, f"the navigation does not reach {sorted(missing)}"
 
 
+@pytest.mark.book
+def test_every_claim_link_lands_on_its_row_of_the_claims_page(smoke_book):
+    """A chapter's link to a claim (``[claim x](../claims.ipynb#claim-x)``) is, in the built site, a link to
+    claims.html whose anchor is the id of an element of the Claims page: the claim's row."""
+    import re
+
+    claims_page = smoke_book / "chapters" / "claims.html"
+    ids = set(re.findall(r'id="(claim-[a-z0-9-]+)"', claims_page.read_text()))
+    assert ids, "the Claims page has no claim anchors"
+    links = {}
+    for page in toc_pages():
+        html = (smoke_book / page).read_text()
+        for anchor in re.findall(r'href="[^"#]*claims\.html#(claim-[a-z0-9-]+)"', html):
+            links.setdefault(anchor, page)
+    assert len(links) > 10, "the chapters link to fewer claims than their prose names"
+    missing = {a: page for a, page in links.items() if a not in ids}
+    assert not missing, f"claim links with no row on the Claims page: {missing}"
+
+
 # --- publishing ---------------------------------------------------------------------------------------
 
 
