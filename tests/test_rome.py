@@ -51,18 +51,7 @@ def test_rank_one_update_rejects_mismatched_shapes():
         rome.rank_one_update(torch.zeros(2, 3), torch.eye(4), torch.ones(3), torch.ones(2))
 
 
-# --------------------------------------------------------------------------- requests and errors
-
-
-def test_request_validation_names_the_problem():
-    # a prompt without the subject's slot: the subject would be absent from what the model reads
-    with pytest.raises(ValueError, match="where the subject goes"):
-        EditRequest("The Eiffel Tower is in", "The Eiffel Tower", "Rome")
-    with pytest.raises(ValueError, match="target is empty"):
-        EditRequest("{} is in", "The Eiffel Tower", "  ")
-    with pytest.raises(ValueError, match="subject is empty"):
-        EditRequest("{} is in", "", "Rome")
-    assert EditRequest("{} is in", "Rome", "Italy").text == "Rome is in"
+# --------------------------------------------------------------------------- errors
 
 
 def test_clear_errors_before_any_change(tiny):
@@ -73,6 +62,9 @@ def test_clear_errors_before_any_change(tiny):
     # the essence prompt of the KL term must hold the subject too
     with pytest.raises(SubjectNotFoundError, match="does not occur"):
         rome.ROME(replace(FAST, essence_prompt="It is a"), stats=torch.eye(v.d_mlp))(tiny, [REQUEST])
+    # one fact per edit
+    with pytest.raises(ValueError, match="at most 1 request"):
+        rome.ROME(FAST, stats=torch.eye(v.d_mlp))(tiny, [REQUEST, EditRequest("{} is in", "Rome", "France")])
     assert torch.equal(v.mlp_out_weight(1), before)
 
 
@@ -189,6 +181,20 @@ def test_edit_writes_v_star_at_the_averaged_key(tiny):
         assert 0 < e.info["steps"] <= FAST.v_steps
         torch.testing.assert_close(out, e.info["v_star"], atol=1e-5, rtol=1e-4)
         assert e.info["delta"].norm() > 0
+
+
+def test_an_edit_is_eq_2_with_its_k_star_and_v_star(tiny):
+    """The editor's update is rank_one_update's (eq. 2) with the k* of compute_key and v* = W k* + δ, bit for bit."""
+    v = view(tiny)
+    C = second_moment.layer_stats(tiny, FAST.layer, samples=FAST.mom2_samples, progress=False)
+    with rome.ROME(FAST, stats=C)(tiny, [REQUEST]) as e:
+        edited = v.mlp_out_weight(FAST.layer).detach().T.clone()
+        k = e.info["k_star"]
+        assert torch.equal(k, rome.compute_key(tiny, REQUEST, FAST.layer, rome.templates_for(tiny, FAST)))
+        assert e.layer == FAST.layer and e.request == REQUEST and e.method == "ROME"
+    # W as the edit read it: restored bit for bit, in the same storage (a copy elsewhere may round W k otherwise)
+    W = v.mlp_out_weight(FAST.layer).detach().T
+    assert torch.equal(edited, rome.rank_one_update(W, C, k, W @ k + e.info["delta"], FAST.damping))
 
 
 def test_undo_restores_bit_for_bit_and_is_idempotent(tiny):
