@@ -24,17 +24,14 @@ editor; its :class:`AlphaEditState` holds the projectors and ``K_p K_pᵀ``, whi
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 import torch
 
 from factlens.core.models import Model, model_entry, view
 from factlens.core.registry import ModelEntry
 from factlens.editing import memit, rome, second_moment
-from factlens.editing.requests import Edit, Editor, EditRequest
+from factlens.editing.requests import Edit, EditRequest
 
 
 @dataclass(frozen=True)
@@ -126,7 +123,7 @@ class AlphaEditState:
 
 
 @dataclass(eq=False)
-class AlphaEdit(Editor):
+class AlphaEdit(memit.BatchEditor):
     """AlphaEdit as an editor: ``AlphaEdit(hparams)(model, requests)`` writes the requests in one batch,
     MEMIT's way with the projected solve (eq. 14); returns one ``Edit`` over the critical layers.
 
@@ -138,17 +135,13 @@ class AlphaEdit(Editor):
 
     hparams: AlphaEditHyperParams | None = None
     state: AlphaEditState | None = None
-    zs: Mapping[EditRequest, torch.Tensor] = field(default_factory=dict)
     name: str = "AlphaEdit"
-    progress: bool = False
-    max_requests: ClassVar[int | None] = None  # any batch
 
-    def write(self, model: Model, requests: list[EditRequest]) -> Edit:
-        v = view(model)
-        hp = self.hparams or default_hparams(model)
-        for layer in hp.layers:
-            v.check_layer(layer)
-        start = time.perf_counter()
+    def default_hparams(self, model: Model) -> AlphaEditHyperParams:
+        return default_hparams(model)
+
+    def write_batch(self, model: Model, requests: list[EditRequest],
+                    hp: AlphaEditHyperParams) -> tuple[Edit, torch.Tensor]:
         if self.state is None:
             self.state = AlphaEditState.create(model, hp)
         state = self.state
@@ -167,5 +160,4 @@ class AlphaEdit(Editor):
             K = memit.read_layer(model, requests, layer, hp.memit, templates).keys
             state.previous[layer] = state.previous[layer] + (K.double().T @ K.double()).cpu()
         state.n_edits += len(requests)
-        record.info.update(zs=zs.detach().cpu(), hparams=asdict(hp), seconds=time.perf_counter() - start)
-        return record
+        return record, zs

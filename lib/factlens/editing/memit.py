@@ -39,9 +39,10 @@ cannot be mapped to two values (``factlens.editing.requests.check_requests``).
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -297,30 +298,55 @@ def spread(model: Model, method: str, requests: Sequence[EditRequest], zs: torch
 
 
 @dataclass(eq=False)
-class MEMIT(Editor):
+class BatchEditor(Editor):
+    """What MEMIT and AlphaEdit share: one batch of requests written over the critical layers
+    ``hparams.layers``, towards the target residuals ``zs`` (a dict from request to its precomputed ``z``,
+    :func:`compute_zs`; a request not in it gets one computed on the model as it is, :func:`targets`).
+    The record's ``info`` holds ``zs``, the ``hparams`` and the ``seconds`` taken, beside what
+    :meth:`write_batch` puts there."""
+
+    zs: Mapping[EditRequest, torch.Tensor] = field(default_factory=dict, kw_only=True)
+    progress: bool = field(default=False, kw_only=True)
+    max_requests: ClassVar[int | None] = None  # any batch
+
+    def write(self, model: Model, requests: list[EditRequest]) -> Edit:
+        hp = self.hparams or self.default_hparams(model)
+        v = view(model)
+        for layer in hp.layers:
+            v.check_layer(layer)
+        start = time.perf_counter()
+        record, zs = self.write_batch(model, requests, hp)
+        record.info.update(zs=zs.detach().cpu(), hparams=asdict(hp), seconds=time.perf_counter() - start)
+        return record
+
+    @abstractmethod
+    def default_hparams(self, model: Model) -> Any:
+        """The method's settings for ``model`` when the editor was given none."""
+
+    @abstractmethod
+    def write_batch(self, model: Model, requests: list[EditRequest], hp: Any) -> tuple[Edit, torch.Tensor]:
+        """Write the requests with settings ``hp`` (layers checked); return the record and the targets ``zs``."""
+
+
+@dataclass(eq=False)
+class MEMIT(BatchEditor):
     """MEMIT as an editor: ``MEMIT(hparams)(model, requests)`` writes the requests in one batch (Algorithm 1);
     returns one ``Edit`` over the critical layers.
 
     ``hparams`` defaults to :func:`default_hparams` of the model edited. ``stats`` maps a layer to its ``C``
-    (a layer not in it: ``factlens.editing.second_moment.layer_stats``, cached); ``zs`` maps a request to
-    its precomputed target residual (:func:`compute_zs`; a request not in it gets one computed on the model
-    as it is, :func:`targets`). The record's ``info`` holds ``steps`` (:func:`spread`), ``zs``, the
-    ``hparams`` and the ``seconds`` taken.
+    (a layer not in it: ``factlens.editing.second_moment.layer_stats``, cached); ``zs`` as in
+    :class:`BatchEditor`. The record's ``info`` holds ``steps`` (:func:`spread`) too.
     """
 
     hparams: MEMITHyperParams | None = None
     stats: Mapping[int, torch.Tensor] = field(default_factory=dict)
-    zs: Mapping[EditRequest, torch.Tensor] = field(default_factory=dict)
     name: str = "MEMIT"
-    progress: bool = False
-    max_requests: ClassVar[int | None] = None  # any batch
 
-    def write(self, model: Model, requests: list[EditRequest]) -> Edit:
-        v = view(model)
-        hp = self.hparams or default_hparams(model)
-        for layer in hp.layers:
-            v.check_layer(layer)
-        start = time.perf_counter()
+    def default_hparams(self, model: Model) -> MEMITHyperParams:
+        return default_hparams(model)
+
+    def write_batch(self, model: Model, requests: list[EditRequest],
+                    hp: MEMITHyperParams) -> tuple[Edit, torch.Tensor]:
         Cs = {layer: self.stats[layer] if layer in self.stats else second_moment.layer_stats(
             model, layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False) for layer in hp.layers}
         zs = targets(model, requests, hp, self.zs, progress=self.progress)
@@ -328,10 +354,8 @@ class MEMIT(Editor):
         def solve(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
             return memit_update(Cs[layer], K, R, hp.mom2_update_weight)
 
-        record = spread(model, self.name, requests, zs, hp, solve, progress=self.progress)
-        record.info.update(zs=zs.detach().cpu(), hparams=asdict(hp), seconds=time.perf_counter() - start)
-        return record
+        return spread(model, self.name, requests, zs, hp, solve, progress=self.progress), zs
 
 
-__all__ = ["MEMIT", "MEMITHyperParams", "compute_z", "compute_zs", "default_hparams", "LayerReading",
+__all__ = ["BatchEditor", "MEMIT", "MEMITHyperParams", "compute_z", "compute_zs", "default_hparams", "LayerReading",
            "memit_update", "read_layer", "spread", "targets", "value_changes"]
