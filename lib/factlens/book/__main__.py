@@ -2,7 +2,7 @@
 
 ::
 
-    python -m factlens.book --profile smoke|cpu|paper [--only CHAPTER ...] [-p KEY=VALUE ...]
+    python -m factlens.book --profile smoke|cpu|full|paper [--only CHAPTER ...] [-p KEY=VALUE ...]
                             [--force] [--no-html] [--strict] [--verbose] [--no-progress]
                             [--root DIR] [--build-dir DIR]
 

@@ -4,7 +4,7 @@ Parameters of a notebook, in order (later ones win):
 
 1. the profile's common parameters ``model_name``, ``profile`` and ``results_dir``;
 2. the profile's section of the notebook's sidecar ``<stem>.yml`` (top-level keys ``smoke``,
-   ``cpu``, ``paper``, each a mapping of parameters);
+   ``cpu``, ``full``, ``paper``, each a mapping of parameters);
 3. the ``-p key=value`` overrides, which apply to every notebook.
 
 Besides those, the builder provides :data:`BUILD_PARAMETERS` to the notebooks whose
@@ -24,6 +24,7 @@ import yaml
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"model_name": "gemma-3-270m"},
     "cpu": {"model_name": "gemma-3-270m"},
+    "full": {"model_name": "gemma-3-270m"},
     "paper": {"model_name": "gpt2-xl"},
 }
 #: parameters the builder fills in for a notebook only when its parameters cell declares them
