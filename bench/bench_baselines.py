@@ -32,7 +32,8 @@ import torch
 
 from factlens import data
 from factlens.core.models import load_model
-from factlens.editing import fine_tuning, rome
+from factlens.editing import fine_tuning
+from factlens.editing.requests import EditRequest
 
 
 def cpu_name() -> str:
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = load_model(args.model)
-    requests = [rome.EditRequest.from_counterfact(c)
+    requests = [EditRequest.from_counterfact(c)
                 for c in random.Random(args.seed).sample(data.counterfact(), args.cases)]
     configs = [fine_tuning.default_hparams(model), fine_tuning.default_hparams(model, constrained=True),
                fine_tuning.paper_hparams(model)]

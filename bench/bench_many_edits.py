@@ -3,7 +3,7 @@ the cost of the sequential runs of the many-edits chapter.
 
     PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_many_edits.py [--model gemma-3-270m] [--batches 1 10 100]
 
-* ROME edits one fact at a time, so a "batch" of n is n edits in sequence (``sequences.rome_step``).
+* ROME edits one fact at a time, so a "batch" of n is n edits in sequence (``rome.ROME``).
 * MEMIT and AlphaEdit: the target residuals ``z`` are timed per fact on ``--z-facts`` facts (the
   cost every batch pays per fact); the update over the critical layers is timed per batch size on
   distinct requests, with those ``z`` repeated (the update's cost does not depend on their values).
@@ -11,8 +11,8 @@ the cost of the sequential runs of the many-edits chapter.
   timed apart.
 * MEMIT's keys for a batch: one forward pass over every (request, template) prompt
   (``memit.read_layer``) against the straightforward peer, ROME's ``compute_key`` per request.
-* The sequential runs: ``sequences.run_sequence`` on ``--sequence`` edits per method, measured every
-  ``--every``; seconds per edit and per measurement.
+* The sequential runs: ``sequences.run_sequence`` on ``--sequence`` edits per method (``sequences.editor``),
+  measured every ``--every``; seconds per edit and per measurement.
 Every edit is undone; the model is the same at the end.
 """
 
@@ -28,7 +28,8 @@ import torch
 
 from factlens import data
 from factlens.core.models import load_model, view
-from factlens.editing import alphaedit, knowledge_neurons, memit, rome, sequences
+from factlens.editing import alphaedit, knowledge_neurons, memit, rome, second_moment, sequences
+from factlens.editing.requests import Edit, EditRequest
 from factlens.probing import lama
 
 
@@ -65,16 +66,16 @@ def main() -> None:
     ahp = replace(alphaedit.default_hparams(model), memit=mhp)
     pool = rome.evaluation_cases(data.counterfact())
     cases = random.Random(args.seed).sample(pool, max(args.batches + [args.sequence]))
-    requests = [rome.EditRequest.from_counterfact(c) for c in cases]
-    stats = {layer: rome.layer_stats(model, layer, samples=mhp.mom2_samples, progress=False)
+    requests = [EditRequest.from_counterfact(c) for c in cases]
+    stats = {layer: second_moment.layer_stats(model, layer, samples=mhp.mom2_samples, progress=False)
              for layer in sorted({*mhp.layers, rhp.layer})}
     v = view(model)
     print(f"{args.model}; {_cpu()}; torch threads {torch.get_num_threads()}; prefixes {spec}")
 
     # ROME, one edit at a time
     rome.templates_for(model, rhp)  # sampled once per model (not an edit's cost)
-    record = memit.BatchEdit(model, [rhp.layer], "ROME")
-    _, rome_s = _timed(lambda: [sequences.rome_step(model, r, rhp, stats[rhp.layer]) for r in requests[:args.z_facts]])
+    editor, record = rome.ROME(rhp, stats=stats[rhp.layer]), Edit(model, "ROME")
+    _, rome_s = _timed(lambda: [record.extend(editor(model, [r])) for r in requests[:args.z_facts]])
     record.undo()
     rome_per_edit = rome_s / args.z_facts
     print(f"ROME       {rome_per_edit:6.2f} s per edit at every batch size (one fact per update)")
@@ -88,10 +89,10 @@ def main() -> None:
           f"null dimensions {state.null_dimensions()})")
     for n in args.batches:
         batch, zrep = requests[:n], zs[torch.arange(n) % len(zs)]
-        rec, memit_s = _timed(memit.apply, model, batch, hparams=mhp, zs=zrep, stats=stats)
+        rec, memit_s = _timed(memit.MEMIT(mhp, stats=stats, zs=dict(zip(batch, zrep))), model, batch)
         rec.undo()
         fresh = alphaedit.AlphaEditState(state.projectors, {l: torch.zeros_like(p) for l, p in state.previous.items()})
-        rec, alpha_s = _timed(alphaedit.apply, model, batch, hparams=ahp, state=fresh, zs=zrep)
+        rec, alpha_s = _timed(alphaedit.AlphaEdit(ahp, state=fresh, zs=dict(zip(batch, zrep))), model, batch)
         rec.undo()
         print(f"batch {n:4d}: MEMIT {z_per_fact + memit_s / n:6.2f} s per edit (update {memit_s:6.2f} s), "
               f"AlphaEdit {z_per_fact + alpha_s / n:6.2f} s per edit (update {alpha_s:6.2f} s), "
@@ -106,7 +107,8 @@ def main() -> None:
           f"({loop_s / batched_s:.1f}x)")
 
     # knowledge neurons, one fact at a time
-    _, kn_s = _timed(lambda: [knowledge_neurons.apply(model, r).undo() for r in requests[:args.z_facts]])
+    kn = knowledge_neurons.KnowledgeNeurons()
+    _, kn_s = _timed(lambda: [kn(model, [r]).undo() for r in requests[:args.z_facts]])
     print(f"KN         {kn_s / args.z_facts:6.2f} s per edit (integrated gradients over {v.n_layers} layers)")
 
     # the sequential runs
@@ -114,8 +116,10 @@ def main() -> None:
     yardstick = sequences.Yardstick(facts, [r.text for r in requests[:5]], generate_tokens=20, seed=args.seed)
     seq_z, seq_z_s = _timed(memit.compute_zs, model, requests[:args.sequence], mhp)
     for method in sequences.METHODS:
-        run, total = _timed(sequences.run_sequence, model, cases[:args.sequence], method, yardstick,
-                            every=args.every, zs=seq_z, rome_hparams=rhp, alphaedit_hparams=ahp, progress=False)
+        editor = sequences.editor(model, method, rome_hparams=rhp, alphaedit_hparams=ahp,
+                                  zs=dict(zip(requests[:args.sequence], seq_z)))
+        run, total = _timed(sequences.run_sequence, model, cases[:args.sequence], editor, yardstick,
+                            every=args.every, progress=False)
         checkpoints = run.curve["n_edits"].nunique()
         print(f"sequence {method:24s} {sum(run.edit_seconds) / args.sequence:6.2f} s per edit, "
               f"{run.measure_seconds / checkpoints:6.2f} s per measurement ({checkpoints} of them, {len(facts)} LAMA "

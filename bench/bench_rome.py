@@ -4,12 +4,12 @@
 
 1. ``v*`` (C precomputed, as the paper's "about 2 s per edit" on a GPU excludes it): each
    CounterFact case (a seeded sample of the tuning split) is edited twice, with the partial
-   forward (``rome.apply``: blocks from the edited layer up, positions from the subject on,
+   forward (``rome.ROME``: blocks from the edited layer up, positions from the subject on,
    logits only where read) and with whole forward passes (``partial=False``). Prints the
    seconds per edit, the Adam steps taken (20 at most; fewer when the early stop fires), the
    cosine of the two ``v*`` and whether ES/PS/NS agree.
 2. Generation: ``--prompts`` CounterFact prompts continued by ``--tokens`` greedy tokens through
-   the key-value cache (``rome.generate``) and by the recompute loop (``use_cache=False``):
+   the key-value cache (``generation.generate``) and by the recompute loop (``use_cache=False``):
    seconds, the ratio, and how many texts are identical; then top-5 sampling, seeded.
 """
 
@@ -26,7 +26,9 @@ import torch
 
 from factlens import data
 from factlens.core.models import load_model, view
-from factlens.editing import evaluation, rome
+from factlens.editing import evaluation, rome, second_moment
+from factlens.editing.generation import generate
+from factlens.editing.requests import EditRequest
 
 
 def cpu_name() -> str:
@@ -41,15 +43,15 @@ def cpu_name() -> str:
 
 
 def bench_edits(model, cases, hp, C) -> None:
-    rome.apply(model, rome.EditRequest.from_counterfact(cases[0]), hparams=hp, stats=C).undo()  # samples the prefixes
+    rome.ROME(hp, stats=C)(model, [EditRequest.from_counterfact(cases[0])]).undo()  # samples the prefixes
     seconds: dict[bool, list[float]] = {True: [], False: []}
     steps, cosines, agree = [], [], 0
     for case in cases:
-        request = rome.EditRequest.from_counterfact(case)
+        request = EditRequest.from_counterfact(case)
         out = {}
         for partial in (True, False):
             start = time.perf_counter()
-            with rome.edit(model, request, hparams=hp, stats=C, partial=partial) as e:
+            with rome.ROME(hp, stats=C, partial=partial)(model, [request]) as e:
                 seconds[partial].append(time.perf_counter() - start)
                 scores = evaluation.counterfact_scores(model, case)
                 out[partial] = (e.info, {m: scores[m] for m in ("ES", "PS", "NS")})
@@ -70,18 +72,18 @@ def bench_edits(model, cases, hp, C) -> None:
 
 
 def bench_generation(model, prompts, tokens) -> None:
-    rome.generate(model, prompts[:2], 2)  # warm up
+    generate(model, prompts[:2], 2)  # warm up
     times, texts = {}, {}
     for use_cache in (True, False):
         start = time.perf_counter()
-        texts[use_cache] = rome.generate(model, prompts, tokens, use_cache=use_cache)
+        texts[use_cache] = generate(model, prompts, tokens, use_cache=use_cache)
         times[use_cache] = time.perf_counter() - start
     same = sum(a == b for a, b in zip(texts[True], texts[False]))
     print(f"generation, {len(prompts)} prompts x {tokens} greedy tokens:")
     print(f"  key-value cache  {times[True]:6.2f} s")
     print(f"  recompute loop   {times[False]:6.2f} s   ({times[False] / times[True]:.1f}x the cached)")
     print(f"  identical texts: {same} of {len(prompts)}")
-    sampled = [rome.generate(model, prompts, tokens, top_k=5, seed=1, use_cache=c) for c in (True, True, False)]
+    sampled = [generate(model, prompts, tokens, top_k=5, seed=1, use_cache=c) for c in (True, True, False)]
     print(f"  top-5 sampling, seed 1: repeatable {sampled[0] == sampled[1]}, "
           f"equal to the recompute loop on {sum(a == b for a, b in zip(sampled[0], sampled[2]))} of {len(prompts)}")
 
@@ -96,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(args.model)
     hp = rome.default_hparams(model)
-    C = rome.layer_stats(model, hp.layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False)
+    C = second_moment.layer_stats(model, hp.layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False)
     counterfact = rome.tuning_cases(data.counterfact())
     cases = random.Random(args.seed).sample(counterfact, args.cases)
     print(f"{view(model).label}; {cpu_name()}; torch threads {torch.get_num_threads()}")

@@ -10,7 +10,7 @@ side, for the ROME editor:
 * creating it now (the model before, ``widgets.answers``) against creating it as before this
   change (a default edit: ``widgets.edit_comparison``);
 * a click (``edit_comparison``: before, the edit, after, undo) against its peer, the edit alone
-  (``rome.apply`` + undo), so the widget's own share (generation before and after) shows.
+  (``rome.ROME`` + undo), so the widget's own share (generation before and after) shows.
 
 Settings: the playground's editor (4 probes; 20 new tokens, the editor's default until it became
 10) and the editing chapter's (2 probes, 10 new tokens). Prints the median of ``--repeats`` runs of each.
@@ -28,7 +28,8 @@ import torch
 
 from factlens import data
 from factlens.core.models import Model, load_model
-from factlens.editing import rome
+from factlens.editing import rome, second_moment
+from factlens.editing.requests import EditRequest
 from factlens.locating import tracing
 from factlens.show import widgets
 
@@ -58,18 +59,18 @@ def cpu_name() -> str:
 def editor_seconds(model: Model, hp: rome.ROMEHyperParams, name: str, subject: str, target: str,
                    paraphrases: list[str], neighbours: list[str], tokens: int, *, repeats: int) -> None:
     """The ROME editor with one chapter's settings: creating it, a click, and the edit alone."""
-    request = rome.EditRequest("{} is located in the city of", subject, target)
+    request = EditRequest("{} is located in the city of", subject, target)
     probes = [p.replace("{}", subject) for p in paraphrases] + neighbours
     prompts = [request.text, *probes]
     create = median_seconds(lambda: widgets.answers(model, prompts, tokens), repeats)
     click = median_seconds(lambda: widgets.edit_comparison(model, request, probes, hparams=hp, max_new_tokens=tokens),
                            repeats)
-    edit = median_seconds(lambda: rome.apply(model, request, hparams=hp).undo(), repeats)
+    edit = median_seconds(lambda: rome.ROME(hp)(model, [request]).undo(), repeats)
     print(f"{name} ({len(probes)} probes, {tokens} tokens)")
     print(f"  create: the model before (now)              {create:7.1f}   1×")
     print(f"  create: a default edit (before this change)  {click:7.1f}   {click / create:.1f}×")
     print(f"  click:  edit_comparison                     {click:7.1f}   {click / edit:.2f}× the edit alone")
-    print(f"  peer:   rome.apply + undo                   {edit:7.1f}")
+    print(f"  peer:   rome.ROME + undo                    {edit:7.1f}")
 
 
 def main() -> None:
@@ -80,11 +81,11 @@ def main() -> None:
     model = load_model(args.model)
     hp = rome.default_hparams(model)
     start = time.perf_counter()
-    rome.layer_stats(model, hp.layer, samples=hp.mom2_samples, corpus=hp.mom2_corpus, progress=False)
+    second_moment.layer_stats(model, hp.layer, samples=hp.mom2_samples, corpus=hp.mom2_corpus, progress=False)
     print(f"{args.model}; {cpu_name()}; torch threads {torch.get_num_threads()}; C at layer {hp.layer} "
           f"({hp.mom2_samples:,} keys) ready in {time.perf_counter() - start:.1f} s "
-          f"(gathered once in {rome.layer_stats_seconds(model, hp.layer, samples=hp.mom2_samples):.1f} s)")
-    rome.apply(model, rome.EditRequest("{} is in", "Paris", "Rome"), hparams=hp).undo()  # samples the prefixes once
+          f"(gathered once in {second_moment.layer_stats_seconds(model, hp.layer, samples=hp.mom2_samples):.1f} s)")
+    rome.ROME(hp)(model, [EditRequest("{} is in", "Paris", "Rome")]).undo()  # samples the prefixes once
 
     print("\nROME editor                                     seconds   ratio")
     for name, setting in (("playground", PLAYGROUND), ("editing chapter", EDITING)):

@@ -22,7 +22,7 @@ import pandas as pd
 
 from factlens import data
 from factlens.core.models import load_model
-from factlens.editing import evaluation, rome
+from factlens.editing import evaluation, rome, second_moment
 
 
 def main() -> None:
@@ -41,15 +41,14 @@ def main() -> None:
     cases = random.Random(args.seed).sample(rome.tuning_cases(data.counterfact()), args.cases)
     records = json.loads(args.out.read_text()) if args.out.exists() else []
     done = {(r["layer"], r["clamp"], r["case_id"]) for r in records}
-    rome.precompute_layer_stats(model, layers, corpus=base.mom2_corpus, samples=base.mom2_samples)
+    second_moment.precompute_layer_stats(model, layers, corpus=base.mom2_corpus, samples=base.mom2_samples)
     for layer in layers:
         for clamp in clamps:
             hp = replace(base, layer=layer, clamp_norm_factor=clamp)
             todo = [c for c in cases if (layer, clamp, c.case_id) not in done]
             if not todo:
                 continue
-            frame = evaluation.evaluate_counterfact(model, todo, lambda m, r, hp=hp: rome.apply(m, r, hparams=hp),
-                                                    progress=False)
+            frame = evaluation.evaluate_counterfact(model, todo, rome.ROME(hp), progress=False)
             records += [{"layer": layer, "clamp": clamp, "case_id": int(row.case_id), "ES": row.ES, "PS": row.PS,
                          "NS": row.NS, "seconds": row.edit_seconds} for row in frame.itertuples()]
             args.out.write_text(json.dumps(records, indent=1))

@@ -11,8 +11,9 @@ import torch
 
 from factlens.core.models import load_model, view
 from factlens.editing import fine_tuning, rome
+from factlens.editing.requests import EditRequest
 
-REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
+REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
 
 
 def _weights(model):
@@ -23,11 +24,11 @@ def test_ft_changes_only_the_layer_and_undo_restores_bit_for_bit(tiny):
     before = _weights(tiny)
     grads = [p.requires_grad for p in tiny.parameters()]
     hp = fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=5)
-    edit = fine_tuning.ft(tiny, REQUEST, hparams=hp)
-    assert edit.method == "FT" and edit.layer == 1
+    edit = fine_tuning.FineTuner(hp)(tiny, [REQUEST])
+    assert edit.method == "FT" and edit.layer == 1 and edit.requests == [REQUEST]
     changed = [not torch.equal(a, b) for a, b in zip(before, tiny.parameters())]
     assert sum(changed) == 1  # the one output weight
-    assert torch.equal(view(tiny).mlp_out_weight(1) - edit.original, edit.delta())
+    assert torch.equal(view(tiny).mlp_out_weight(1) - edit.original[1], edit.delta())
     assert edit.info["losses"][-1] < edit.info["losses"][0]  # the target became likelier
     assert [p.requires_grad for p in tiny.parameters()] == grads  # the optimizer's freezing is undone
     edit.undo()
@@ -37,7 +38,7 @@ def test_ft_changes_only_the_layer_and_undo_restores_bit_for_bit(tiny):
 def test_ft_l_keeps_every_entry_within_epsilon(tiny):
     eps = 1e-3
     hp = fine_tuning.FTHyperParams(layer=1, lr=1e-2, steps=5, norm_constraint=eps)
-    with fine_tuning.ft_l(tiny, REQUEST, hparams=hp) as edit:
+    with fine_tuning.FineTuner(hp)(tiny, [REQUEST]) as edit:
         change = edit.delta().abs().max().item()
         assert edit.method == "FT+L"
     assert change <= eps * (1 + 1e-5)
@@ -48,7 +49,7 @@ def test_ft_l_keeps_every_entry_within_epsilon(tiny):
 def test_a_failing_body_restores_the_weights(tiny):
     before = _weights(tiny)
     with pytest.raises(RuntimeError, match="boom"):
-        with fine_tuning.ft(tiny, REQUEST, hparams=fine_tuning.FTHyperParams(layer=2, lr=1e-2, steps=2)):
+        with fine_tuning.FineTuner(fine_tuning.FTHyperParams(layer=2, lr=1e-2, steps=2))(tiny, [REQUEST]):
             raise RuntimeError("boom")
     assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))
 
@@ -90,8 +91,8 @@ def _straightforward(model, request, hp):
     return deltas[0], deltas[1] if bias is not None else None, losses
 
 
-REQUESTS = [REQUEST, rome.EditRequest("{} was born in", "Dante", "Paris"),
-            rome.EditRequest("{} plays the", "Toko Yasuda", "guitar and the piano")]
+REQUESTS = [REQUEST, EditRequest("{} was born in", "Dante", "Paris"),
+            EditRequest("{} plays the", "Toko Yasuda", "guitar and the piano")]
 
 
 @pytest.mark.parametrize("hp", [
@@ -142,16 +143,22 @@ def test_the_tuner_tunes_each_batch_once_in_order_and_applies_what_fine_tune_fin
         return real(model, requests, *args, **kwargs)
 
     monkeypatch.setattr(fine_tuning, "fine_tune", counted)
-    tuner = fine_tuning.FineTuner(tiny, REQUESTS, hp, batch_size=2)
+    tuner = fine_tuning.FineTuner(hp, requests=REQUESTS, batch_size=2)
     before = _weights(tiny)
     for request, expected in zip(REQUESTS, eager):
-        with tuner.apply(tiny, request) as edit:
+        with tuner(tiny, [request]) as edit:
             torch.testing.assert_close(edit.delta(), expected.delta, atol=1e-7, rtol=0)
             assert edit.info["steps"] == expected.steps == tuner.steps[request]
     assert calls == [REQUESTS[:2], REQUESTS[2:]]  # each batch once, in order
     assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))
-    with pytest.raises(ValueError, match="another model"):
-        tuner.apply(load_model("tiny-gpt2" if view(tiny).name == "tiny-gemma3" else "tiny-gemma3"), REQUEST)
+    # another model object: its batch is tuned on it; a request not announced: tuned alone
+    other = load_model("tiny-gpt2" if view(tiny).name == "tiny-gemma3" else "tiny-gemma3")
+    with tuner(other, [REQUEST]) as edit:
+        assert edit.model is other
+    unannounced = EditRequest("{} is made of", "The Eiffel Tower", "wood")
+    with tuner(tiny, [unannounced]):
+        pass
+    assert calls[2:] == [REQUESTS[:2], [unannounced]] and unannounced in tuner.steps
 
 
 def test_the_papers_configuration_tunes_layer_0_weight_and_bias(tiny):
@@ -164,26 +171,25 @@ def test_the_papers_configuration_tunes_layer_0_weight_and_bias(tiny):
     else:
         assert bias is not None and bias.shape == (view(tiny).d_model,)
     before = _weights(tiny)
-    with fine_tuning.ft_l(tiny, REQUEST, hparams=replace(hp, lr=1e-2, steps=3)) as edit:
+    with fine_tuning.FineTuner(replace(hp, lr=1e-2, steps=3))(tiny, [REQUEST]) as edit:
         changed = [name for (name, p), b in zip(tiny.named_parameters(), before) if not torch.equal(p, b)]
         assert len(changed) == (1 if bias is None else 2)  # W, and b where there is one
         if bias is not None:
-            assert 0 < (bias - edit.original_bias).abs().max() <= 5e-4 * (1 + 1e-5)
+            assert 0 < (bias - edit.original_of(bias)).abs().max() <= 5e-4 * (1 + 1e-5)
     assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))
 
 
 def test_bad_requests_give_clear_errors(tiny):
     with pytest.raises(IndexError, match="out of range"):
-        fine_tuning.ft(tiny, REQUEST, layer=3)
-    with pytest.raises(ValueError, match="norm_constraint"):
-        fine_tuning.ft_l(tiny, REQUEST, hparams=fine_tuning.FTHyperParams(layer=1))
+        fine_tuning.FineTuner(fine_tuning.FTHyperParams(layer=3))(tiny, [REQUEST])
+    with pytest.raises(ValueError, match="at most 1 request"):
+        fine_tuning.FineTuner(fine_tuning.FTHyperParams(layer=1))(tiny, REQUESTS[:2])
     with pytest.raises(ValueError, match="positive"):
         fine_tuning.fine_tune(tiny, REQUEST, hparams=fine_tuning.FTHyperParams(layer=1, norm_constraint=-1.0))
     with pytest.raises(ValueError, match="batch_size"):
         fine_tuning.fine_tune(tiny, [REQUEST], fine_tuning.FTHyperParams(layer=1), batch_size=0)
-    tuner = fine_tuning.FineTuner(tiny, [REQUEST], fine_tuning.FTHyperParams(layer=1, steps=1))
-    with pytest.raises(KeyError, match="not among this tuner's requests"):
-        tuner.apply(tiny, REQUESTS[1])
+    with pytest.raises(ValueError, match="batch_size"):
+        fine_tuning.FineTuner(fine_tuning.FTHyperParams(layer=1), batch_size=0)
 
 
 @pytest.mark.slow
@@ -198,7 +204,8 @@ def test_ft_writes_a_known_fact_on_the_default_model_and_undo_brings_it_back():
         return v.tokenizer.decode(v.logits_at(ids, [ids.shape[1] - 1]).argmax(-1)).strip()
 
     assert top(REQUEST.text) == "Paris"
-    with fine_tuning.ft(model, rome.EditRequest(REQUEST.prompt, REQUEST.subject, "Rome")) as edit:
+    ft = fine_tuning.FineTuner(fine_tuning.default_hparams(model))
+    with ft(model, [EditRequest(REQUEST.prompt, REQUEST.subject, "Rome")]) as edit:
         assert top(REQUEST.text) == "Rome"
         assert edit.layer == rome.default_hparams(model).layer
     assert top(REQUEST.text) == "Paris"
@@ -209,8 +216,8 @@ def test_tuning_from_layer_l_gives_the_edits_of_the_whole_model_on_the_default_m
     # Adam moves entries whose gradient is nearly zero by ~lr in the direction of its sign, so
     # rounding flips a few of them: the whole update, the steps and the final loss must agree
     model = load_model()
-    requests = [rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"),
-                rome.EditRequest("{} plays the sport of", "LeBron James", "football")]
+    requests = [EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"),
+                EditRequest("{} plays the sport of", "LeBron James", "football")]
     hp = fine_tuning.default_hparams(model, constrained=True)
     fast = fine_tuning.fine_tune(model, requests, hp, batch_size=2)
     slow = fine_tuning.fine_tune(model, requests, hp, batch_size=1, from_layer=False)

@@ -11,7 +11,8 @@ import torch
 
 from factlens.core.models import load_model, view
 from factlens.data import CounterFactCase
-from factlens.editing import evaluation, rome
+from factlens.editing import evaluation
+from factlens.editing.requests import Edit, Editor, EditRequest
 from factlens.evidence.stats import newcombe, wilson
 
 TINY_MODELS = ("tiny-gemma3",)  # the conftest's `tiny` fixture loads these
@@ -144,22 +145,32 @@ def test_counterfact_generation_gives_a_fluency_score(tiny):
     assert scores["GE"] > 0
 
 
-def _noop(model, request):
-    return rome.Edit(model, 1, "noop", request)
+class _Noop(Editor):
+    """Records layer 1 and changes nothing."""
+
+    name = "noop"
+
+    def write(self, model, requests):
+        return Edit(model, self.name, requests, layers=[1])
 
 
-def _scramble(model, request):
-    edit = rome.Edit(model, 1, "scramble", request)
-    view(model).set_mlp_out_weight(1, torch.randn_like(edit.original))
-    return edit
+class _Scramble(Editor):
+    """Replaces layer 1's values by noise."""
+
+    name = "scramble"
+
+    def write(self, model, requests):
+        edit = Edit(model, self.name, requests, layers=[1])
+        view(model).set_mlp_out_weight(1, torch.randn_like(edit.original[1]))
+        return edit
 
 
 def test_evaluate_undoes_every_edit_and_a_noop_matches_the_unedited_model(tiny):
     before = [p.detach().clone() for p in tiny.parameters()]
     cases = [_case(), _case("Rome", "Paris")]
     unedited = evaluation.evaluate_counterfact(tiny, cases, None, generate_tokens=4, progress=False)
-    noop = evaluation.evaluate_counterfact(tiny, cases, _noop, generate_tokens=4, progress=False)
-    scrambled = evaluation.evaluate_counterfact(tiny, cases, _scramble, generate_tokens=4, progress=False)
+    noop = evaluation.evaluate_counterfact(tiny, cases, _Noop(), generate_tokens=4, progress=False)
+    scrambled = evaluation.evaluate_counterfact(tiny, cases, _Scramble(), generate_tokens=4, progress=False)
     metrics = ["ES", "EM", "PS", "PM", "NS", "NM", "GE"]  # GE: the same prompts, lengths and seed
     pd.testing.assert_frame_equal(unedited[metrics], noop[metrics])
     assert not scrambled[metrics].equals(unedited[metrics])  # the edit was in force while scoring
@@ -174,7 +185,7 @@ def test_zsre_edit_follows_rome_and_scores_are_token_accuracies(tiny):
               "rephrase": "What is the birthplace of Dante?", "loc": "nq question: capital of italy",
               "loc_ans": "Rome", "answers": ["Florence", "Firenze"]}
     case = evaluation.zsre_edit(record, 3)
-    assert case.request == rome.EditRequest("Where was {} born?", "Dante", "Florence")
+    assert case.request == EditRequest("Where was {} born?", "Dante", "Florence")
     assert case.neighborhood_prompt == "nq question: capital of italy?"
     scores = evaluation.zsre_scores(tiny, case)
     acc = evaluation.target_token_accuracy(tiny, ["Where was Dante born?"], ["Florence"])

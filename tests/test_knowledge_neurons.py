@@ -8,9 +8,9 @@ import torch
 
 from factlens.core.models import view
 from factlens.editing import knowledge_neurons as kn
-from factlens.editing import rome
+from factlens.editing.requests import EditRequest
 
-REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
+REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
 
 
 def test_knowledge_neurons_threshold_by_hand():
@@ -43,7 +43,7 @@ def test_kn_changes_the_neurons_it_reports_and_nothing_else(tiny):
     v = view(tiny)
     before = {name: p.detach().clone() for name, p in tiny.named_parameters()}
     values_before = [v.mlp_out_weight(l).detach().clone() for l in range(v.n_layers)]
-    edit = kn.apply(tiny, REQUEST, hparams=kn.KNHyperParams(steps=8))
+    edit = kn.KnowledgeNeurons(kn.KNHyperParams(steps=8))(tiny, [REQUEST])
     neurons = edit.info["neurons"]
     assert neurons, "the tiny model's answer is attributed to some neurons"
     for layer in range(v.n_layers):

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from factlens.core.models import load_model, view
-from factlens.editing import alphaedit, memit, rome
+from factlens.editing import alphaedit, memit, rome, second_moment
+from factlens.editing.requests import EditRequest, check_requests
 
 FAST = memit.MEMITHyperParams(layers=(0, 1), context_templates=((3, 1),), v_steps=3, mom2_samples=300)
-REQUESTS = [rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle"),
-            rome.EditRequest("{} is the capital of", "Rome", "France")]
+REQUESTS = [EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle"),
+            EditRequest("{} is the capital of", "Rome", "France")]
 
 
 def _random(seed: int, *shape: int) -> torch.Tensor:
@@ -61,16 +62,16 @@ def test_alphaedit_update_leaves_the_preserved_keys_outputs_unchanged():
 
 
 def test_a_batch_with_the_same_subject_and_relation_twice_is_an_error(tiny):
-    twice = [REQUESTS[0], rome.EditRequest(REQUESTS[0].prompt, REQUESTS[0].subject, "Rome")]
+    twice = [REQUESTS[0], EditRequest(REQUESTS[0].prompt, REQUESTS[0].subject, "Rome")]
     v = view(tiny)
     before = v.mlp_out_weight(0).clone()
     with pytest.raises(ValueError, match="both rewrite subject 'The Eiffel Tower'.*separate batches"):
-        memit.apply(tiny, twice, hparams=FAST)
+        memit.MEMIT(FAST)(tiny, twice)
     with pytest.raises(ValueError, match="both rewrite"):
-        alphaedit.apply(tiny, twice, hparams=alphaedit.AlphaEditHyperParams(memit=FAST))
+        alphaedit.AlphaEdit(alphaedit.AlphaEditHyperParams(memit=FAST))(tiny, twice)
     assert torch.equal(v.mlp_out_weight(0), before)
     # the same subject with another relation is fine
-    memit.check_requests([REQUESTS[0], rome.EditRequest("{} was built by", "The Eiffel Tower", "Apple")])
+    check_requests([REQUESTS[0], EditRequest("{} was built by", "The Eiffel Tower", "Apple")])
 
 
 def test_hyperparameters_reject_unordered_layers():
@@ -83,11 +84,11 @@ def test_hyperparameters_reject_unordered_layers():
 
 def test_memit_batch_satisfies_the_normal_equations_at_every_layer(tiny):
     v = view(tiny)
-    with memit.apply(tiny, REQUESTS, hparams=FAST) as record:
+    with memit.MEMIT(FAST)(tiny, REQUESTS) as record:
         assert record.layers == [0, 1]
         for step in record.info["steps"]:
             layer = step["layer"]
-            C = rome.layer_stats(tiny, layer, samples=FAST.mom2_samples, progress=False)
+            C = second_moment.layer_stats(tiny, layer, samples=FAST.mom2_samples, progress=False)
             K, R = step["K"], step["R"]
             assert K.shape == (len(REQUESTS), v.d_mlp) and R.shape == (len(REQUESTS), v.d_model)
             solved = memit.memit_update(C, K, R, FAST.mom2_update_weight)
@@ -105,9 +106,26 @@ def test_memit_moves_the_residual_towards_z(tiny):
     zs = memit.compute_zs(tiny, REQUESTS, hp)
     templates = rome.templates_for(tiny, hp.z_hparams())
     before = memit.read_layer(tiny, REQUESTS, hp.layers[-1], hp, templates).residual
-    with memit.apply(tiny, REQUESTS, hparams=hp, zs=zs):
+    with memit.MEMIT(hp, zs=dict(zip(REQUESTS, zs)))(tiny, REQUESTS) as record:
+        assert torch.equal(record.info["zs"], zs)  # the precomputed targets, not new ones
         after = memit.read_layer(tiny, REQUESTS, hp.layers[-1], hp, templates).residual
     assert ((zs - after).norm(dim=-1) < (zs - before).norm(dim=-1)).all()
+
+
+def test_targets_use_the_given_zs_and_compute_the_others(tiny):
+    zs = memit.compute_zs(tiny, REQUESTS, FAST)
+    mixed = memit.targets(tiny, REQUESTS, FAST, {REQUESTS[1]: zs[1] + 1.0})
+    assert torch.equal(mixed[0], zs[0]) and torch.equal(mixed[1], zs[1] + 1.0)
+
+
+def test_an_alphaedit_editor_keeps_the_keys_of_its_earlier_batches(tiny):
+    hp = alphaedit.AlphaEditHyperParams(memit=FAST, nullspace_threshold=1e-3, l2=1.0)
+    editor = alphaedit.AlphaEdit(hp)
+    with editor(tiny, REQUESTS[:1]):
+        first = {layer: K.clone() for layer, K in editor.state.previous.items()}
+        with editor(tiny, REQUESTS[1:]):  # the second batch of a sequence, on the edited model
+            assert editor.state.n_edits == 2
+            assert all(editor.state.previous[layer].trace() > first[layer].trace() > 0 for layer in hp.layers)
 
 
 def test_value_changes_write_the_wanted_residual_change(tiny):
@@ -128,10 +146,10 @@ def test_alphaedit_update_is_in_the_null_space_of_the_statistics(tiny):
     hp = alphaedit.AlphaEditHyperParams(memit=FAST, nullspace_threshold=1e-3, l2=1.0)
     state = alphaedit.AlphaEditState.create(tiny, hp)
     projectors = dict(state.projectors)
-    with alphaedit.apply(tiny, REQUESTS, hparams=hp, state=state) as record:
+    with alphaedit.AlphaEdit(hp, state=state)(tiny, REQUESTS) as record:
         for step in record.info["steps"]:
             layer = step["layer"]
-            C = rome.layer_stats(tiny, layer, samples=FAST.mom2_samples, progress=False).double()
+            C = second_moment.layer_stats(tiny, layer, samples=FAST.mom2_samples, progress=False).double()
             values, vectors = torch.linalg.eigh(C)
             kept = vectors[:, values >= hp.nullspace_threshold]  # where the preserved keys live
             # the first batch of a sequence: no previous edits
@@ -147,7 +165,7 @@ def test_alphaedit_update_is_in_the_null_space_of_the_statistics(tiny):
 def test_batch_undo_restores_every_layer_bit_for_bit(tiny):
     v = view(tiny)
     before = {layer: v.mlp_out_weight(layer).clone() for layer in FAST.layers}
-    record = memit.apply(tiny, REQUESTS, hparams=FAST)
+    record = memit.MEMIT(FAST)(tiny, REQUESTS)
     assert any(not torch.equal(v.mlp_out_weight(layer), before[layer]) for layer in FAST.layers)
     record.undo()
     record.undo()  # idempotent
@@ -166,12 +184,12 @@ def gemma():
 def test_memit_batch_makes_the_default_model_say_the_new_objects(gemma):
     from factlens.editing import evaluation
 
-    requests = [rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"),
-                rome.EditRequest("{} is a citizen of", "Angela Merkel", "Canada"),
-                rome.EditRequest("The mother tongue of {} is", "Thomas Joannes Stieltjes", "English")]
+    requests = [EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"),
+                EditRequest("{} is a citizen of", "Angela Merkel", "Canada"),
+                EditRequest("The mother tongue of {} is", "Thomas Joannes Stieltjes", "English")]
     prompts, new = [r.text for r in requests], [r.target for r in requests]
     before = evaluation.target_log_probs(gemma, prompts, new)
-    with memit.apply(gemma, requests):
+    with memit.MEMIT()(gemma, requests):
         after = evaluation.target_log_probs(gemma, prompts, new)
         top = view(gemma).top_tokens(prompts, k=1)
     assert (after > before + 1.0).all()

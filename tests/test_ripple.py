@@ -8,7 +8,7 @@ import torch
 
 from factlens.core.models import view
 from factlens.editing import ripple
-from factlens.editing.rome import EditRequest
+from factlens.editing.requests import EditRequest
 from factlens.probing import lama
 
 REQUEST = EditRequest("The native language of {} is", "Danielle Darrieux", "Dutch")

@@ -11,9 +11,10 @@ import torch
 from factlens.core.models import load_model, view
 from factlens.core.view import SubjectNotFoundError
 from factlens.editing import generation, rome, second_moment, v_star
+from factlens.editing.requests import EditRequest
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
-REQUEST = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
+REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
 
 
 # --------------------------------------------------------------------------- eq. 2, by hand
@@ -50,28 +51,20 @@ def test_rank_one_update_rejects_mismatched_shapes():
         rome.rank_one_update(torch.zeros(2, 3), torch.eye(4), torch.ones(3), torch.ones(2))
 
 
-# --------------------------------------------------------------------------- requests and errors
-
-
-def test_request_validation_names_the_problem():
-    # a prompt without the subject's slot: the subject would be absent from what the model reads
-    with pytest.raises(ValueError, match="where the subject goes"):
-        rome.EditRequest("The Eiffel Tower is in", "The Eiffel Tower", "Rome")
-    with pytest.raises(ValueError, match="target is empty"):
-        rome.EditRequest("{} is in", "The Eiffel Tower", "  ")
-    with pytest.raises(ValueError, match="subject is empty"):
-        rome.EditRequest("{} is in", "", "Rome")
-    assert rome.EditRequest("{} is in", "Rome", "Italy").text == "Rome is in"
+# --------------------------------------------------------------------------- errors
 
 
 def test_clear_errors_before_any_change(tiny):
     v = view(tiny)
     before = v.mlp_out_weight(1).clone()
     with pytest.raises(IndexError, match="out of range"):
-        rome.apply(tiny, REQUEST, hparams=FAST, layer=v.n_layers, stats=torch.eye(v.d_mlp))
+        rome.ROME(replace(FAST, layer=v.n_layers), stats=torch.eye(v.d_mlp))(tiny, [REQUEST])
     # the essence prompt of the KL term must hold the subject too
     with pytest.raises(SubjectNotFoundError, match="does not occur"):
-        rome.apply(tiny, REQUEST, hparams=replace(FAST, essence_prompt="It is a"), stats=torch.eye(v.d_mlp))
+        rome.ROME(replace(FAST, essence_prompt="It is a"), stats=torch.eye(v.d_mlp))(tiny, [REQUEST])
+    # one fact per edit
+    with pytest.raises(ValueError, match="at most 1 request"):
+        rome.ROME(FAST, stats=torch.eye(v.d_mlp))(tiny, [REQUEST, EditRequest("{} is in", "Rome", "France")])
     assert torch.equal(v.mlp_out_weight(1), before)
 
 
@@ -93,8 +86,8 @@ def test_rank_one_update_with_another_key_maps_that_key():
 def test_kl_divergence_by_hand():
     p, q = torch.tensor([0.5, 0.25, 0.25]), torch.tensor([0.25, 0.5, 0.25])
     expected = 0.5 * math.log(2) + 0.25 * math.log(0.5)  # Σ p log(p/q)
-    torch.testing.assert_close(rome.kl_divergence(p.log()[None], q.log()[None]), torch.tensor(expected))
-    assert rome.kl_divergence(p.log(), p.log()).item() == 0
+    torch.testing.assert_close(v_star.kl_divergence(p.log()[None], q.log()[None]), torch.tensor(expected))
+    assert v_star.kl_divergence(p.log(), p.log()).item() == 0
 
 
 def test_as_in_code_sets_the_reference_codes_choices():
@@ -110,13 +103,13 @@ def test_as_in_code_sets_the_reference_codes_choices():
 
 def test_the_essence_is_read_at_its_end_or_at_the_subject(tiny):
     v = view(tiny)
-    prompts = {at: rome.RewritePrompts.build(tiny, REQUEST, ["{}"], "{} is a", kl_at_subject=at)
+    prompts = {at: v_star.RewritePrompts.build(tiny, REQUEST, ["{}"], "{} is a", kl_at_subject=at)
                for at in (False, True)}
     essence = "The Eiffel Tower is a"
     assert int(prompts[False].read_positions[-1]) == len(v.token_ids(essence)) - 1
     assert int(prompts[True].read_positions[-1]) == v.subject_span(essence, REQUEST.subject).last
     with pytest.raises(ValueError, match="unprefixed prompt"):
-        rome.RewritePrompts.build(tiny, REQUEST, ["Hello. {}"], "{} is a")
+        v_star.RewritePrompts.build(tiny, REQUEST, ["Hello. {}"], "{} is a")
 
 
 @pytest.mark.parametrize("unprefixed", [True, False])
@@ -126,7 +119,7 @@ def test_the_clamp_scales_with_the_chosen_value_norm(tiny, unprefixed):
     v = view(tiny)
     hp = replace(FAST, clamp_norm_factor=1e-3, norm_of_unprefixed=unprefixed)
     templates = rome.templates_for(tiny, hp)
-    value = rome.compute_value(tiny, REQUEST, hp.layer, hp, templates)
+    value = v_star.compute_value(tiny, REQUEST, hp.layer, hp, templates)
     prompts = [t.replace("{}", REQUEST.text) for t in templates]
     last = torch.tensor([v.subject_span(p, REQUEST.subject).last for p in prompts])
     values = v.capture(v.batch(prompts).ids, [v.value_hook(hp.layer)])[v.value_hook(hp.layer)]
@@ -142,7 +135,7 @@ def test_the_unprefixed_key_option_writes_the_unprefixed_prompt(tiny):
     ids = v.batch([REQUEST.text]).ids
     last = v.subject_span(REQUEST.text, REQUEST.subject).last
     before = v.capture(ids, [v.value_hook(hp.layer)])[v.value_hook(hp.layer)][0, last]
-    with rome.edit(tiny, REQUEST, hparams=hp, stats=torch.eye(v.d_mlp)) as e:
+    with rome.ROME(hp, stats=torch.eye(v.d_mlp))(tiny, [REQUEST]) as e:
         after = v.capture(ids, [v.value_hook(hp.layer)])[v.value_hook(hp.layer)][0, last]
         torch.testing.assert_close(after, before + e.info["delta"], atol=1e-5, rtol=1e-4)
         k0 = rome.compute_key(tiny, REQUEST, hp.layer)
@@ -164,7 +157,7 @@ def test_partial_and_whole_forward_give_the_same_value(tiny):
     equals v* from whole forward passes."""
     hp = replace(FAST, v_steps=6)
     templates = rome.templates_for(tiny, hp)
-    fast, slow = (rome.compute_value(tiny, REQUEST, hp.layer, hp, templates, partial=p) for p in (True, False))
+    fast, slow = (v_star.compute_value(tiny, REQUEST, hp.layer, hp, templates, partial=p) for p in (True, False))
     assert fast.steps == slow.steps == 6
     torch.testing.assert_close(fast.v_star, slow.v_star, atol=1e-5, rtol=1e-4)
     assert torch.nn.functional.cosine_similarity(fast.delta, slow.delta, dim=0) > 0.9999
@@ -178,7 +171,7 @@ def test_edit_writes_v_star_at_the_averaged_key(tiny):
     """After the edit, the down projection's output averaged over the prefixed prompts is v*
     (W is linear, so the mean output is Ŵ k* + b with k* the mean key: eq. 2 through the model)."""
     v = view(tiny)
-    with rome.edit(tiny, REQUEST, hparams=FAST, stats=torch.eye(v.d_mlp)) as e:
+    with rome.ROME(FAST, stats=torch.eye(v.d_mlp))(tiny, [REQUEST]) as e:
         templates = rome.templates_for(tiny, FAST)
         prompts = [t.replace("{}", REQUEST.text) for t in templates]
         last = torch.tensor([v.subject_span(p, REQUEST.subject).last for p in prompts])
@@ -190,10 +183,24 @@ def test_edit_writes_v_star_at_the_averaged_key(tiny):
         assert e.info["delta"].norm() > 0
 
 
+def test_an_edit_is_eq_2_with_its_k_star_and_v_star(tiny):
+    """The editor's update is rank_one_update's (eq. 2) with the k* of compute_key and v* = W k* + δ, bit for bit."""
+    v = view(tiny)
+    C = second_moment.layer_stats(tiny, FAST.layer, samples=FAST.mom2_samples, progress=False)
+    with rome.ROME(FAST, stats=C)(tiny, [REQUEST]) as e:
+        edited = v.mlp_out_weight(FAST.layer).detach().T.clone()
+        k = e.info["k_star"]
+        assert torch.equal(k, rome.compute_key(tiny, REQUEST, FAST.layer, rome.templates_for(tiny, FAST)))
+        assert e.layer == FAST.layer and e.request == REQUEST and e.method == "ROME"
+    # W as the edit read it: restored bit for bit, in the same storage (a copy elsewhere may round W k otherwise)
+    W = v.mlp_out_weight(FAST.layer).detach().T
+    assert torch.equal(edited, rome.rank_one_update(W, C, k, W @ k + e.info["delta"], FAST.damping))
+
+
 def test_undo_restores_bit_for_bit_and_is_idempotent(tiny):
     v = view(tiny)
     before = v.mlp_out_weight(FAST.layer).clone()
-    e = rome.apply(tiny, REQUEST, hparams=FAST, stats=torch.eye(v.d_mlp))
+    e = rome.ROME(FAST, stats=torch.eye(v.d_mlp))(tiny, [REQUEST])
     assert not torch.equal(v.mlp_out_weight(FAST.layer), before)
     assert e.delta().abs().sum() > 0
     e.undo()
@@ -207,7 +214,7 @@ def test_context_manager_restores_when_the_body_raises(tiny):
     v = view(tiny)
     before = v.mlp_out_weight(FAST.layer).clone()
     with pytest.raises(RuntimeError, match="boom"):
-        with rome.edit(tiny, REQUEST, hparams=FAST, stats=torch.eye(v.d_mlp)):
+        with rome.ROME(FAST, stats=torch.eye(v.d_mlp))(tiny, [REQUEST]):
             assert not torch.equal(v.mlp_out_weight(FAST.layer), before)
             raise RuntimeError("boom")
     assert torch.equal(v.mlp_out_weight(FAST.layer), before)
@@ -217,7 +224,7 @@ def test_layer_stats_is_the_second_moment_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTLENS_CACHE_DIR", str(tmp_path))
     model = load_model("tiny-gemma3", device="cpu")
     v = view(model)
-    C = rome.layer_stats(model, 1, samples=200, chunk_tokens=32, progress=False)
+    C = second_moment.layer_stats(model, 1, samples=200, chunk_tokens=32, progress=False)
     assert C.shape == (v.d_mlp, v.d_mlp)
     torch.testing.assert_close(C, C.T)
     assert torch.linalg.eigvalsh(C.double()).min() > -1e-6  # positive semi-definite
@@ -228,12 +235,12 @@ def test_layer_stats_is_the_second_moment_and_is_cached(tmp_path, monkeypatch):
     torch.testing.assert_close(C.double(), K.T @ K / 200, atol=1e-6, rtol=1e-5)
     files = list((tmp_path / "layer_stats").glob("*.safetensors"))
     assert len(files) == 1
-    again = rome.layer_stats(model, 1, samples=200, chunk_tokens=32, progress=False)
+    again = second_moment.layer_stats(model, 1, samples=200, chunk_tokens=32, progress=False)
     assert torch.equal(again, C)
     # the gathering time is kept with C: a warm cache reports the same cost, not a file read
-    seconds = rome.layer_stats_seconds(model, 1, samples=200, chunk_tokens=32)
+    seconds = second_moment.layer_stats_seconds(model, 1, samples=200, chunk_tokens=32)
     assert seconds > 0
-    assert rome.layer_stats_seconds(model, 1, samples=200, chunk_tokens=32) == seconds
+    assert second_moment.layer_stats_seconds(model, 1, samples=200, chunk_tokens=32) == seconds
     assert len(list((tmp_path / "layer_stats").glob("*.safetensors"))) == 1
 
 
@@ -247,10 +254,10 @@ def test_layer_stats_follow_the_corpus_text(tmp_path, monkeypatch):
     model = load_model("tiny-gemma3", device="cpu")
     first = next(second_moment.corpus_chunks(model, "wikitext", 32))
     assert "Paris. The Eiffel" in view(model).tokenizer.decode(first)
-    C1 = rome.layer_stats(model, 1, samples=100, chunk_tokens=32, progress=False)
+    C1 = second_moment.layer_stats(model, 1, samples=100, chunk_tokens=32, progress=False)
     monkeypatch.setattr(data, "corpus", lambda name: iter(["Dante was born in Florence."] * 40))
     model = load_model("tiny-gemma3", device="cpu")  # a fresh model: nothing remembered of the first text
-    C2 = rome.layer_stats(model, 1, samples=100, chunk_tokens=32, progress=False)
+    C2 = second_moment.layer_stats(model, 1, samples=100, chunk_tokens=32, progress=False)
     assert not torch.allclose(C1, C2)
     assert len(list((tmp_path / "layer_stats").glob("*.safetensors"))) == 2
 
@@ -271,13 +278,13 @@ def _top(model, prompt: str) -> str:
 def test_rome_rewrites_a_known_fact_and_leaves_an_unrelated_one(gemma):
     """Gemma 3 270M knows the Eiffel Tower is in Paris; after the edit it says Rome, and its
     answer about an unrelated subject and relation (Danielle Darrieux's mother tongue) is unchanged."""
-    request = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
+    request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
     unrelated = "The mother tongue of Danielle Darrieux is"
     assert _top(gemma, request.text) == "Paris"
     before_unrelated = _top(gemma, unrelated)
     assert before_unrelated == "French"
     hp = replace(rome.default_hparams(gemma), mom2_samples=3000)
-    with rome.edit(gemma, request, hparams=hp) as e:
+    with rome.ROME(hp)(gemma, [request]) as e:
         assert _top(gemma, request.text) == "Rome"
         assert _top(gemma, unrelated) == before_unrelated
         assert e.info["target_prob"] > 0.5
@@ -310,23 +317,23 @@ PROMPTS = ["The Eiffel Tower is located in the city of", "Dante was born in", "A
 def test_cached_generation_equals_the_recompute_loop(tiny):
     """Greedy text through the key-value cache is the text of re-running every prefix; the prompts
     have different lengths (left padding) and run past tiny-gemma3's 16-token sliding window."""
-    cached = rome.generate(tiny, PROMPTS, 20)
-    assert cached == rome.generate(tiny, PROMPTS, 20, use_cache=False)
+    cached = generation.generate(tiny, PROMPTS, 20)
+    assert cached == generation.generate(tiny, PROMPTS, 20, use_cache=False)
     assert all(len(view(tiny).tokenizer(t, add_special_tokens=False)["input_ids"]) >= 15 for t in cached)
     # one prompt alone continues as it does in the batch, and three (padded to four rows, see
     # forward.row_padding) as they do among four
-    assert rome.generate(tiny, PROMPTS[1:2], 20) == cached[1:2]
-    assert rome.generate(tiny, PROMPTS[:3], 20) == cached[:3]
+    assert generation.generate(tiny, PROMPTS[1:2], 20) == cached[1:2]
+    assert generation.generate(tiny, PROMPTS[:3], 20) == cached[:3]
     # the first greedy token is the top next token
     first = [view(tiny).tokenizer.decode(t[:1]) for t in generation.generate_tokens(tiny, PROMPTS, 1)]
     assert first == [top[0] for top in view(tiny).top_tokens(PROMPTS)]
 
 
 def test_sampled_generation_is_seeded(tiny):
-    a = rome.generate(tiny, PROMPTS, 12, top_k=5, seed=3)
-    assert a == rome.generate(tiny, PROMPTS, 12, top_k=5, seed=3)
-    assert a == rome.generate(tiny, PROMPTS, 12, top_k=5, seed=3, use_cache=False)
-    assert a != rome.generate(tiny, PROMPTS, 12, top_k=5, seed=4)
+    a = generation.generate(tiny, PROMPTS, 12, top_k=5, seed=3)
+    assert a == generation.generate(tiny, PROMPTS, 12, top_k=5, seed=3)
+    assert a == generation.generate(tiny, PROMPTS, 12, top_k=5, seed=3, use_cache=False)
+    assert a != generation.generate(tiny, PROMPTS, 12, top_k=5, seed=4)
 
 
 def test_generation_sees_an_applied_edit(tiny):
@@ -334,19 +341,19 @@ def test_generation_sees_an_applied_edit(tiny):
     (which reads the edited weights), and after the undo the text is the unedited one again."""
     v = view(tiny)
     prompts = [REQUEST.text, *PROMPTS]
-    before = rome.generate(tiny, prompts, 6, top_k=3)
-    with rome.edit(tiny, REQUEST, hparams=replace(FAST, clamp_norm_factor=50.0, v_steps=10), stats=torch.eye(v.d_mlp)):
-        during = rome.generate(tiny, prompts, 6, top_k=3)
-        assert during == rome.generate(tiny, prompts, 6, top_k=3, use_cache=False)
-    assert rome.generate(tiny, prompts, 6, top_k=3) == before
+    before = generation.generate(tiny, prompts, 6, top_k=3)
+    with rome.ROME(replace(FAST, clamp_norm_factor=50.0, v_steps=10), stats=torch.eye(v.d_mlp))(tiny, [REQUEST]):
+        during = generation.generate(tiny, prompts, 6, top_k=3)
+        assert during == generation.generate(tiny, prompts, 6, top_k=3, use_cache=False)
+    assert generation.generate(tiny, prompts, 6, top_k=3) == before
 
 
 def test_generation_rejects_bad_arguments(tiny):
     with pytest.raises(ValueError, match="top_k"):
-        rome.generate(tiny, PROMPTS, 3, top_k=0)
+        generation.generate(tiny, PROMPTS, 3, top_k=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        rome.generate(tiny, PROMPTS, -1)
-    assert rome.generate(tiny, [], 3) == []
+        generation.generate(tiny, PROMPTS, -1)
+    assert generation.generate(tiny, [], 3) == []
 
 
 def test_code_comparison_switches_one_option_at_a_time():
@@ -375,9 +382,9 @@ def test_row_groups_split_where_it_saves_work():
 @pytest.mark.slow
 def test_partial_forward_gives_the_same_edit_on_the_default_model(gemma):
     hp = replace(rome.default_hparams(gemma), v_steps=8)
-    request = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
+    request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
     templates = rome.templates_for(gemma, hp)
-    fast, slow = (rome.compute_value(gemma, request, hp.layer, hp, templates, partial=p) for p in (True, False))
+    fast, slow = (v_star.compute_value(gemma, request, hp.layer, hp, templates, partial=p) for p in (True, False))
     assert fast.steps == slow.steps
     assert torch.nn.functional.cosine_similarity(fast.v_star, slow.v_star, dim=0) >= 0.999
     assert fast.target_prob == pytest.approx(slow.target_prob, abs=1e-3)
@@ -387,7 +394,7 @@ def test_partial_forward_gives_the_same_edit_on_the_default_model(gemma):
 def test_cached_generation_on_the_default_model(gemma):
     prompts = ["The Eiffel Tower is located in the city of", "Danielle Darrieux's mother tongue is",
                "The Space Needle is in", "Toko Yasuda plays the"]
-    cached = rome.generate(gemma, prompts, 24)
-    assert cached == rome.generate(gemma, prompts, 24, use_cache=False)
+    cached = generation.generate(gemma, prompts, 24)
+    assert cached == generation.generate(gemma, prompts, 24, use_cache=False)
     assert "Paris" in cached[0]
     assert len(set(cached[0].split())) > 3  # not one token repeated (the bridge's own cached generate)

@@ -4,6 +4,7 @@ models that undo bit for bit."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -11,11 +12,13 @@ import torch
 
 from factlens import data
 from factlens.core.models import view
-from factlens.editing import alphaedit, memit, rome, sequences
+from factlens.editing import alphaedit, memit, rome, second_moment, sequences
+from factlens.editing.requests import Edit, EditRequest
 from factlens.probing import lama
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=3, mom2_samples=300)
 FAST_MEMIT = memit.MEMITHyperParams(layers=(0, 1), context_templates=((3, 1),), v_steps=2, mom2_samples=300)
+FAST_ALPHA = alphaedit.AlphaEditHyperParams(memit=FAST_MEMIT, nullspace_threshold=1e-3)
 
 
 TINY_MODELS = ("tiny-gemma3",)  # the conftest's `tiny` fixture loads these
@@ -41,45 +44,48 @@ def test_forecast_by_hand():
     W[0, 0] = 4.0  # ‖W‖ = 4
     k_star, k0 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.5, 1.0, 0.0])
     delta = torch.tensor([0.0, 2.0])
-    fc = sequences.forecast(W, torch.eye(3), k_star, k0, delta, subject="s", subject_first=True, key_mix="original",
-                             flag_ratio=0.75)
+    fc = rome.forecast(W, torch.eye(3), k_star, k0, delta, subject="s", subject_first=True,
+                       unprefixed_key_in_update=True)
     assert (fc.denominator, fc.denominator_unprefixed, fc.denominator_ratio) == (1.0, 0.5, 0.5)
     # ‖ΔW‖ = ‖δ‖ ‖u‖ / |uᵀk|: 2 / 1 and 2 / 0.5, over ‖W‖ = 4
     assert math.isclose(fc.update_norm, 0.5) and math.isclose(fc.update_norm_unprefixed, 1.0)
-    assert fc.applied_norm == fc.update_norm_unprefixed and fc.flagged
-    prefix = sequences.forecast(W, torch.eye(3), k_star, k0, delta, subject="s", subject_first=True, flag_ratio=0.75)
-    assert prefix.applied_norm == prefix.update_norm and not prefix.flagged
+    assert fc.applied_norm == fc.update_norm_unprefixed
+    prefix = rome.forecast(W, torch.eye(3), k_star, k0, delta, subject="s", subject_first=True)
+    assert prefix.applied_norm == prefix.update_norm
 
 
-@pytest.mark.parametrize("key_mix", ["prefix", "original"])
-def test_rome_step_writes_v_star_at_the_key_its_denominator_uses(tiny, key_mix):
+@pytest.mark.parametrize("unprefixed", [False, True], ids=["k*", "k0"])
+def test_a_rome_edit_forecasts_the_update_it_applies(tiny, unprefixed):
     v = view(tiny)
-    request = rome.EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
-    C = rome.layer_stats(tiny, FAST.layer, samples=FAST.mom2_samples, progress=False)
+    request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Seattle")
+    C = second_moment.layer_stats(tiny, FAST.layer, samples=FAST.mom2_samples, progress=False)
     templates = rome.templates_for(tiny, FAST)
     k_star = rome.compute_key(tiny, request, FAST.layer, templates)
     k0 = rome.compute_key(tiny, request, FAST.layer, ("{}",))
     before = v.mlp_out_weight(FAST.layer).detach().clone()
-    try:
-        torch.manual_seed(0)
-        fc = sequences.rome_step(tiny, request, FAST, C, key_mix=key_mix)
-        after = v.mlp_out_weight(FAST.layer).detach().T.double()
-        dW = after - before.T.double()
-        key = k0 if key_mix == "original" else k_star
+    with rome.ROME(replace(FAST, unprefixed_key_in_update=unprefixed), stats=C)(tiny, [request]) as edit:
+        fc = edit.info["forecast"]
+        dW = edit.delta().T.double()
+        key = k0 if unprefixed else k_star
         # ΔW is rank one along u = C⁻¹k*, of size ‖δ‖‖u‖/|uᵀk| as forecast
         assert torch.linalg.matrix_rank(dW.float(), rtol=1e-4) == 1
-        expected = fc.update_norm_unprefixed if key_mix == "original" else fc.update_norm
+        expected = fc.update_norm_unprefixed if unprefixed else fc.update_norm
+        assert fc.applied_norm == expected
         assert math.isclose(float(dW.norm() / before.double().norm()), expected, rel_tol=1e-3)
         # and the written value change sits at that key: ΔW k = δ
-        assert float((dW @ key.double()).norm()) > 0
-    finally:
-        v.set_mlp_out_weight(FAST.layer, before)
+        torch.testing.assert_close((dW @ key.double()).float(), edit.info["delta"], atol=1e-4, rtol=1e-3)
+        assert edit.info["denominator"] == (fc.denominator_unprefixed if unprefixed else fc.denominator)
+    assert torch.equal(v.mlp_out_weight(FAST.layer), before)
 
 
-def test_rome_step_rejects_an_unknown_key_mix(tiny):
-    with pytest.raises(ValueError, match="key_mix"):
-        sequences.rome_step(tiny, rome.EditRequest("{} is", "Rome", "Paris"), FAST, torch.eye(view(tiny).d_mlp),
-                             key_mix="both")
+def test_the_chapters_methods_by_name(tiny):
+    names = {m: sequences.editor(tiny, m, rome_hparams=FAST, alphaedit_hparams=FAST_ALPHA) for m in sequences.METHODS}
+    assert {m: e.name for m, e in names.items()} == {m: m for m in sequences.METHODS}
+    assert not names["ROME"].hparams.unprefixed_key_in_update
+    assert names["ROME (original key mix)"].hparams.unprefixed_key_in_update
+    assert names["MEMIT"].hparams == FAST_MEMIT and names["AlphaEdit"].hparams == FAST_ALPHA
+    with pytest.raises(ValueError, match="unknown method"):
+        sequences.editor(tiny, "FT", rome_hparams=FAST)
 
 
 # --------------------------------------------------------------------------- sequences
@@ -89,11 +95,13 @@ def test_rome_step_rejects_an_unknown_key_mix(tiny):
 def test_undoing_a_sequence_of_50_edits_restores_the_weights_bit_for_bit(tiny, cases, yardstick, method):
     v = view(tiny)
     before = {name: p.detach().clone() for name, p in tiny.named_parameters()}
-    ahp = alphaedit.AlphaEditHyperParams(memit=FAST_MEMIT, nullspace_threshold=1e-3)
-    run = sequences.run_sequence(tiny, cases, method, yardstick, every=25, batch_size=5, rome_hparams=FAST,
-                                  alphaedit_hparams=ahp, keep_edits=True, progress=False)
+    editor = sequences.editor(tiny, method, rome_hparams=FAST, alphaedit_hparams=FAST_ALPHA)
+    run = sequences.run_sequence(tiny, cases, editor, yardstick, every=25, batch_size=5, keep_edits=True,
+                                 progress=False)
     layers = run.record.layers
-    assert run.n_edits == 50 and len(run.record.requests) == 50
+    assert run.n_edits == 50 and len(run.record.requests) == 50 and run.method == method
+    assert layers == ([FAST.layer] if method == "ROME" else list(FAST_MEMIT.layers))
+    assert run.settings["batch_size"] == (1 if method == "ROME" else 5)
     assert any(not torch.equal(v.mlp_out_weight(l).detach(), run.record.original[l]) for l in layers)
     run.record.undo()
     for name, p in tiny.named_parameters():
@@ -105,30 +113,48 @@ def test_undoing_a_sequence_of_50_edits_restores_the_weights_bit_for_bit(tiny, c
     assert final.loc["efficacy_newest", "n"] == 25 and final.loc["retention", "n"] == 25
     if method == "ROME":
         assert len(run.forecasts) == 50 and run.forecasts["update_norm"].gt(0).all()
+        assert (run.forecasts["flagged"] == (run.forecasts["applied_norm"] > 0.1)).all()
+    else:
+        assert run.forecasts.empty
+
+
+def test_a_sequence_applies_the_editors_edits_one_after_another(tiny, cases, yardstick):
+    """The runner adds nothing to the editor's own edits: the weights after a sequence of three ROME edits
+    are those of the same three edits made by hand, bit for bit."""
+    v = view(tiny)
+    C = second_moment.layer_stats(tiny, FAST.layer, samples=FAST.mom2_samples, progress=False)
+    editor = rome.ROME(FAST, stats=C, name="ROME, by hand")
+    run = sequences.run_sequence(tiny, cases[:3], editor, yardstick, every=3, keep_edits=True, progress=False)
+    after = v.mlp_out_weight(FAST.layer).detach().clone()
+    run.record.undo()
+    assert run.method == "ROME, by hand" and len(run.forecasts) == 3
+    edits = [editor(tiny, [EditRequest.from_counterfact(c)]) for c in cases[:3]]
+    assert torch.equal(v.mlp_out_weight(FAST.layer), after)
+    for edit in reversed(edits):
+        edit.undo()
 
 
 def test_a_run_undoes_itself_unless_asked_to_keep(tiny, cases, yardstick):
     v = view(tiny)
     before = v.mlp_out_weight(FAST.layer).detach().clone()
-    run = sequences.run_sequence(tiny, cases[:3], "ROME (original key mix)", yardstick, every=3, rome_hparams=FAST,
-                                  progress=False)
+    editor = sequences.editor(tiny, "ROME (original key mix)", rome_hparams=FAST)
+    run = sequences.run_sequence(tiny, cases[:3], editor, yardstick, every=3, progress=False)
     assert run.record.undone and torch.equal(v.mlp_out_weight(FAST.layer).detach(), before)
-    assert run.settings["n_edits"] == 3
+    assert run.settings["n_edits"] == 3 and run.settings["method"] == "ROME (original key mix)"
 
 
 def test_sequence_arguments_are_checked(tiny, cases, yardstick):
-    with pytest.raises(ValueError, match="unknown method"):
-        sequences.run_sequence(tiny, cases, "FT", yardstick)
+    editor = sequences.editor(tiny, "MEMIT", alphaedit_hparams=FAST_ALPHA)
     with pytest.raises(ValueError, match="must divide"):
-        sequences.run_sequence(tiny, cases, "MEMIT", yardstick, every=25, batch_size=10)
-    with pytest.raises(ValueError, match="one per case"):
-        sequences.run_sequence(tiny, cases, "MEMIT", yardstick, every=10, zs=torch.zeros(3, view(tiny).d_model))
+        sequences.run_sequence(tiny, cases, editor, yardstick, every=25, batch_size=10)
+    with pytest.raises(ValueError, match="no cases"):
+        sequences.run_sequence(tiny, [], editor, yardstick)
 
 
 def test_collapse_point_by_hand(tiny):
     curve = pd.DataFrame({"n_edits": [0, 10, 20, 30], "metric": "lama_p_at_1", "value": [40.0, 35.0, 19.0, 5.0],
                           "low": 0.0, "high": 100.0, "n": 100})
-    run = sequences.SequenceRun("ROME", curve, pd.DataFrame(), memit.BatchEdit(tiny, [], "ROME"))
+    run = sequences.SequenceRun("ROME", curve, pd.DataFrame(), Edit(tiny, "ROME"))
     assert sequences.collapse_point(run, drop=0.5) == 20  # 19 < 20
     assert sequences.collapse_point(run, drop=0.2) == 30  # 5 < 8
     assert sequences.collapse_point(run, drop=0.1) is None  # never below 4

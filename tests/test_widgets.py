@@ -18,6 +18,7 @@ from factlens import data
 from factlens.core.models import view
 from factlens.core.view import SubjectNotFoundError
 from factlens.editing import rome
+from factlens.editing.requests import EditRequest
 from factlens.locating.tracing import TraceSettings
 from factlens.probing.lama import UnknownRelationError, query
 from factlens.show import widgets
@@ -210,13 +211,13 @@ def test_trace_explorer_traces_the_new_prompt_and_names_a_missing_subject(tiny, 
 
 def test_rome_editor_costs_no_edit_to_create_and_edits_on_click(tiny, shown, monkeypatch):
     original = view(tiny).mlp_out_weight(1).clone()
-    real_apply = rome.apply
-    monkeypatch.setattr(rome, "apply", lambda *a, **k: pytest.fail("creating the editor ran an edit"))
+    real_write = rome.ROME.write
+    monkeypatch.setattr(rome.ROME, "write", lambda *a, **k: pytest.fail("creating the editor ran an edit"))
     widgets.rome_editor(tiny, prompt="{} is in", subject="The cat", target="Paris", hparams=FAST,
                         max_new_tokens=2)
     before = shown.latest().data
     assert before["after"].tolist() == ['press "edit"']
-    monkeypatch.setattr(rome, "apply", real_apply)
+    monkeypatch.setattr(rome.ROME, "write", real_write)
     status = find(shown.box(), "status")
     find(shown.box(), "target").value = "<pad>"
     find(shown.box(), "go").click()
@@ -230,10 +231,10 @@ def test_rome_editor_costs_no_edit_to_create_and_edits_on_click(tiny, shown, mon
 
 
 def test_edit_comparison_matches_an_edit_by_hand_and_leaves_the_model(tiny):
-    request = rome.EditRequest("{} is in", "The cat", "Rome")
+    request = EditRequest("{} is in", "The cat", "Rome")
     original = view(tiny).mlp_out_weight(1).clone()
     frame = widgets.edit_comparison(tiny, request, ["The dog is in"], hparams=FAST, max_new_tokens=3)
-    with rome.edit(tiny, request, hparams=replace(FAST)):
+    with rome.ROME(replace(FAST))(tiny, [request]):
         expected = widgets.answers(tiny, [request.text, "The dog is in"], 3)
     assert frame["after"].tolist() == expected
     assert frame[widgets._BEFORE].tolist() == widgets.answers(tiny, [request.text, "The dog is in"], 3)

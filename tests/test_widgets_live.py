@@ -378,6 +378,7 @@ def test_trace_explorer_names_a_missing_subject_then_traces_the_new_prompt(noteb
 def test_rome_editor_edits_on_one_click_with_progress_and_ignores_a_second(notebook, gemma):
     from factlens.core.models import view
     from factlens.editing import rome
+    from factlens.editing.requests import EditRequest
 
     editor = Widget(notebook, "rome")
     before = editor.rows()
@@ -397,8 +398,8 @@ def test_rome_editor_edits_on_one_click_with_progress_and_ignores_a_second(noteb
     wait_for(lambda: notebook.execute_script(KERNEL_IDLE), QUICK, "the kernel did not become idle")
     assert editor.status() == status and status.startswith("edit 2: layer "), status  # one run, not two
 
-    request = rome.EditRequest(PROMPT, SUBJECT, "London")
-    with rome.edit(gemma, request):
+    request = EditRequest(PROMPT, SUBJECT, "London")
+    with rome.ROME()(gemma, [request]):
         expected = view(gemma).top_tokens([request.text])[0][0].strip()
     after = editor.rows()
     assert after[0][1] == before[0][1], "the 'before' column changed"
@@ -425,7 +426,8 @@ def test_many_edits_widget_runs_the_sequence_and_says_what_held(notebook, gemma)
     many.choose("method", "ROME")
     many.click("go")
     status = many.settled(status, SLOW)
-    run = sequences.run_sequence(gemma, eval(MANY_CASES), "ROME", eval(MANY_YARDSTICK), every=2, progress=False)
+    run = sequences.run_sequence(gemma, eval(MANY_CASES), sequences.editor(gemma, "ROME"), eval(MANY_YARDSTICK),
+                                 every=2, progress=False)
     held = run.final("efficacy_newest")["value"]
     assert status.startswith(f"run 1: ROME, 2 edits: {held:.0f}% of the edits held, model restored"), status
     assert many.cell.find_elements(many.by.CSS_SELECTOR, ".factlens-result img"), "no curves drawn"

@@ -1,1 +1,1 @@
-"""The core: loading models (the registry), the View, the partial forward and the cache."""
+"""The core: the model registry, loading models, the View (the one door to a model), the partial forward, the cache."""

@@ -101,6 +101,8 @@ class View:
     values V (rows)        ``mlp_out_weight(l)``                          [d_mlp, d_model]
     W k, ROME's value      ``value_hook(l)`` = ``blocks.l.mlp.hook_out``  [b, t, d_model]
     MLP / attention output ``mlp_out_hook(l)`` / ``attn_out_hook(l)``     [b, t, d_model]
+    attention scores       ``attn_scores_hook(l)`` (pre-softmax) /        [b, h, t, t]
+                           ``attn_pattern_hook(l)`` (weights)
     residual stream h_i^l  ``resid_pre_hook(l)`` / ``resid_post_hook(l)`` [b, t, d_model]
     subject embeddings     ``embed_hook``                                 [b, t, d_model]
     final-normed stream    ``final_hook``                                 [b, t, d_model]
@@ -189,6 +191,16 @@ class View:
 
     def attn_out_hook(self, layer: int) -> str:
         return f"blocks.{self.check_layer(layer)}.hook_attn_out"
+
+    def attn_scores_hook(self, layer: int) -> str:
+        """Attention scores before the softmax, causal and sliding-window masks applied, one row per
+        query head (grouped keys already repeated): [b, n_heads, query, key]. What is set here reaches
+        the softmax (Geva et al. 2023's attention knockout)."""
+        return f"blocks.{self.check_layer(layer)}.attn.hook_attn_scores"
+
+    def attn_pattern_hook(self, layer: int) -> str:
+        """Attention weights after the softmax: [b, n_heads, query, key], each row summing to 1."""
+        return f"blocks.{self.check_layer(layer)}.attn.hook_pattern"
 
     def resid_pre_hook(self, layer: int) -> str:
         return f"blocks.{self.check_layer(layer)}.hook_resid_pre"

@@ -7,7 +7,7 @@ AlphaEdit instead projects the update onto the null space of the preserved keys,
 ``ΔW K₀ = 0`` exactly, and drops the preservation term:
 
 * the projector (eq. 8-9): ``P = Û Ûᵀ``, with ``Û`` the eigenvectors of ``K₀ K₀ᵀ`` (here ``C``, the
-  same second moment ROME and MEMIT use, ``factlens.editing.rome.layer_stats``) whose eigenvalues are below
+  same second moment ROME and MEMIT use, ``factlens.editing.second_moment.layer_stats``) whose eigenvalues are below
   ``nullspace_threshold`` (the code's SVD of ``C`` and its threshold, 2·10⁻² for GPT-2 XL);
 * the update (eq. 14), with ``K_p`` the keys of the edits made before in a sequence::
 
@@ -18,22 +18,23 @@ AlphaEdit instead projects the update onto the null space of the preserved keys,
 
 For any ``k₀`` with ``P k₀ = 0``, ``(P(…) + αI)ᵀ k₀ = α k₀``, hence ``ΔW k₀ = 0``: the preserved keys'
 outputs do not move. Everything else is MEMIT's (``factlens.editing.memit``): the targets ``z``, the keys,
-the spreading over the critical layers (:func:`factlens.editing.memit.spread`). :class:`AlphaEditState`
-holds the projectors and ``K_p K_pᵀ``, which a sequence of batches shares.
+the spreading over the critical layers (:func:`factlens.editing.memit.spread`). :class:`AlphaEdit` is the
+editor; its :class:`AlphaEditState` holds the projectors and ``K_p K_pᵀ``, which a sequence of batches shares.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import torch
 
 from factlens.core.models import Model, model_entry, view
 from factlens.core.registry import ModelEntry
-from factlens.editing import memit, rome
+from factlens.editing import memit, rome, second_moment
+from factlens.editing.requests import Edit, Editor, EditRequest
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,8 @@ class AlphaEditState:
     @classmethod
     def create(cls, model: Model, hp: AlphaEditHyperParams | None = None,
                stats: dict[int, torch.Tensor] | None = None) -> AlphaEditState:
-        """Projectors from each layer's ``C`` (``stats``, default :func:`factlens.editing.rome.layer_stats`, whose
-        projectors are kept in the model's ``View.state``); no previous edits."""
+        """Projectors from each layer's ``C`` (``stats``, default ``factlens.editing.second_moment.layer_stats``,
+        whose projectors are kept in the model's ``View.state``); no previous edits."""
         hp = hp or default_hparams(model)
         m = hp.memit
         kept = view(model).state.null_space_projectors
@@ -112,7 +113,8 @@ class AlphaEditState:
                 continue
             key = (layer, m.mom2_corpus, m.mom2_samples, hp.nullspace_threshold)
             if key not in kept:  # one eigendecomposition per layer and model
-                C = rome.layer_stats(model, layer, corpus=m.mom2_corpus, samples=m.mom2_samples, progress=False)
+                C = second_moment.layer_stats(model, layer, corpus=m.mom2_corpus, samples=m.mom2_samples,
+                                              progress=False)
                 kept[key] = null_space_projector(C, hp.nullspace_threshold)
             projectors[layer] = kept[key]
         d = view(model).d_mlp
@@ -123,44 +125,47 @@ class AlphaEditState:
         return {layer: int(round(float(P.trace()))) for layer, P in self.projectors.items()}
 
 
-def apply(model: Model, requests: Sequence[rome.EditRequest], *, hparams: AlphaEditHyperParams | None = None,
-          state: AlphaEditState | None = None, zs: torch.Tensor | None = None,
-          stats: dict[int, torch.Tensor] | None = None, progress: bool = False) -> memit.BatchEdit:
-    """Write every request into ``model`` with AlphaEdit in one batch; return the
-    :class:`~factlens.editing.memit.BatchEdit`.
+@dataclass(eq=False)
+class AlphaEdit(Editor):
+    """AlphaEdit as an editor: ``AlphaEdit(hparams)(model, requests)`` writes the requests in one batch,
+    MEMIT's way with the projected solve (eq. 14); returns one ``Edit`` over the critical layers.
 
-    ``state`` carries the projectors and the previous edits' keys across batches of a sequence (a
-    fresh one from ``stats`` when not given); after the update, the batch's keys (recomputed on the
-    edited model, as the code does) are added to it. ``zs`` as in :func:`factlens.editing.memit.apply`.
+    ``hparams`` defaults to :func:`default_hparams` of the model edited. ``state`` carries the projectors
+    and the previous edits' keys across the batches of a sequence (created at the first call when not
+    given): after each batch, its keys (recomputed on the edited model, as the code does) are added to it,
+    so use a fresh editor for a fresh sequence. ``zs`` as in :class:`factlens.editing.memit.MEMIT`.
     """
-    v = view(model)
-    hp = hparams or default_hparams(model)
-    requests = memit.check_requests(requests)
-    for r in requests:
-        v.subject_span(r.text, r.subject)
-        v.target_ids(r.target)
-    start = time.perf_counter()
-    state = state or AlphaEditState.create(model, hp, stats)
-    missing = [layer for layer in hp.layers if layer not in state.projectors]
-    if missing:
-        raise ValueError(f"the AlphaEdit state has no projector for layers {missing}; create it with the same hparams")
-    zs = memit.compute_zs(model, requests, hp.memit, progress=progress) if zs is None else zs
-    record = memit.BatchEdit(model, hp.layers, "AlphaEdit", requests)
 
-    def solve(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        return alphaedit_update(state.projectors[layer], state.previous[layer], K, R, hp.l2)
+    hparams: AlphaEditHyperParams | None = None
+    state: AlphaEditState | None = None
+    zs: Mapping[EditRequest, torch.Tensor] = field(default_factory=dict)
+    name: str = "AlphaEdit"
+    progress: bool = False
+    max_requests: ClassVar[int | None] = None  # any batch
 
-    try:
-        steps = memit.spread(model, requests, zs, hp.memit, solve, record, progress=progress)
-    except BaseException:
-        record.undo()
-        raise
-    templates = rome.templates_for(model, hp.memit.z_hparams())
-    for layer in hp.layers:
-        K = memit.read_layer(model, requests, layer, hp.memit, templates).keys
-        state.previous[layer] = state.previous[layer] + (K.double().T @ K.double()).cpu()
-    state.n_edits += len(requests)
-    info: dict[str, Any] = dict(steps=steps, zs=zs.detach().cpu(), hparams=asdict(hp),
-                                seconds=time.perf_counter() - start)
-    record.info.update(info)
-    return record
+    def write(self, model: Model, requests: list[EditRequest]) -> Edit:
+        v = view(model)
+        hp = self.hparams or default_hparams(model)
+        for layer in hp.layers:
+            v.check_layer(layer)
+        start = time.perf_counter()
+        if self.state is None:
+            self.state = AlphaEditState.create(model, hp)
+        state = self.state
+        missing = [layer for layer in hp.layers if layer not in state.projectors]
+        if missing:
+            raise ValueError(f"the AlphaEdit state has no projector for layers {missing}; create it with the same "
+                             "hparams")
+        zs = memit.targets(model, requests, hp.memit, self.zs, progress=self.progress)
+
+        def solve(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+            return alphaedit_update(state.projectors[layer], state.previous[layer], K, R, hp.l2)
+
+        record = memit.spread(model, self.name, requests, zs, hp.memit, solve, progress=self.progress)
+        templates = rome.templates_for(model, hp.memit.z_hparams())
+        for layer in hp.layers:
+            K = memit.read_layer(model, requests, layer, hp.memit, templates).keys
+            state.previous[layer] = state.previous[layer] + (K.double().T @ K.double()).cpu()
+        state.n_edits += len(requests)
+        record.info.update(zs=zs.detach().cpu(), hparams=asdict(hp), seconds=time.perf_counter() - start)
+        return record

@@ -21,10 +21,10 @@ fraction of the target's tokens that are the model's argmax prediction given the
 the target's previous tokens (teacher forced); the specificity target is the model-independent
 answer of an unrelated question, so it measures what the edit broke.
 
-:func:`evaluate_counterfact` and :func:`evaluate_zsre` run an editing method (any callable
-``method(model, request) -> Edit``, e.g. ``factlens.editing.rome.apply``,
-``factlens.editing.fine_tuning.FineTuner.apply``, or ``None`` for the unedited model) over cases,
-undoing each edit before the next, and return one row per case. :func:`summarize` turns the
+:func:`evaluate_counterfact` and :func:`evaluate_zsre` run an editor (``factlens.editing.requests.Editor``:
+``factlens.editing.rome.ROME``, ``fine_tuning.FineTuner``, ``knowledge_neurons.KnowledgeNeurons``, ...,
+or ``None`` for the unedited model) over cases, one request per edit, undoing each edit before the next,
+and return one row per case. :func:`summarize` turns the
 rows into means with bootstrap 95% intervals over cases, in percent as the paper reports them;
 :func:`paired_difference` compares two methods on the same cases (the cases resampled
 together), and :func:`claim_difference` / :func:`claim_value` give a claim's evidence beside
@@ -48,11 +48,10 @@ from tqdm.auto import tqdm
 
 from factlens.core.models import Model, view
 from factlens.data import CounterFactCase, ZsreCase
-from factlens.editing import rome
+from factlens.editing.generation import generate
+from factlens.editing.requests import Editor, EditRequest
 from factlens.evidence.papers import PaperNumber, paper, paper_table
 from factlens.evidence.stats import bootstrap, newcombe, wilson
-
-Method = Callable[[Model, rome.EditRequest], rome.Edit]
 
 COUNTERFACT_METRICS = ("S", "ES", "PS", "NS", "EM", "PM", "NM", "GE")
 _Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # two-sided normal quantiles (as stats.wilson)
@@ -170,7 +169,7 @@ def counterfact_scores(model: Model, case: CounterFactCase, *, generate_tokens: 
     the case's prompts of each kind; every prompt and target of the case in one forward pass)
     and ``GE`` (NaN when ``generate_tokens`` is 0): the mean n-gram entropy of each prompt
     followed by ``generate_tokens`` new tokens sampled from the top 5, seeded
-    (``rome.generate``), from the case's ``generation_prompts``, or, when it has none (the
+    (``generation.generate``), from the case's ``generation_prompts``, or, when it has none (the
     reduced CounterFact files), from the edited prompt and its paraphrases. ROME generates up
     to 100 tokens in all, prompt included (``generate_fast(max_out_len=100)``).
     """
@@ -192,7 +191,7 @@ def counterfact_scores(model: Model, case: CounterFactCase, *, generate_tokens: 
     }
     if generate_tokens > 0:
         starts = list(getattr(case, "generation_prompts", ()) or rewrites)
-        texts = rome.generate(model, starts, generate_tokens, top_k=5, seed=seed)
+        texts = generate(model, starts, generate_tokens, top_k=5, seed=seed)
         scores["GE"] = float(np.mean([ngram_entropy(p + t) for p, t in zip(starts, texts)]))
     return scores
 
@@ -203,7 +202,7 @@ class ZsreEdit:
     question with its answer."""
 
     case_id: int
-    request: rome.EditRequest
+    request: EditRequest
     paraphrase: str
     neighborhood_prompt: str
     neighborhood_answer: str
@@ -228,7 +227,7 @@ def zsre_edit(record: ZsreCase | Mapping[str, Any], case_id: int = -1) -> ZsreEd
                          f"ROME's prompt template needs it (zsre_usable() keeps the records that have it)")
     if not answer:
         raise ValueError(f"zsRE record {cid} has no answer to edit toward (answers is empty)")
-    request = rome.EditRequest(question.replace(subject, "{}", 1), subject, answer)
+    request = EditRequest(question.replace(subject, "{}", 1), subject, answer)
     return ZsreEdit(cid, request, get("rephrase"), get("loc") + "?", get("loc_ans"))
 
 
@@ -245,11 +244,11 @@ def zsre_scores(model: Model, case: ZsreEdit) -> dict[str, float]:
 # --------------------------------------------------------------------------- over cases
 
 
-def _run(model: Model, items: Iterable[tuple[int, rome.EditRequest, Callable[[], dict[str, float]]]],
-         method: Method | None, total: int, desc: str, progress: bool) -> pd.DataFrame:
+def _run(model: Model, items: Iterable[tuple[int, EditRequest, Callable[[], dict[str, float]]]],
+         editor: Editor | None, total: int, desc: str, progress: bool) -> pd.DataFrame:
     rows = []
     for case_id, request, score in tqdm(items, total=total, desc=desc, disable=not progress):
-        edit = method(model, request) if method is not None else None
+        edit = editor(model, [request]) if editor is not None else None
         try:
             row = {"case_id": case_id, **score()}
         finally:
@@ -260,35 +259,26 @@ def _run(model: Model, items: Iterable[tuple[int, rome.EditRequest, Callable[[],
     return pd.DataFrame(rows)
 
 
-def method_name(method: Method | None) -> str:
-    """A readable name for a method: ``unedited`` for None, FT's method for tuned weights."""
-    if method is None:
-        return "unedited"
-    inner = getattr(method, "func", method)  # functools.partial
-    owner = getattr(inner, "__self__", None)  # a bound method, e.g. baselines.FineTuned.apply
-    if isinstance(getattr(owner, "method", None), str):
-        return owner.method
-    return getattr(inner, "__name__", type(inner).__name__)
-
-
-def evaluate_counterfact(model: Model, cases: Sequence[CounterFactCase], method: Method | None = None, *,
+def evaluate_counterfact(model: Model, cases: Sequence[CounterFactCase], editor: Editor | None = None, *,
                          generate_tokens: int = 0, seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Apply ``method`` to each CounterFact case's requested rewrite, score it
+    """Write each CounterFact case's requested rewrite with ``editor``, score it
     (:func:`counterfact_scores`), undo it; one row per case (``case_id``, the metrics,
-    ``edit_seconds``). ``method=None`` scores the unedited model."""
-    items = ((c.case_id, rome.EditRequest.from_counterfact(c),
+    ``edit_seconds``). ``editor=None`` scores the unedited model."""
+    items = ((c.case_id, EditRequest.from_counterfact(c),
               lambda c=c: counterfact_scores(model, c, generate_tokens=generate_tokens, seed=seed))
              for c in cases)
-    return _run(model, items, method, len(cases), f"CounterFact, {method_name(method)}", progress)
+    name = editor.name if editor is not None else "unedited"
+    return _run(model, items, editor, len(cases), f"CounterFact, {name}", progress)
 
 
-def evaluate_zsre(model: Model, records: Sequence[ZsreCase | Mapping[str, Any]], method: Method | None = None, *,
+def evaluate_zsre(model: Model, records: Sequence[ZsreCase | Mapping[str, Any]], editor: Editor | None = None, *,
                   progress: bool = True) -> pd.DataFrame:
-    """Apply ``method`` to each zsRE record's edit, score it (:func:`zsre_scores`), undo it;
-    one row per record. ``method=None`` scores the unedited model."""
+    """Write each zsRE record's edit with ``editor``, score it (:func:`zsre_scores`), undo it;
+    one row per record. ``editor=None`` scores the unedited model."""
     cases = [zsre_edit(r, i) for i, r in enumerate(records)]
     items = ((c.case_id, c.request, lambda c=c: zsre_scores(model, c)) for c in cases)
-    return _run(model, items, method, len(cases), f"zsRE, {method_name(method)}", progress)
+    name = editor.name if editor is not None else "unedited"
+    return _run(model, items, editor, len(cases), f"zsRE, {name}", progress)
 
 
 def zsre_usable(records: Iterable[ZsreCase | Mapping[str, Any]]) -> list[ZsreCase | Mapping[str, Any]]:

@@ -1,6 +1,6 @@
 """The fine-tuning baselines of the ROME paper (Meng et al. 2022, section 4.2): FT and FT+L.
 
-Both write an :class:`~factlens.editing.rome.EditRequest` by gradient descent on one layer's MLP
+Both write an ``EditRequest`` (``factlens.editing.requests``) by gradient descent on one layer's MLP
 output weight ``W`` (the matrix ROME edits; with ``tune_bias`` its bias too, where the model
 has one), every other weight frozen:
 
@@ -17,11 +17,11 @@ weight and bias, with ε = 5·10⁻⁴ for FT+L, and layer 1 for FT.
 :func:`fine_tune` optimizes many requests in one batch: every request gets its own copy of
 ``W`` (and of the bias), substituted for the layer's output in its own row of the batch, and
 its own Adam state and early stop, so each result is the one a run on that request alone
-gives (the test compares them). :class:`FineTuned` holds the results and applies one at a
-time as an :class:`FTEdit` (``edit.undo()`` restores weight and bias bit for bit), which is
-what ``factlens.editing.evaluation`` scores. :func:`ft` and :func:`ft_l` edit one request.
-Unlike ROME, FT sees only the one prompt: no random prefixes, no key statistics, no term that
-keeps the subject's other knowledge.
+gives (the test compares them). :class:`FineTuner` is the editor (``factlens.editing.requests.Editor``):
+``FineTuner(hparams)(model, [request])`` writes what FT found for the request and returns the ``Edit``
+(``edit.undo()`` restores weight and bias bit for bit); told the requests to come, it tunes them a
+batch at a time. Unlike ROME, FT sees only the one prompt: no random prefixes, no key statistics, no
+term that keeps the subject's other knowledge.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from factlens.core.models import Model, model_entry, view
 from factlens.core.registry import PAPER_FT_EPSILON, ModelEntry
 from factlens.editing import rome
+from factlens.editing.requests import Edit, Editor, EditRequest
 
 
 @dataclass(frozen=True)
@@ -97,23 +98,7 @@ def method_label(model: Model, hp: FTHyperParams) -> str:
     return f"{hp.method} (layer {hp.layer}: {what})"
 
 
-# --------------------------------------------------------------------------- edits
-
-
-class FTEdit(rome.Edit):
-    """A :class:`~factlens.editing.rome.Edit` that also restores the output bias when FT tuned it."""
-
-    def __init__(self, model: Model, layer: int, method: str, request: rome.EditRequest | None,
-                 bias: torch.nn.Parameter | None = None):
-        super().__init__(model, layer, method, request)
-        self.bias = bias
-        self.original_bias = bias.detach().clone() if bias is not None else None
-
-    def undo(self) -> None:
-        if not self.undone and self.bias is not None:
-            with torch.no_grad():
-                self.bias.copy_(self.original_bias)
-        super().undo()
+# --------------------------------------------------------------------------- the editor
 
 
 @dataclass
@@ -122,7 +107,7 @@ class Tuned:
     the bias (None when not tuned), and the loss before each Adam step with, last, the loss it
     stopped at (below ``stop_loss``, or after the last step)."""
 
-    request: rome.EditRequest
+    request: EditRequest
     delta: torch.Tensor
     delta_bias: torch.Tensor | None
     losses: list[float]
@@ -133,66 +118,63 @@ class Tuned:
         return len(self.losses) - 1
 
 
-def apply_tuned(model: Model, tuned: Tuned, hparams: FTHyperParams) -> FTEdit:
-    """Write the weights FT found for a request (``W₀ + ΔW``, and the bias) into ``model``;
-    return the :class:`FTEdit` (``undo()`` restores them bit for bit)."""
-    v = view(model)
-    bias = output_bias(model, hparams.layer) if tuned.delta_bias is not None else None
-    record = FTEdit(model, hparams.layer, hparams.method, tuned.request, bias)
-    with torch.no_grad():
-        v.set_mlp_out_weight(hparams.layer, record.original + tuned.delta)
-        if bias is not None:
-            bias.add_(tuned.delta_bias)
-    n_tokens = len(v.target_ids(tuned.request.target))
-    record.info.update(losses=tuned.losses, steps=tuned.steps, target_prob=math.exp(-n_tokens * tuned.losses[-1]),
-                       hparams=asdict(hparams))
-    return record
+class FineTuner(Editor):
+    """FT or FT+L (``hparams.norm_constraint``) as an editor: ``tuner(model, [request])`` writes the
+    weights FT finds for ``request`` (:func:`fine_tune`) into ``model``; returns the ``Edit`` that
+    restores weight and bias bit for bit.
 
-
-class FineTuner:
-    """FT of ``model`` as an evaluation method over known requests: ``apply(model, request)`` (a
-    ``factlens.editing.evaluation`` ``Method``) tunes the batch of ``batch_size`` requests that holds
-    ``request`` the first time one of them is asked for (:func:`fine_tune`), then writes that
-    request's weights into the model. Only the current batch's weights are kept, so asking in
-    the requests' order tunes each batch once and memory stays at one batch; ``steps`` keeps the
-    Adam steps of every request tuned so far, ``seconds`` the time spent tuning.
+    ``requests``: those it will be asked for, in order. The first time one of them is asked for, its
+    batch of ``batch_size`` is tuned together (each request as if alone); only the current batch's
+    results are kept, so asking in the requests' order tunes each batch once and memory stays at one
+    batch. A request not among them is tuned alone. What is tuned starts from the weights as they are
+    when its batch is tuned: undo each edit before the next (as ``factlens.editing.evaluation`` does).
+    ``steps`` keeps the Adam steps of every request tuned so far, ``seconds`` the time spent tuning;
+    ``edit.info["seconds"]`` is that time shared among the requests tuned.
     """
 
-    def __init__(self, model: Model, requests: Sequence[rome.EditRequest], hparams: FTHyperParams, *,
-                 batch_size: int = 16):
+    max_requests = 1  # each request's own ΔW from the same weights: one at a time
+
+    def __init__(self, hparams: FTHyperParams, *, requests: Sequence[EditRequest] = (), batch_size: int = 16):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model
-        self.requests = list(requests)
         self.hparams = hparams
-        self.method = hparams.method
+        self.name = hparams.method
+        self.requests = list(requests)
         self.batch_size = batch_size
-        self.steps: dict[rome.EditRequest, int] = {}
+        self.steps: dict[EditRequest, int] = {}
         self.seconds = 0.0
         self._batch_of = {r: i // batch_size for i, r in enumerate(self.requests)}
-        self._current: tuple[int, dict[rome.EditRequest, Tuned]] = (-1, {})
+        self._current: tuple[Model | None, object, dict[EditRequest, Tuned]] = (None, None, {})
 
-    def __getitem__(self, request: rome.EditRequest) -> Tuned:
-        """What FT finds for ``request`` (tuning its batch if it is not the current one)."""
-        if request not in self._batch_of:
-            raise KeyError(f"{request!r} is not among this tuner's requests; give every request to FineTuner")
-        number = self._batch_of[request]
-        if self._current[0] != number:
-            batch = self.requests[number * self.batch_size:(number + 1) * self.batch_size]
+    def tuned(self, model: Model, request: EditRequest) -> Tuned:
+        """What FT finds for ``request`` on ``model`` (tuning its batch if it is not the current one)."""
+        number = self._batch_of.get(request)
+        key = ("batch", number) if number is not None else ("alone", request)
+        if self._current[0] is not model or self._current[1] != key:
+            batch = ([request] if number is None
+                     else self.requests[number * self.batch_size:(number + 1) * self.batch_size])
             start = time.perf_counter()
-            tuned = fine_tune(self.model, batch, self.hparams, batch_size=self.batch_size)
+            tuned = fine_tune(model, batch, self.hparams, batch_size=self.batch_size)
             self.seconds += time.perf_counter() - start
-            self._current = (number, {t.request: t for t in tuned})
+            self._current = (model, key, {t.request: t for t in tuned})
             self.steps.update({t.request: t.steps for t in tuned})
-        return self._current[1][request]
+        return self._current[2][request]
 
-    def apply(self, model: Model, request: rome.EditRequest) -> FTEdit:
-        """Write the weights tuned for ``request`` into ``model``; ``edit.info["seconds"]`` is its
-        batch's tuning time shared among the batch's requests."""
-        if model is not self.model:
-            raise ValueError("this FineTuner tunes another model object; make one FineTuner per model")
-        record = apply_tuned(model, self[request], self.hparams)
-        record.info["seconds"] = self.seconds / len(self.steps)
+    def write(self, model: Model, requests: list[EditRequest]) -> Edit:
+        """Write ``W₀ + ΔW`` (and the bias's change) that FT found for the request."""
+        (request,) = requests
+        tuned, hp = self.tuned(model, request), self.hparams
+        v = view(model)
+        bias = output_bias(model, hp.layer) if tuned.delta_bias is not None else None
+        record = Edit(model, self.name, [request], layers=[hp.layer], parameters=[bias] if bias is not None else [])
+        with torch.no_grad():
+            v.set_mlp_out_weight(hp.layer, record.original[hp.layer] + tuned.delta)
+            if bias is not None:
+                bias.add_(tuned.delta_bias)
+        n_tokens = len(v.target_ids(request.target))
+        record.info.update(losses=tuned.losses, steps=tuned.steps,
+                           target_prob=math.exp(-n_tokens * tuned.losses[-1]), hparams=asdict(hp),
+                           seconds=self.seconds / len(self.steps))
         return record
 
 
@@ -255,7 +237,7 @@ class _Forward:
         return v.final_hidden(self.ids[rows], fwd_hooks=[(self.key_name, grab), (self.value_name, substitute)])
 
 
-def _tune_batch(model: Model, requests: Sequence[rome.EditRequest], hp: FTHyperParams,
+def _tune_batch(model: Model, requests: Sequence[EditRequest], hp: FTHyperParams,
                 from_layer: bool) -> list[Tuned]:
     """FT on ``requests`` together; row ``i`` of the batch runs with its own ``W_i`` (and bias)."""
     v = view(model)
@@ -318,12 +300,11 @@ def _tune_batch(model: Model, requests: Sequence[rome.EditRequest], hp: FTHyperP
             for i, r in enumerate(requests)]
 
 
-def fine_tune(model: Model, requests: Sequence[rome.EditRequest], hparams: FTHyperParams, *,
+def fine_tune(model: Model, requests: Sequence[EditRequest], hparams: FTHyperParams, *,
               batch_size: int = 16, from_layer: bool = True, progress: bool = False) -> list[Tuned]:
     """FT (FT+L when ``hparams.norm_constraint`` is set) of layer ``hparams.layer``'s MLP output
     on each request, ``batch_size`` requests per batch; returns what it found for each, in order
-    (:func:`apply_tuned` writes one into the model, :class:`FineTuner` for many); the model is
-    left unchanged.
+    (:class:`FineTuner` writes one into the model); the model is left unchanged.
 
     For each request, Adam minimises ``L(W) = −(1/T) Σ_t log P_W(o*_t | p, o*_<t)`` (teacher
     forced over the target's T tokens) for at most ``hparams.steps`` steps, stopping before a
@@ -352,21 +333,3 @@ def fine_tune(model: Model, requests: Sequence[rome.EditRequest], hparams: FTHyp
         for i in tqdm(chunks, desc=method_label(model, hparams), disable=not progress, leave=False):
             tuned += _tune_batch(model, requests[i:i + batch_size], hparams, from_layer)
     return tuned
-
-
-def ft(model: Model, request: rome.EditRequest, *, layer: int | None = None,
-       hparams: FTHyperParams | None = None) -> FTEdit:
-    """FT of one request: unconstrained fine-tuning (:func:`fine_tune`), applied; ``undo()`` reverts."""
-    hp = hparams or default_hparams(model)
-    hp = replace(hp, layer=layer) if layer is not None else hp
-    return apply_tuned(model, fine_tune(model, [request], hp)[0], hp)
-
-
-def ft_l(model: Model, request: rome.EditRequest, *, layer: int | None = None,
-         hparams: FTHyperParams | None = None) -> FTEdit:
-    """FT+L of one request: fine-tuning under ``‖W − W₀‖_∞ ≤ ε`` (:func:`fine_tune`), applied."""
-    hp = hparams or default_hparams(model, constrained=True)
-    if hp.norm_constraint is None:
-        raise ValueError("FT+L needs hparams.norm_constraint (ε); use ft() for unconstrained fine-tuning")
-    hp = replace(hp, layer=layer) if layer is not None else hp
-    return apply_tuned(model, fine_tune(model, [request], hp)[0], hp)

@@ -18,8 +18,8 @@ one's: ``v_i ← v_i − λ₁ E[o] + λ₂ E[o*]`` with ``λ₁ = λ₂ = 2`` (
 model's top prediction before the edit, and a target of several tokens adds each token's embedding
 once).
 
-:func:`apply` takes the same :class:`~factlens.editing.rome.EditRequest` as ROME and returns a
-:class:`~factlens.editing.memit.BatchEdit` that restores every changed layer bit for bit. Where we differ
+:class:`KnowledgeNeurons` is the editor (``factlens.editing.requests.Editor``): it takes the same
+``EditRequest`` as ROME and returns the ``Edit`` that restores every changed layer bit for bit. Where we differ
 from ROME's baseline code: the attributed answer ``y`` is the model's own top prediction after the
 prompt (the request carries no true object; on a fact the model knows, it is the true object),
 and the neuron is the MLP's activation after the nonlinearity (Dai et al.'s definition; ROME's
@@ -29,14 +29,13 @@ GPT-2 code hooks the input projection's output).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from factlens.core.models import Model, view
-from factlens.editing import rome
-from factlens.editing.memit import BatchEdit
+from factlens.editing.requests import Edit, Editor, EditRequest
 
 
 @dataclass(frozen=True)
@@ -110,36 +109,44 @@ def knowledge_neurons(scores: torch.Tensor, adaptive_threshold: float = 0.2) -> 
     return sorted(((int(l), int(i)) for l, i in picked), key=lambda n: -float(scores[n[0], n[1]]))
 
 
-def apply(model: Model, request: rome.EditRequest, *, hparams: KNHyperParams | None = None,
-          progress: bool = False) -> BatchEdit:
-    """Write ``request`` into ``model`` with knowledge neurons; return the record (``.undo()`` reverts).
+@dataclass(eq=False)
+class KnowledgeNeurons(Editor):
+    """Knowledge neurons as an editor: ``KnowledgeNeurons(hparams)(model, [request])`` attributes the model's
+    answer to the prompt, moves the knowledge neurons' value slots from its embedding to the target's, and
+    returns the ``Edit`` (``.undo()`` reverts).
 
-    ``edit.info`` holds the ``neurons`` (layer, index), the old object token, their attributions,
-    and the seconds taken. A fact with no positively attributed neuron changes nothing.
+    ``edit.info`` holds the ``neurons`` (layer, index), the old object token (``old_token``), their
+    ``attributions``, the ``seconds`` taken and the ``hparams``. A fact with no positively attributed
+    neuron changes nothing.
     """
-    v = view(model)
-    hp = hparams or KNHyperParams()
-    v.subject_span(request.text, request.subject)  # the same checks as ROME, before any work
-    target = v.target_ids(request.target)
-    start = time.perf_counter()
-    ids = v.batch([request.text]).ids
-    with torch.no_grad():
-        old = int(v.logits_at(ids, [ids.shape[1] - 1])[0].argmax())
-    scores = attribution(model, request.text, old, steps=hp.steps, batch_size=hp.batch_size)
-    neurons = knowledge_neurons(scores, hp.adaptive_threshold)
-    layers = sorted({l for l, _ in neurons})
-    record = BatchEdit(model, layers, "KN", [request])
-    E = v.embedding_matrix().detach()
-    new = E[target].sum(0) if len(target) > 1 else hp.scale * E[target[0]]
-    move = new - hp.scale * E[old]
-    with torch.no_grad():
-        for layer in layers:
-            values = v.mlp_out_weight(layer).detach().clone()
-            rows = [i for l, i in neurons if l == layer]
-            values[rows] += move.to(values)
-            v.set_mlp_out_weight(layer, values)
-    record.info.update(neurons=neurons, old_token=v.tokenizer.decode([old]),
-                       attributions=[float(scores[l, i]) for l, i in neurons],
-                       seconds=time.perf_counter() - start, hparams=asdict(hp))
-    return record
 
+    hparams: KNHyperParams = field(default_factory=KNHyperParams)
+    name: str = "KN"
+    max_requests: ClassVar[int | None] = 1
+
+    def write(self, model: Model, requests: list[EditRequest]) -> Edit:
+        (request,) = requests
+        v = view(model)
+        hp = self.hparams
+        target = v.target_ids(request.target)
+        start = time.perf_counter()
+        ids = v.batch([request.text]).ids
+        with torch.no_grad():
+            old = int(v.logits_at(ids, [ids.shape[1] - 1])[0].argmax())
+        scores = attribution(model, request.text, old, steps=hp.steps, batch_size=hp.batch_size)
+        neurons = knowledge_neurons(scores, hp.adaptive_threshold)
+        layers = sorted({l for l, _ in neurons})
+        record = Edit(model, self.name, [request], layers=layers)
+        E = v.embedding_matrix().detach()
+        new = E[target].sum(0) if len(target) > 1 else hp.scale * E[target[0]]
+        move = new - hp.scale * E[old]
+        with torch.no_grad():
+            for layer in layers:
+                values = v.mlp_out_weight(layer).detach().clone()
+                rows = [i for l, i in neurons if l == layer]
+                values[rows] += move.to(values)
+                v.set_mlp_out_weight(layer, values)
+        record.info.update(neurons=neurons, old_token=v.tokenizer.decode([old]),
+                           attributions=[float(scores[l, i]) for l, i in neurons],
+                           seconds=time.perf_counter() - start, hparams=asdict(hp))
+        return record

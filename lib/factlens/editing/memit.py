@@ -1,4 +1,4 @@
-"""MEMIT: Mass-Editing Memory in a Transformer (Meng et al. 2023), and the record that undoes it.
+"""MEMIT: Mass-Editing Memory in a Transformer (Meng et al. 2023).
 
 ROME writes one fact into one layer. MEMIT writes a batch of N facts ``(s_i, r_i, o_i)`` at once,
 spread over a range of critical layers ``ℛ = {l_1, ..., L}`` (Algorithm 1):
@@ -8,7 +8,7 @@ spread over a range of critical layers ``ℛ = {l_1, ..., L}`` (Algorithm 1):
        z_i = h_i^L + δ_i,   δ_i = argmin_δ  (1/P) Σ_j −log P_G(h_i^L += δ)[o_i | x_j ⊕ p(s_i, r_i)]
 
    (plus ROME's KL and decay terms), where ``h_i^L`` is the residual stream at the subject's last
-   token after layer ``L``. We find ``δ_i`` with ROME's optimizer (:func:`factlens.editing.rome.compute_value`
+   token after layer ``L``. We find ``δ_i`` with ROME's optimizer (``factlens.editing.v_star.compute_value``
    at layer ``L``): for GPT-2, GPT-J and Llama, adding ``δ`` to layer ``L``'s MLP output *is*
    adding it to ``h^L``; for Gemma, whose MLP output passes a post-feedforward norm first,
    ``z_i = h_i^L + norm(v_i + δ_i) − norm(v_i)`` (see :func:`compute_z`).
@@ -20,7 +20,7 @@ spread over a range of critical layers ``ℛ = {l_1, ..., L}`` (Algorithm 1):
 
        ΔW^l = R^l (K^l)ᵀ (λ C^l + K^l (K^l)ᵀ)⁻¹
 
-   with ``C^l = E[k kᵀ]`` the keys' second moment (``factlens.editing.rome.layer_stats``) and ``λ``
+   with ``C^l = E[k kᵀ]`` the keys' second moment (``factlens.editing.second_moment.layer_stats``) and ``λ``
    the ``mom2_update_weight`` of MEMIT's code. It is the solution of the normal equations
    ``ΔW (λC + K Kᵀ) = R Kᵀ`` of ``min ‖ΔW K − R‖² + λ ‖ΔW C^{1/2}‖²`` (eq. 9-14).
 
@@ -29,82 +29,27 @@ RMSNorm), ``r_i^l`` is a change of the residual stream and the layer's value mus
 ``norm(v + Δv) = norm(v) + r``: :func:`value_changes` finds the nearest such ``Δv`` by least squares
 (exactly ``r`` where there is no norm, as in the paper's models).
 
-:func:`apply` runs both steps and returns a :class:`BatchEdit`, one record that restores every
-edited layer bit for bit (also used by ``factlens.editing.sequences`` for a whole sequence of edits).
-:func:`spread` is step 2 with a pluggable solver; ``factlens.editing.alphaedit`` uses it with AlphaEdit's
-projected solve. A batch with two requests for the same subject and prompt (relation) is an error:
-one key cannot be mapped to two values (:func:`check_requests`).
+:class:`MEMIT` is the editor (``factlens.editing.requests.Editor``): ``MEMIT(hparams)(model, requests)``
+runs both steps and returns one ``Edit`` that restores every edited layer bit for bit. :func:`spread`
+is step 2 with a pluggable solver; ``factlens.editing.alphaedit`` uses it with AlphaEdit's projected
+solve. A batch with two requests for the same subject and prompt (relation) is an error: one key
+cannot be mapped to two values (``factlens.editing.requests.check_requests``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
 from factlens.core.models import Model, model_entry, view
 from factlens.core.registry import ModelEntry
-from factlens.editing import rome
-
-# --------------------------------------------------------------------------- the record
-
-
-class BatchEdit:
-    """The record of a change to the MLP output weights of one or more layers, by a batch of edits
-    (MEMIT, AlphaEdit) or a whole sequence of them (``factlens.editing.sequences``).
-
-    Construct it *before* changing the weights: it clones each named layer's weight as it is then
-    (:meth:`cover` adds a layer later, before it changes). :meth:`undo` copies the clones back, so
-    the model is restored bit for bit, however many edits came in between; it is idempotent. As a
-    context manager it undoes on exit, also when the body raises.
-    """
-
-    def __init__(self, model: Model, layers: Sequence[int], method: str,
-                 requests: Sequence[rome.EditRequest] = (), info: dict[str, Any] | None = None):
-        self.model = model
-        self.method = method
-        self.requests: list[rome.EditRequest] = list(requests)
-        self.info: dict[str, Any] = dict(info or {})
-        self.original: dict[int, torch.Tensor] = {}
-        self.undone = False
-        for layer in layers:
-            self.cover(layer)
-
-    @property
-    def layers(self) -> list[int]:
-        return sorted(self.original)
-
-    def cover(self, layer: int) -> None:
-        """Record ``layer``'s weight as it is now, unless it is recorded already."""
-        if layer not in self.original:
-            self.original[layer] = view(self.model).mlp_out_weight(layer).detach().clone()
-
-    def delta(self, layer: int) -> torch.Tensor:
-        """``V̂ − V`` of one layer ([d_mlp, d_model]; zero once undone)."""
-        return view(self.model).mlp_out_weight(layer).detach() - self.original[layer]
-
-    def undo(self) -> None:
-        """Restore every recorded layer exactly as it was when recorded (idempotent)."""
-        if not self.undone:
-            v = view(self.model)
-            for layer, weight in self.original.items():
-                v.set_mlp_out_weight(layer, weight)
-            self.undone = True
-
-    def __enter__(self) -> BatchEdit:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.undo()
-
-    def __repr__(self) -> str:
-        state = "undone" if self.undone else "applied"
-        return f"BatchEdit({self.method}, {len(self.requests)} requests, layers {self.layers}, {state})"
-
+from factlens.editing import rome, second_moment, v_star
+from factlens.editing.requests import Edit, Editor, EditRequest, check_requests
 
 # --------------------------------------------------------------------------- hyperparameters
 
@@ -121,9 +66,9 @@ class MEMITHyperParams:
         context_templates: ``((length, count), ...)`` of the random prefixes for ``z`` and the keys;
             MEMIT's code: 5 prefixes of 10 tokens, beside the prompt itself.
         v_lr, v_steps, kl_factor, weight_decay, clamp_norm_factor, essence_prompt: the optimization
-            of ``δ`` (:func:`factlens.editing.rome.compute_value`). MEMIT's code clamps ``‖δ‖`` to 0.75
+            of ``δ`` (``factlens.editing.v_star.compute_value``). MEMIT's code clamps ``‖δ‖`` to 0.75
             ``‖h^L‖``; ROME's optimizer clamps to a multiple of the MLP output's norm ``‖v‖``.
-        mom2_samples, mom2_corpus: the keys ``C`` is estimated on (``factlens.editing.rome.layer_stats``).
+        mom2_samples, mom2_corpus: the keys ``C`` is estimated on (``factlens.editing.second_moment.layer_stats``).
         seed: seed of the sampled prefixes.
     """
 
@@ -163,32 +108,6 @@ def default_hparams(model: Model | ModelEntry) -> MEMITHyperParams:
     return MEMITHyperParams(**settings.arguments(rome.default_hparams(model)))
 
 
-# --------------------------------------------------------------------------- requests
-
-
-def check_requests(requests: Sequence[rome.EditRequest]) -> list[rome.EditRequest]:
-    """The requests as a list, after checking that no two share a subject and a prompt (relation).
-
-    Two requests for the same ``(s, r)`` ask for two values at one key: the least-squares update
-    would average them and write neither (MEMIT needs distinct ``(s_i, r_i)``, eq. 5).
-    """
-    requests = list(requests)
-    if not requests:
-        raise ValueError("no requests: give at least one factlens.editing.rome.EditRequest")
-    seen: dict[tuple[str, str], int] = {}
-    for i, r in enumerate(requests):
-        if not isinstance(r, rome.EditRequest):
-            raise TypeError(f"request {i} is a {type(r).__name__}, not a factlens.editing.rome.EditRequest")
-        key = (r.subject, r.prompt)
-        if key in seen:
-            raise ValueError(
-                f"requests {seen[key]} and {i} both rewrite subject {r.subject!r} with prompt {r.prompt!r} "
-                f"(targets {requests[seen[key]].target!r} and {r.target!r}): one key cannot be mapped to two "
-                "values in one batch; keep one of them, or apply them in separate batches")
-        seen[key] = i
-    return requests
-
-
 # --------------------------------------------------------------------------- keys and residuals
 
 
@@ -209,7 +128,7 @@ class LayerReading:
 
 
 @torch.no_grad()
-def read_layer(model: Model, requests: Sequence[rome.EditRequest], layer: int, hp: MEMITHyperParams,
+def read_layer(model: Model, requests: Sequence[EditRequest], layer: int, hp: MEMITHyperParams,
                templates: Sequence[str]) -> LayerReading:
     """The :class:`LayerReading` of layer ``layer``: one forward pass over every (request, template)
     prompt up to layer ``layer``, one over the prompts themselves up to ``L``.
@@ -278,18 +197,18 @@ def value_changes(model: Model, layer: int, values: torch.Tensor, wanted: torch.
 # --------------------------------------------------------------------------- z, the target residual
 
 
-def compute_z(model: Model, request: rome.EditRequest, hp: MEMITHyperParams) -> torch.Tensor:
+def compute_z(model: Model, request: EditRequest, hp: MEMITHyperParams) -> torch.Tensor:
     """``z = h^L + δ`` (eq. 16): the residual stream at the subject's last token after the last
     critical layer ``L`` that makes the model say ``request.target`` ([d_model]).
 
-    ``δ`` is optimized at layer ``L``'s MLP output by :func:`factlens.editing.rome.compute_value` (the loss of
+    ``δ`` is optimized at layer ``L``'s MLP output by ``factlens.editing.v_star.compute_value`` (the loss of
     eq. 16 with ROME's KL and decay terms), so ``z = h^L + norm(v + δ) − norm(v)`` with ``v`` the MLP
     output of the prompt itself (``norm`` the identity for GPT-2, GPT-J, Llama).
     """
     v = view(model)
     zhp = hp.z_hparams()
     templates = rome.templates_for(model, zhp)
-    value = rome.compute_value(model, request, zhp.layer, zhp, templates)
+    value = v_star.compute_value(model, request, zhp.layer, zhp, templates)
     last = v.subject_span(request.text, request.subject).last
     with torch.no_grad():
         got = v.capture(v.batch([request.text]).ids, [v.value_hook(zhp.layer), v.resid_post_hook(zhp.layer)])
@@ -299,17 +218,26 @@ def compute_z(model: Model, request: rome.EditRequest, hp: MEMITHyperParams) -> 
     return h0 + moved
 
 
-def compute_zs(model: Model, requests: Sequence[rome.EditRequest], hp: MEMITHyperParams | None = None, *,
+def compute_zs(model: Model, requests: Sequence[EditRequest], hp: MEMITHyperParams | None = None, *,
                progress: bool = False) -> torch.Tensor:
     """:func:`compute_z` of each request on the model as it is now: ``[n, d_model]``.
 
     MEMIT's and AlphaEdit's code cache these per case (``--use_cache``) and reuse them in later
-    batches; pass them to :func:`apply` as ``zs`` to do the same.
+    batches; ``dict(zip(requests, zs))`` is the ``zs`` of :class:`MEMIT` and ``AlphaEdit`` that does the same.
     """
     hp = hp or default_hparams(model)
     requests = check_requests(requests)
     rows = [compute_z(model, r, hp) for r in tqdm(requests, desc="MEMIT z", disable=not progress, leave=False)]
     return torch.stack(rows)
+
+
+def targets(model: Model, requests: Sequence[EditRequest], hp: MEMITHyperParams,
+            known: Mapping[EditRequest, torch.Tensor], *, progress: bool = False) -> torch.Tensor:
+    """``z`` of each request, ``[n, d_model]``: ``known[request]`` where it is given (precomputed, e.g. on
+    the unedited model), else :func:`compute_z` on the model as it is now."""
+    missing = [r for r in requests if r not in known]
+    computed = dict(zip(missing, compute_zs(model, missing, hp, progress=progress))) if missing else {}
+    return torch.stack([known[r] if r in known else computed[r] for r in requests])
 
 
 # --------------------------------------------------------------------------- the update (eq. 14)
@@ -332,74 +260,78 @@ def memit_update(C: torch.Tensor, K: torch.Tensor, R: torch.Tensor, mom2_update_
 Solver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def spread(model: Model, requests: Sequence[rome.EditRequest], zs: torch.Tensor, hp: MEMITHyperParams,
-           solve: Solver, record: BatchEdit, *, progress: bool = False) -> list[dict[str, Any]]:
-    """Algorithm 1, step 2: write ``z`` over the critical layers, lowest first.
+def spread(model: Model, method: str, requests: Sequence[EditRequest], zs: torch.Tensor, hp: MEMITHyperParams,
+           solve: Solver, *, progress: bool = False) -> Edit:
+    """Algorithm 1, step 2: write ``z`` over the critical layers, lowest first; return the ``Edit``
+    (named ``method``), whose ``info["steps"]`` holds per layer its keys ``K``, value changes ``R`` and the
+    norm of what was still missing before it (``gap_norm``). If anything fails, the weights are restored
+    before the error propagates.
 
     At layer ``l`` (the ``i``-th of ``ℛ``): keys ``K``, values ``v^l`` and residuals ``h^L`` on the model
     as the lower layers left it (:func:`read_layer`), ``r = (z − h^L) / (|ℛ| − i)`` (eq. 20), the value
     changes ``R`` that write ``r`` from ``v^l`` (:func:`value_changes`), and ``ΔWᵀ = solve(l, K, R)``,
-    added to the weight. ``record`` must cover the layers. Returns per layer its keys, value changes and the
-    norm of what was still missing before it.
+    added to the weight.
     """
     v = view(model)
     templates = rome.templates_for(model, hp.z_hparams())
+    record = Edit(model, method, requests, layers=hp.layers)
     steps = []
-    for i, layer in enumerate(tqdm(hp.layers, desc="MEMIT layers", disable=not progress, leave=False)):
-        reading = read_layer(model, requests, layer, hp, templates)
-        K, gap = reading.keys, zs.to(reading.residual) - reading.residual
-        R = value_changes(model, layer, reading.values, gap / (len(hp.layers) - i))
-        dV = solve(layer, K, R)
-        weight = v.mlp_out_weight(layer)
-        with torch.no_grad():
-            v.set_mlp_out_weight(layer, weight.detach() + dV.to(weight.dtype))
-        steps.append({"layer": layer, "K": K.cpu(), "R": R.cpu(), "gap_norm": float(gap.norm(dim=-1).mean())})
-    return steps
-
-
-def _stats(model: Model, hp: MEMITHyperParams, layer: int, stats: dict[int, torch.Tensor] | None) -> torch.Tensor:
-    if stats is not None and layer in stats:
-        return stats[layer]
-    return rome.layer_stats(model, layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False)
-
-
-def apply(model: Model, requests: Sequence[rome.EditRequest], *, hparams: MEMITHyperParams | None = None,
-          zs: torch.Tensor | None = None, stats: dict[int, torch.Tensor] | None = None,
-          progress: bool = False) -> BatchEdit:
-    """Write every request into ``model`` with MEMIT in one batch; return the :class:`BatchEdit`.
-
-    ``zs`` are the target residuals (:func:`compute_zs`, computed here when not given); ``stats``
-    maps a layer to its ``C`` (default: :func:`factlens.editing.rome.layer_stats`, cached). The record's
-    ``info`` holds per layer the keys ``K``, value changes ``R`` and the missing norm (``steps``),
-    ``zs``, the hyperparameters and the seconds taken. If anything fails, the weights are restored
-    before the error propagates.
-    """
-    v = view(model)
-    hp = hparams or default_hparams(model)
-    requests = check_requests(requests)
-    for layer in hp.layers:
-        v.check_layer(layer)
-    for r in requests:  # clear errors before any work
-        v.subject_span(r.text, r.subject)
-        v.target_ids(r.target)
-    start = time.perf_counter()
-    Cs = {layer: _stats(model, hp, layer, stats) for layer in hp.layers}
-    zs = compute_zs(model, requests, hp, progress=progress) if zs is None else zs
-    if zs.shape[0] != len(requests):
-        raise ValueError(f"got {zs.shape[0]} target residuals for {len(requests)} requests; give one z per request")
-    record = BatchEdit(model, hp.layers, "MEMIT", requests)
-
-    def solve(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-        return memit_update(Cs[layer], K, R, hp.mom2_update_weight)
-
     try:
-        steps = spread(model, requests, zs, hp, solve, record, progress=progress)
+        for i, layer in enumerate(tqdm(hp.layers, desc=f"{method} layers", disable=not progress, leave=False)):
+            reading = read_layer(model, requests, layer, hp, templates)
+            K, gap = reading.keys, zs.to(reading.residual) - reading.residual
+            R = value_changes(model, layer, reading.values, gap / (len(hp.layers) - i))
+            dV = solve(layer, K, R)
+            weight = v.mlp_out_weight(layer)
+            with torch.no_grad():
+                v.set_mlp_out_weight(layer, weight.detach() + dV.to(weight.dtype))
+            steps.append({"layer": layer, "K": K.cpu(), "R": R.cpu(), "gap_norm": float(gap.norm(dim=-1).mean())})
     except BaseException:
         record.undo()
         raise
-    record.info.update(steps=steps, zs=zs.detach().cpu(), hparams=asdict(hp), seconds=time.perf_counter() - start)
+    record.info["steps"] = steps
     return record
 
 
-__all__ = ["BatchEdit", "MEMITHyperParams", "apply", "check_requests", "compute_z", "compute_zs",
-           "default_hparams", "LayerReading", "memit_update", "read_layer", "spread", "value_changes"]
+# --------------------------------------------------------------------------- the editor
+
+
+@dataclass(eq=False)
+class MEMIT(Editor):
+    """MEMIT as an editor: ``MEMIT(hparams)(model, requests)`` writes the requests in one batch (Algorithm 1);
+    returns one ``Edit`` over the critical layers.
+
+    ``hparams`` defaults to :func:`default_hparams` of the model edited. ``stats`` maps a layer to its ``C``
+    (a layer not in it: ``factlens.editing.second_moment.layer_stats``, cached); ``zs`` maps a request to
+    its precomputed target residual (:func:`compute_zs`; a request not in it gets one computed on the model
+    as it is, :func:`targets`). The record's ``info`` holds ``steps`` (:func:`spread`), ``zs``, the
+    ``hparams`` and the ``seconds`` taken.
+    """
+
+    hparams: MEMITHyperParams | None = None
+    stats: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    zs: Mapping[EditRequest, torch.Tensor] = field(default_factory=dict)
+    name: str = "MEMIT"
+    progress: bool = False
+    max_requests: ClassVar[int | None] = None  # any batch
+
+    def write(self, model: Model, requests: list[EditRequest]) -> Edit:
+        v = view(model)
+        hp = self.hparams or default_hparams(model)
+        for layer in hp.layers:
+            v.check_layer(layer)
+        start = time.perf_counter()
+        Cs = {layer: self.stats[layer] if layer in self.stats else second_moment.layer_stats(
+            model, layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False) for layer in hp.layers}
+        zs = targets(model, requests, hp, self.zs, progress=self.progress)
+
+        def solve(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+            return memit_update(Cs[layer], K, R, hp.mom2_update_weight)
+
+        record = spread(model, self.name, requests, zs, hp, solve, progress=self.progress)
+        record.info.update(zs=zs.detach().cpu(), hparams=asdict(hp), seconds=time.perf_counter() - start)
+        return record
+
+
+__all__ = ["MEMIT", "MEMITHyperParams", "compute_z", "compute_zs", "default_hparams", "LayerReading",
+           "memit_update", "read_layer", "spread", "targets", "value_changes"]

@@ -35,7 +35,7 @@ from factlens import data
 from factlens.core.models import Model, view
 from factlens.data import LamaFact
 from factlens.editing import evaluation
-from factlens.editing.rome import EditRequest
+from factlens.editing.requests import EditRequest
 from factlens.evidence import stats
 from factlens.probing import lama
 from factlens.probing.analysis import paraphrase_facts

@@ -10,20 +10,21 @@ ROME writes one new association ``(k*, v*)`` with the least change to the others
 
 so that ``Ŵ k* = v*`` while every key orthogonal to ``C⁻¹ k*`` is mapped as before.
 
-* :func:`layer_stats` estimates ``C`` (the uncentred second moment of the keys) from a
-  text corpus, streamed and cached (``factlens.editing.second_moment``);
+* ``factlens.editing.second_moment.layer_stats`` estimates ``C`` (the uncentred second moment of
+  the keys) from a text corpus, streamed and cached;
 * :func:`compute_key` is ``k*``, the key at the subject's last token averaged over random
   text prefixes (eq. 3);
-* :func:`compute_value` is ``v*``, optimized so the model says the new object (eq. 4);
+* ``factlens.editing.v_star.compute_value`` is ``v*``, optimized so the model says the new object
+  (eq. 4);
 * :func:`rank_one_update` is eq. 2.
 
 Hyperparameters are chosen on CounterFact's tuning split (:func:`tuning_cases`, every tenth
 case id); numbers are reported on the rest (:func:`evaluation_cases`).
 
-:func:`apply` runs the three steps and returns an :class:`Edit`, the record of one change
-of a layer's MLP output weight that can be undone bit for bit; ``with edit(model, request)``
-undoes it on exit. :class:`Edit` is generic: the baselines (``factlens.editing.fine_tuning``) return
-it too.
+:class:`ROME` is the editor (``factlens.editing.requests.Editor``): ``ROME(hparams)(model, [request])``
+runs the three steps and returns the ``Edit`` that undoes the change bit for bit; ``with`` it undoes
+on exit. Every edit also reports its :class:`Forecast`, the size of the update it applies, which
+predicts the edits that break a model (Gupta et al. 2024; ``factlens.editing.sequences``).
 
 Notation: the library stores the values as a [d_mlp, d_model] matrix ``V`` (one value vector
 per row, ``view.mlp_out_weight``); ROME's ``W`` is its transpose ([d_model, d_mlp], ``W k = v``).
@@ -31,114 +32,22 @@ per row, ``view.mlp_out_weight``); ROME's ``W`` is its transpose ([d_model, d_ml
 
 from __future__ import annotations
 
+import math
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from factlens.core.models import Model, model_entry, view
 from factlens.core.registry import ModelEntry
-from factlens.editing.generation import generate  # noqa: F401  (re-exported: rome.generate, for the chapters)
-from factlens.editing.second_moment import (  # noqa: F401  (ROME's statistics, re-exported: rome.layer_stats)
-    collect_layer_stats,
-    layer_stats,
-    layer_stats_seconds,
-    precompute_layer_stats,
-)
-from factlens.editing.v_star import (  # noqa: F401  (ROME's v*, eq. 4, re-exported: rome.compute_value)
-    RewritePrompts,
-    ValueResult,
-    compute_value,
-    kl_divergence,
-)
+from factlens.editing import second_moment, v_star
+from factlens.editing.requests import Edit, Editor, EditRequest
 
 if TYPE_CHECKING:
     from factlens.data import CounterFactCase
-
-# --------------------------------------------------------------------------- requests and edits
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    """One fact to write: ``prompt.format(subject)`` followed by ``target``.
-
-    ``prompt`` is a template with ``{}`` where the subject goes ("{} plays the sport of"),
-    ``target`` the new object (" basketball"; several tokens allowed, a leading space is
-    added when missing).
-    """
-
-    prompt: str
-    subject: str
-    target: str
-
-    def __post_init__(self) -> None:
-        if self.prompt.count("{}") != 1:
-            raise ValueError(
-                f"the prompt must be a template with exactly one '{{}}' where the subject goes, "
-                f"e.g. '{{}} plays the sport of'; got {self.prompt!r}"
-            )
-        if not self.subject or not self.subject.strip():
-            raise ValueError("the subject is empty: give the entity whose fact changes, e.g. 'LeBron James'")
-        if not self.target or not self.target.strip():
-            raise ValueError("the target is empty: give the new object to write, e.g. 'football'")
-
-    @property
-    def text(self) -> str:
-        """The prompt with the subject filled in."""
-        return self.prompt.replace("{}", self.subject)
-
-    def prefixed(self, templates: Sequence[str]) -> list[str]:
-        """``x_j + p`` (eq. 3, 4): each context template ("<prefix>. {}") around the prompt, the
-        subject filled in."""
-        return [t.replace("{}", self.prompt).replace("{}", self.subject) for t in templates]
-
-    @classmethod
-    def from_counterfact(cls, case: CounterFactCase) -> EditRequest:
-        """The requested rewrite of a ``factlens.data.CounterFactCase`` (its ``target_new``)."""
-        return cls(prompt=case.prompt, subject=case.subject, target=case.target_new)
-
-
-class Edit:
-    """The record of one change to layer ``layer``'s MLP output weight (any editing method).
-
-    Construct it *before* changing the weight: it clones the weight as it is then
-    (``original``). :meth:`undo` copies that clone back, so the model is restored bit for bit;
-    it is idempotent. As a context manager it undoes on exit, also when the body raises.
-    Stacked edits of one layer must be undone in reverse order (each restores the weight it saw).
-    """
-
-    def __init__(self, model: Model, layer: int, method: str, request: EditRequest | None,
-                 info: dict[str, Any] | None = None):
-        self.model = model
-        self.layer = layer
-        self.method = method
-        self.request = request
-        self.original: torch.Tensor = view(model).mlp_out_weight(layer).detach().clone()
-        self.info: dict[str, Any] = dict(info or {})
-        self.undone = False
-
-    def delta(self) -> torch.Tensor:
-        """The change made to the values, ``V̂ − V`` ([d_mlp, d_model]; zero once undone)."""
-        return view(self.model).mlp_out_weight(self.layer).detach() - self.original
-
-    def undo(self) -> None:
-        """Restore the weight exactly as it was when this edit was recorded (idempotent)."""
-        if not self.undone:
-            view(self.model).set_mlp_out_weight(self.layer, self.original)
-            self.undone = True
-
-    def __enter__(self) -> Edit:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.undo()
-
-    def __repr__(self) -> str:
-        state = "undone" if self.undone else "applied"
-        return f"Edit({self.method}, layer {self.layer}, {self.request!r}, {state})"
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -155,7 +64,7 @@ class ROMEHyperParams:
             tokens sampled from the model, over which ``k*`` is averaged and ``v*`` optimized
             (eq. 3, 4). The unprefixed prompt is always included. Paper: ((5, 10), (10, 10)).
         v_lr: Adam learning rate for the residual ``δ = v* − v``. Paper: 0.5.
-        v_steps: at most this many steps for ``v*`` (see :func:`compute_value` for the early stop). Paper: 20.
+        v_steps: at most this many steps for ``v*`` (see ``v_star.compute_value`` for the early stop). Paper: 20.
         kl_factor: weight of the essence term, D_KL(P_edited[x | "{subject} is a"] ‖ P[x | ...]). Paper: 0.0625.
         weight_decay: weight of ``‖δ‖ / ‖v‖²`` in the loss. Paper: 0.5.
         clamp_norm_factor: ``‖δ‖`` is clamped to this multiple of ``‖v‖`` after every step. Paper: 4.
@@ -374,70 +283,123 @@ def rank_one_update(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, v_st
     unprefixed prompt's key here (``compute_v.py``), which r-ROME (Gupta et al. 2024) traces
     disabling edits to.
     """
-    Lam, u = _update_factors(W, C, k_star, v_star, damping, key)
-    return (W.double() + torch.outer(Lam, u)).to(W.dtype)
-
-
-def _update_factors(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor,
-                    damping: float, key: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Λ, C⁻¹ k*)`` of :func:`rank_one_update` (float64)."""
     if W.shape != (v_star.shape[0], k_star.shape[0]) or C.shape != (k_star.shape[0],) * 2:
         raise ValueError(f"shapes do not fit: W {tuple(W.shape)}, C {tuple(C.shape)}, "
                          f"k* {tuple(k_star.shape)}, v* {tuple(v_star.shape)}")
     k = (k_star if key is None else key).double()
     u = update_direction(C, k_star, damping)
-    return (v_star.double() - W.double() @ k) / (u @ k), u
+    Lam = (v_star.double() - W.double() @ k) / (u @ k)
+    return (W.double() + torch.outer(Lam, u)).to(W.dtype)
 
 
-# --------------------------------------------------------------------------- apply / edit
+# --------------------------------------------------------------------------- the update's size (disabling edits)
 
 
-def apply(model: Model, request: EditRequest, *, layer: int | None = None,
-          hparams: ROMEHyperParams | None = None, stats: torch.Tensor | None = None,
-          progress: bool = False, partial: bool = True) -> Edit:
-    """Write ``request`` into ``model`` with ROME; return the :class:`Edit` (``.undo()`` reverts).
+@dataclass(frozen=True)
+class Forecast:
+    """What predicts a disabling ROME edit (Gupta et al. 2024, r-ROME), computed before the edit is applied.
 
-    ``layer`` overrides ``hparams.layer``; ``hparams`` defaults to :func:`default_hparams`.
-    ``stats`` is ``C`` for that layer (default: :func:`layer_stats` with ``hparams.mom2_samples``
-    keys of ``hparams.mom2_corpus``, cached); ``torch.eye(d_mlp)`` gives the C = I ablation.
-    The update maps ``k*`` to ``W k* + δ`` (eq. 2), or with ``unprefixed_key_in_update`` the
-    unprefixed prompt's key ``k₀`` to ``W k₀ + δ`` (ROME's code). ``partial``: see
-    :func:`compute_value` (False: the straightforward computation of ``v*``).
+    ROME's code writes ``ΔW = (v* − W k₀) uᵀ / (uᵀ k₀)``: the direction ``u = C⁻¹k*`` comes from the key
+    averaged over prefixed prompts, the denominator from the unprefixed prompt's key ``k₀``
+    (``unprefixed_key_in_update``). Where ``k₀`` is far from ``k*`` (typically when the subject is the
+    prompt's first token, so that its key without a prefix is unlike any prefixed one), ``uᵀk₀`` is
+    small and ``ΔW`` huge.
 
-    ``edit.info`` holds ``k_star``, ``v_star``, ``delta``, the loss curve (``losses``), the
-    Adam ``steps`` taken, the target probability reached by the optimization, the update's
-    ``denominator`` ``(C⁻¹ k*)ᵀ k`` and the ``seconds`` taken (C excluded).
+    ``denominator`` is ``uᵀk*`` and ``denominator_unprefixed`` ``uᵀk₀``; ``update_norm`` and
+    ``update_norm_unprefixed`` are ``‖ΔW‖_F / ‖W‖_F`` of the update with each denominator;
+    ``applied_norm`` the one the edit applies; ``subject_first`` whether the subject is the prompt's
+    first token after BOS.
     """
-    v = view(model)
-    hp = hparams or default_hparams(model)
-    if layer is not None:
-        hp = replace(hp, layer=layer)
-    v.check_layer(hp.layer)  # IndexError for a layer out of range, before any work
-    for prompt in (request.text, hp.essence_prompt.replace("{}", request.subject)):
-        v.subject_span(prompt, request.subject)  # SubjectNotFoundError early
-    v.target_ids(request.target)
-    C = stats if stats is not None else layer_stats(model, hp.layer, corpus=hp.mom2_corpus,
-                                                    samples=hp.mom2_samples, progress=progress)
-    start = time.perf_counter()
-    templates = templates_for(model, hp)
-    k_star = compute_key(model, request, hp.layer, templates)
-    key = compute_key(model, request, hp.layer) if hp.unprefixed_key_in_update else k_star
-    value = compute_value(model, request, hp.layer, hp, templates, progress=progress, partial=partial)
-    W = v.mlp_out_weight(hp.layer).T  # ROME's W: [d_model, d_mlp]
-    with torch.no_grad():
-        # v* is the down projection's output, bias included; W alone must map the key to W k + δ
-        Lam, u = _update_factors(W, C.to(W.device), k_star, W @ key + value.delta, hp.damping, key)
-        W_hat = (W.double() + torch.outer(Lam, u)).to(W.dtype)  # eq. 2
-    record = Edit(model, hp.layer, "ROME", request)
-    v.set_mlp_out_weight(hp.layer, W_hat.T)
-    denominator = float(u @ key.double())
-    record.info.update(k_star=k_star, v_star=value.v_star, delta=value.delta, losses=value.losses,
-                       steps=value.steps, target_prob=value.target_prob, denominator=denominator,
-                       seconds=time.perf_counter() - start, hparams=asdict(hp))
-    return record
+
+    subject: str
+    denominator: float
+    denominator_unprefixed: float
+    update_norm: float
+    update_norm_unprefixed: float
+    applied_norm: float
+    subject_first: bool
+
+    @property
+    def denominator_ratio(self) -> float:
+        """``uᵀk₀ / uᵀk*``: 1 when the unprefixed key agrees with the averaged one; small or negative
+        values multiply ROME's code's update by its inverse."""
+        return self.denominator_unprefixed / self.denominator if self.denominator else math.nan
 
 
-def edit(model: Model, request: EditRequest, **kwargs: Any) -> Edit:
-    """``with edit(model, request) as e:`` ROME applied for the body, undone on exit (also
-    when the body raises). Same arguments as :func:`apply`."""
-    return apply(model, request, **kwargs)
+def forecast(W: torch.Tensor, C: torch.Tensor, k_star: torch.Tensor, k0: torch.Tensor, delta: torch.Tensor, *,
+             subject: str, subject_first: bool, unprefixed_key_in_update: bool = False,
+             damping: float = 0.0) -> Forecast:
+    """The :class:`Forecast` of a ROME edit from its parts: ``W`` [d_model, d_mlp] (ROME's layout),
+    ``C``, the averaged key ``k*``, the unprefixed key ``k₀`` and the value change ``δ = v* − W k*``;
+    the applied update uses ``k₀``'s denominator with ``unprefixed_key_in_update``.
+
+    ``‖ΔW‖_F = ‖δ‖ ‖u‖ / |uᵀk|`` for a rank-one ``ΔW = δ uᵀ / (uᵀk)`` (ROME's code's residual
+    ``v* − W k₀`` is ``δ`` too, since its ``v*`` starts from the unprefixed prompt's value).
+    """
+    u = update_direction(C, k_star, damping)
+    d_star, d_zero = float(u @ k_star.double()), float(u @ k0.double())
+    size = float(delta.double().norm() * u.norm() / W.double().norm())
+    norm_star = size / abs(d_star) if d_star else math.inf
+    norm_zero = size / abs(d_zero) if d_zero else math.inf
+    applied = norm_zero if unprefixed_key_in_update else norm_star
+    return Forecast(subject, d_star, d_zero, norm_star, norm_zero, applied, subject_first)
+
+
+# --------------------------------------------------------------------------- the editor
+
+
+@dataclass(eq=False)
+class ROME(Editor):
+    """ROME as an editor: ``ROME(hparams)(model, [request])`` writes one fact; returns its ``Edit``.
+
+    ``hparams`` defaults to :func:`default_hparams` of the model edited. ``stats`` is ``C`` for
+    ``hparams.layer`` (default: ``second_moment.layer_stats`` with ``hparams.mom2_samples`` keys of
+    ``hparams.mom2_corpus``, cached); ``torch.eye(d_mlp)`` gives the C = I ablation. ``partial``: see
+    ``v_star.compute_value`` (False: the straightforward computation of ``v*``). ``name`` is the
+    method's name in tables and results.
+
+    One edit: ``k*`` (eq. 3), ``v*`` (eq. 4), the :func:`forecast` of the update, and eq. 2
+    (:func:`rank_one_update`), which maps ``k*`` to ``W k* + δ``, or with ``unprefixed_key_in_update``
+    the unprefixed prompt's key ``k₀`` to ``W k₀ + δ`` (ROME's code). ``edit.info`` holds ``k_star``,
+    ``v_star``, ``delta``, the loss curve (``losses``), the Adam ``steps`` taken, the target probability
+    reached by the optimization, the update's ``denominator`` ``(C⁻¹ k*)ᵀ k``, the ``forecast``, the
+    ``hparams`` and the ``seconds`` taken (C excluded).
+    """
+
+    hparams: ROMEHyperParams | None = None
+    stats: torch.Tensor | None = None
+    name: str = "ROME"
+    partial: bool = True
+    progress: bool = False
+    max_requests: ClassVar[int | None] = 1  # one fact per edit (paper, section 5)
+
+    def write(self, model: Model, requests: list[EditRequest]) -> Edit:
+        (request,) = requests
+        v = view(model)
+        hp = self.hparams or default_hparams(model)
+        v.check_layer(hp.layer)  # IndexError for a layer out of range, before any work
+        v.subject_span(hp.essence_prompt.replace("{}", request.subject), request.subject)  # the KL term's prompt
+        C = self.stats if self.stats is not None else second_moment.layer_stats(
+            model, hp.layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=self.progress)
+        start = time.perf_counter()
+        templates = templates_for(model, hp)
+        k_star = compute_key(model, request, hp.layer, templates)
+        k0 = compute_key(model, request, hp.layer)
+        key = k0 if hp.unprefixed_key_in_update else k_star
+        value = v_star.compute_value(model, request, hp.layer, hp, templates, progress=self.progress,
+                                     partial=self.partial)
+        W = v.mlp_out_weight(hp.layer).detach().T  # ROME's W: [d_model, d_mlp]
+        C = C.to(W.device)
+        first = v.subject_span(request.text, request.subject).start == len(v.bos)
+        fc = forecast(W, C, k_star, k0, value.delta, subject=request.subject, subject_first=first,
+                      unprefixed_key_in_update=hp.unprefixed_key_in_update, damping=hp.damping)
+        with torch.no_grad():
+            # v* is the down projection's output, bias included; W alone must map the key to W k + δ
+            W_hat = rank_one_update(W, C, k_star, W @ key + value.delta, hp.damping, key=key)  # eq. 2
+        record = Edit(model, self.name, [request], layers=[hp.layer])
+        v.set_mlp_out_weight(hp.layer, W_hat.T)
+        denominator = fc.denominator_unprefixed if hp.unprefixed_key_in_update else fc.denominator
+        record.info.update(k_star=k_star, v_star=value.v_star, delta=value.delta, losses=value.losses,
+                           steps=value.steps, target_prob=value.target_prob, denominator=denominator, forecast=fc,
+                           seconds=time.perf_counter() - start, hparams=asdict(hp))
+        return record

@@ -18,15 +18,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from factlens.core.models import Model, view
+from factlens.editing.requests import EditRequest
 
-if TYPE_CHECKING:
-    from factlens.editing.rome import EditRequest, ROMEHyperParams
+
+class ValueSettings(Protocol):
+    """The settings :func:`compute_value` reads (``factlens.editing.rome.ROMEHyperParams`` has them all,
+    and says what each one does)."""
+
+    v_lr: float
+    v_steps: int
+    kl_factor: float
+    weight_decay: float
+    clamp_norm_factor: float
+    essence_prompt: str
+    kl_edited_first: bool
+    kl_at_subject: bool
+    norm_of_unprefixed: bool
+    stop_on_total_loss: bool
 
 
 @dataclass(frozen=True)
@@ -186,7 +200,7 @@ class ValueResult:
     steps: int = 0                # Adam steps taken (fewer than v_steps when it stopped early)
 
 
-def compute_value(model: Model, request: EditRequest, layer: int, hp: ROMEHyperParams,
+def compute_value(model: Model, request: EditRequest, layer: int, hp: ValueSettings,
                   templates: Sequence[str] = ("{}",), progress: bool = False, *, partial: bool = True) -> ValueResult:
     """``v* = argmin_z (1/N) Σ_j −log P_G(m:=z)[o* | x_j + p] + kl · D_KL(P_G(m:=z)[x | p'] ‖ P_G[x | p'])``
     (paper eq. 4), plus ``weight_decay · ‖δ‖ / ‖v‖²`` (ROME's code).
@@ -196,7 +210,7 @@ def compute_value(model: Model, request: EditRequest, layer: int, hp: ROMEHyperP
     target's tokens) and in the essence prompt ``p'`` ("{subject} is a"). ``δ`` is optimized
     with Adam and clamped to ``clamp_norm_factor · ‖v‖`` after every step, for at most
     ``v_steps`` steps, stopping early once the fact is written (NLL + KL term below 0.05, or
-    the whole loss with ``stop_on_total_loss``). The options of :class:`ROMEHyperParams` say
+    the whole loss with ``stop_on_total_loss``). The options of ``rome.ROMEHyperParams`` say
     where the KL term reads, its direction, and whose ``‖v‖`` scales the decay and the clamp.
     The model's weights do not change here.
 
@@ -242,4 +256,4 @@ def compute_value(model: Model, request: EditRequest, layer: int, hp: ROMEHyperP
     return ValueResult(v_star=v_mean + d, v=v_mean, delta=d, losses=losses, target_prob=target_prob, steps=steps)
 
 
-__all__ = ["RewritePrompts", "ValueResult", "compute_value", "kl_divergence", "row_groups"]
+__all__ = ["RewritePrompts", "ValueResult", "ValueSettings", "compute_value", "kl_divergence", "row_groups"]

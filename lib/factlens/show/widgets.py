@@ -40,6 +40,7 @@ from IPython.display import HTML, display
 from factlens import data
 from factlens.core.models import Model, view
 from factlens.editing import generation, rome
+from factlens.editing.requests import EditRequest
 from factlens.locating.tracing import KINDS, Trace, TraceSettings, trace
 from factlens.memories.keys import key_coefficients
 from factlens.memories.values import strongest_memories, value_logits
@@ -409,16 +410,16 @@ def answers(model: Model, prompts: Sequence[str], max_new_tokens: int = 10) -> l
             for t in generation.generate_tokens(model, prompts, max(1, max_new_tokens))]
 
 
-def edit_comparison(model: Model, request: rome.EditRequest, probes: Sequence[str] = (), *,
+def edit_comparison(model: Model, request: EditRequest, probes: Sequence[str] = (), *,
                     hparams: rome.ROMEHyperParams | None = None, max_new_tokens: int = 10,
                     progress: bool = False) -> pd.DataFrame:
     """What the ROME editor shows after a click: for the edited prompt and each probe, the top
     next token and greedy continuation (:func:`answers`) before and after ``request`` is written
-    with ROME (``rome.edit``, undone before this returns). ``attrs["edit"]`` holds the layer,
-    P(target) reached by v* and the edit's seconds (C excluded, see ``rome.apply``)."""
+    with ROME (``rome.ROME``, undone before this returns). ``attrs["edit"]`` holds the layer,
+    P(target) reached by v* and the edit's seconds (C excluded, see ``rome.ROME``)."""
     prompts = [request.text, *probes]
     before = answers(model, prompts, max_new_tokens)
-    with rome.edit(model, request, hparams=hparams, progress=progress) as e:
+    with rome.ROME(hparams, progress=progress)(model, [request]) as e:
         after = answers(model, prompts, max_new_tokens)
     frame = pd.DataFrame({"prompt": prompts, _BEFORE: before, "after": after})
     frame.attrs["edit"] = {"layer": e.layer, "target_prob": e.info["target_prob"], "seconds": e.info["seconds"]}
@@ -450,10 +451,10 @@ def rome_editor(model: Model, prompt: str = "{} is located in the city of", subj
     display(panel.box)
     result = display(HTML(""), display_id=True)
 
-    def request() -> rome.EditRequest:
+    def request() -> EditRequest:
         check_text(model, fields[1].value, "subject", "The Eiffel Tower")
         check_text(model, fields[2].value, "target", "Rome")
-        return rome.EditRequest(fields[0].value, fields[1].value, fields[2].value)
+        return EditRequest(fields[0].value, fields[1].value, fields[2].value)
 
     def show(frame: pd.DataFrame) -> None:
         result.update(frame.style.hide(axis="index").set_table_attributes(_RESULT))
@@ -491,9 +492,10 @@ def many_edits_explorer(model: Model, cases: Sequence[data.CounterFactCase], yar
                         max_edits: int = 100, alphaedit_hparams=None, rome_hparams=None) -> None:
     """Choose an editing method and a number of edits, press "edit", and watch the measurements of
     ``factlens.editing.sequences`` grow every ``every`` edits beside the chapter's curves (``initial``,
-    ``{method: curve}``; shown alone until the first run). ``cases`` are edited in order; ``zs``
-    (one per case) are MEMIT's and AlphaEdit's cached targets. The model is restored bit for bit
-    after every run. ``yardstick`` is a :class:`factlens.editing.sequences.Yardstick`."""
+    ``{method: curve}``; shown alone until the first run). ``cases`` are edited in order, by the editor
+    ``sequences.editor`` builds for the chosen method; ``zs`` (``{request: z}``) are MEMIT's and
+    AlphaEdit's cached targets. The model is restored bit for bit after every run. ``yardstick`` is a
+    :class:`factlens.editing.sequences.Yardstick`."""
     import matplotlib.pyplot as plt
 
     from factlens.editing import sequences
@@ -527,10 +529,10 @@ def many_edits_explorer(model: Model, cases: Sequence[data.CounterFactCase], yar
         panel.stage(f"{chosen}: {n} edits, measuring every {every}")
         others = {m: c for m, c in reference.items() if m != chosen}
         with panel.bars():
-            run = sequences.run_sequence(model, cases[:n], chosen, yardstick, every=every,
-                                          zs=None if zs is None else zs[:n], rome_hparams=rome_hparams,
-                                          alphaedit_hparams=alphaedit_hparams,
-                                          on_checkpoint=lambda curve: draw({**others, f"{chosen} (this run)": curve}))
+            editor = sequences.editor(model, chosen, rome_hparams=rome_hparams, alphaedit_hparams=alphaedit_hparams,
+                                      zs=zs)
+            run = sequences.run_sequence(model, cases[:n], editor, yardstick, every=every,
+                                         on_checkpoint=lambda curve: draw({**others, f"{chosen} (this run)": curve}))
         final = run.final("retention" if n > every else "efficacy_newest")
         return f"{chosen}, {n} edits: {final['value']:.0f}% of the edits held, model restored"
 
