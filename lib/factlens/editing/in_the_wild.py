@@ -182,9 +182,9 @@ def gap_table(frames: Mapping[str, pd.DataFrame], *, n_boot: int = 1000, seed: i
             if f"generated_{kind}" not in summary:
                 continue
             row = {"method": method, "prompts": kind}
-            for measure in MEASURES:
+            for measure, label in zip(MEASURES, ("teacher forced", "ES / PS", "generated")):
                 s = summary[f"{measure}_{kind}"]
-                row[measure.replace("_", " ")] = f"{s['mean']:.0f} [{s['low']:.0f}, {s['high']:.0f}]"
+                row[label] = f"{s['mean']:.0f} [{s['low']:.0f}, {s['high']:.0f}]"
             d, low, high = gap(frame, kind, n_boot=n_boot, seed=seed)
             row["gap (points)"] = f"{d:+.0f} [{low:+.0f}, {high:+.0f}]"
             name = PAPER_ROWS.get(method)

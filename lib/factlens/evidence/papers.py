@@ -410,10 +410,11 @@ for _method, _rows in _MIRAGE_COUNTERFACT.items():
 _register("after.wild", YANG, "Abstract and Table 1", "six methods, Llama-2-7b-chat, QAEdit (questions it failed)",
           {"qaedit_average_wild": 38.5, "reported_average": 96.8})
 
-# Kramár et al. 2024, "AtP*": attribution patching (AtP) is a first-order estimate of activation patching; where a
-# restoration moves an attention softmax (or the output's) out of saturation, AtP underestimates it: false negatives
-# (§3.1), the failure AtP* corrects. A direction only: the paper measures it on other models and patching metrics.
-_direction("after.attribution.shortfall_at_peak", KRAMAR, "§3.1", "the paper's language models, activation patching",
+# Kramár et al. 2024, "AtP*" (arXiv:2403.00745): attribution patching (AtP) is a first-order estimate of activation
+# patching; where a patch moves an attention softmax out of saturation (or effects cancel), AtP underestimates it:
+# false negatives, the failure modes AtP* corrects. A direction only: the paper measures it on Pythia models, with
+# other patching metrics.
+_direction("after.attribution.shortfall_at_peak", KRAMAR, "its failure modes of AtP", "Pythia models",
            "the real effect > the first-order estimate (at the trace's strongest site)", tau=0.005,
            why="half a point of AIE, a third of the smallest AIE Figure 2 of Meng et al. 2022 reports (a stated "
                "fraction)",
