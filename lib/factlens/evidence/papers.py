@@ -406,9 +406,6 @@ for _method, _rows in _MIRAGE_COUNTERFACT.items():
                   note={"reliability_gap": "percent: synthetic (teacher-forced) reliability minus WILD reliability",
                         "reliability_wild": "percent of edits the edited model answers under WILD",
                         "generalization_gap": "percent: synthetic minus WILD on the paraphrases"}[_name])
-# The abstract's headline, shown in the prose (no claim rests on it: another benchmark, QAEdit's questions).
-_register("after.wild", YANG, "Abstract and Table 1", "six methods, Llama-2-7b-chat, QAEdit (questions it failed)",
-          {"qaedit_average_wild": 38.5, "reported_average": 96.8})
 
 # Kramár et al. 2024, "AtP*" (arXiv:2403.00745): attribution patching (AtP) is a first-order estimate of activation
 # patching; where a patch moves an attention softmax out of saturation (or effects cancel), AtP underestimates it:
