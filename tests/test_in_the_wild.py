@@ -110,3 +110,19 @@ def test_a_claim_stands_beside_the_papers_row():
     table = in_the_wild.gap_table(frames, n_boot=50)
     assert list(table["method"]) == ["ROME", "ROME", "FT", "FT"]
     assert table["paper's gap"].iloc[0] == "+12.7"
+
+
+@pytest.mark.slow
+def test_a_rome_edit_of_the_default_model_is_said_in_generation():
+    """The editing chapter's example on the default model: after ROME writes "medicine" for Marie Curie's field,
+    the teacher-forced tokens and the greedy continuation both give it; before, neither does."""
+    from factlens.core.models import load_model
+
+    model = load_model("gemma-3-270m")
+    case = next(c for c in data.counterfact() if c.case_id == 687)
+    before = in_the_wild.wild_scores(model, case)
+    assert before["teacher_forced_rewrite"] < 1 and before["generated_rewrite"] == 0.0
+    edited = in_the_wild.evaluate_in_the_wild(model, [case], rome.ROME(), progress=False).iloc[0]
+    print(f"after: {edited['text_rewrite']!r}, paraphrase {edited['text_paraphrase']!r}")
+    assert edited["teacher_forced_rewrite"] == 1.0 and edited["generated_rewrite"] == 1.0
+    assert in_the_wild.wild_scores(model, case)["text_rewrite"] == before["text_rewrite"]  # undone
