@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -74,7 +74,7 @@ class LocalizationSettings:
 
     layers: tuple[int, ...]
     _: KW_ONLY
-    trace: TraceSettings = field(default_factory=lambda: TraceSettings("mlp"))
+    trace: TraceSettings = TraceSettings("mlp")
     hidden: bool = True
 
     def __post_init__(self) -> None:
