@@ -130,6 +130,13 @@ def test_agreement_of_a_map_with_itself_and_its_mirror(tiny):
         agreement(other, real)
 
 
+def test_the_shortfall_is_read_at_the_traces_peak(tiny):
+    found = compare(tiny, PROMPT, SUBJECT, TraceSettings("hidden", samples=2, std=2.0, seed=1))
+    i, l = found.agreement.trace_peak
+    assert found.shortfall == pytest.approx(float(found.trace.indirect_effect[i, l]
+                                                  - found.estimate.indirect_effect[i, l]))
+
+
 @pytest.mark.slow
 def test_the_estimate_ranks_the_sites_as_the_trace_on_the_default_model():
     model = load_model("gemma-3-270m")

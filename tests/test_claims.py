@@ -17,7 +17,8 @@ from factlens.evidence.claims import MIN_N, Claim, assess
 from factlens.evidence.papers import PaperNumber, paper, paper_table
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"tracing.n_layers", "tracing.window", "rome.layer", "rome.n_layers", "rome.mom2_samples"}
+SETTINGS = {"tracing.n_layers", "tracing.window", "rome.layer", "rome.n_layers", "rome.mom2_samples",
+            "after.localization.window", "after.localization.n_layers", "after.localization.rome_layer"}
 
 
 def verdict(kind, p, low, high, tau, n=100, **options):
@@ -323,7 +324,7 @@ def test_notebooks_state_no_tolerance_and_name_registered_numbers():
     """τ stands beside the paper's number in the registry, never in a notebook's claim."""
     typed = [where for where, source in _code_cells() if re.search(r"\btolerance\s*=|\btau\s*=", source)]
     assert not typed, "notebooks state a tolerance: " + "; ".join(typed)
-    ids = re.compile(r"[\"']((?:lama|memories|tracing|rome|many_edits)\.[\w.+/ -]+)[\"']")
+    ids = re.compile(r"[\"']((?:lama|memories|tracing|rome|many_edits|after)\.[\w.+/ -]+)[\"']")
     named = {m for _, source in _code_cells() for m in ids.findall(source)}
     claimed = {m for _, source in _code_cells() for m in re.findall(r"paper=\"([\w.+/ -]+)\"", source)}
     assert len(named) > 30 and claimed <= named

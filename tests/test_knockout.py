@@ -10,8 +10,12 @@ from factlens.core.models import load_model, view
 from factlens.core.view import SubjectNotFoundError, TokenSpan
 from factlens.locating.knockout import (
     ExtractionSettings,
+    Knockout,
     KnockoutSettings,
     attribute_extraction,
+    band_change,
+    drop_depth,
+    knock_out,
     knockout,
     knockout_hooks,
     knockout_window,
@@ -148,6 +152,54 @@ def test_knockout_rows_are_the_single_interventions(tiny):
     torch.testing.assert_close(averaged["last"], found.relative_change["last"])
     with pytest.raises(SubjectNotFoundError):
         knockout(tiny, PROMPT, "Louvre")
+
+
+def test_a_knockout_of_chosen_layers_is_the_hooks_run_by_hand(tiny):
+    """knock_out cuts the edges in exactly the chosen layers: its probability is the hooked run's, its answer the
+    unhooked run's top token; a window of the batched knockout is the same intervention."""
+    v = view(tiny)
+    ids = v.batch([PROMPT]).ids
+    T, L = ids.shape[1], v.n_layers
+    positions = source_positions(v.subject_span(PROMPT, SUBJECT), T, len(v.bos))["subject"]
+    found = knock_out(tiny, PROMPT, SUBJECT, "subject", [1, 0], k=3)
+    with torch.no_grad():
+        base = v.logits_at(ids, [T - 1]).softmax(-1)[0]
+        cut = v.logits_at(ids, [T - 1], fwd_hooks=knockout_hooks(v, _blocked(1, L, T, [0, 1], positions), T - 1))
+        cut = cut.softmax(-1)[0]
+    assert found.layers == (0, 1) and found.answer == v.tokenizer.decode([int(base.argmax())])
+    assert found.base_prob == pytest.approx(float(base.max()), rel=1e-5)
+    assert found.prob == pytest.approx(float(cut[int(base.argmax())]), rel=1e-5)
+    assert [p for _, p in found.top_after] == pytest.approx(cut.topk(3).values.tolist(), rel=1e-4)
+    assert found.relative_change == pytest.approx((found.prob - found.base_prob) / found.base_prob)
+    window = knockout(tiny, PROMPT, SUBJECT, KnockoutSettings(window=2, sources=("subject",)))
+    assert window.probs["subject"][1] == pytest.approx(knock_out(tiny, PROMPT, SUBJECT, "subject", [0, 1]).prob,
+                                                       rel=1e-5)  # the window of 2 around layer 1: layers 0 and 1
+    for bad, message in ((("object", [0]), "source must be"), (("subject", []), "at least one layer")):
+        with pytest.raises(ValueError, match=message):
+            knock_out(tiny, PROMPT, SUBJECT, *bad)
+    with pytest.raises(IndexError):
+        knock_out(tiny, PROMPT, SUBJECT, "subject", [L])
+
+
+def _made_up(changes: dict[str, list[float]]) -> Knockout:
+    """A knockout whose relative changes are ``changes`` (base probability 0.5)."""
+    probs = {s: 0.5 * (1 + torch.tensor(c, dtype=torch.float64)) for s, c in changes.items()}
+    return Knockout(prompt="p", subject="s", tokens=[], subject_span=TokenSpan(1, 2), answer="a", answer_id=0,
+                    base_prob=0.5, window=1, positions={}, probs=probs)
+
+
+def test_band_change_and_drop_depth_by_hand():
+    first = _made_up({"subject": [0.0, -0.2, -0.6, 0.0, 0.1], "non-subject": [-0.4, 0.0, 0.0, 0.0, 0.0]})
+    second = _made_up({"subject": [0.0, 0.0, 0.0, 0.0, -1.0], "non-subject": [0.0, 0.0, 0.0, 0.0, 0.0]})
+    torch.testing.assert_close(band_change([first, second], "subject", range(1, 3)),
+                               torch.tensor([-0.4, 0.0], dtype=torch.float64))
+    # drops 0.2 at depth 1/4 and 0.6 at depth 2/4 (the rise at layer 4 is no drop): (0.05 + 0.3) / 0.8
+    assert drop_depth(first, "subject") == pytest.approx(0.4375)
+    assert drop_depth(first, "non-subject") == pytest.approx(0.0)
+    assert drop_depth(second, "subject") == pytest.approx(1.0)
+    assert drop_depth(second, "non-subject") != drop_depth(second, "non-subject")  # NaN: nothing drops
+    with pytest.raises(ValueError, match="no layers"):
+        band_change([first], "subject", [])
 
 
 @pytest.mark.parametrize("final_norm", [False, True])

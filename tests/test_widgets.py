@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import ipywidgets as w
+import pandas as pd
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ from factlens.editing import rome
 from factlens.editing.requests import EditRequest
 from factlens.locating.tracing import TraceSettings
 from factlens.probing.lama import UnknownRelationError, query
-from factlens.show import widgets
+from factlens.show import after_widgets, widgets
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=4, mom2_samples=300)
 
@@ -68,9 +69,10 @@ def find(box: w.Widget, name: str) -> w.Widget:
 
 @pytest.fixture
 def shown(monkeypatch) -> Shown:
-    """Displays recorded instead of shown."""
+    """Displays recorded instead of shown (the widgets of both modules)."""
     recorder = Shown()
     monkeypatch.setattr(widgets, "display", recorder)
+    monkeypatch.setattr(after_widgets, "display", recorder)
     return recorder
 
 
@@ -199,11 +201,18 @@ def test_memory_explorer_shows_the_chosen_key(tiny, shown):
     assert "view 3: layer 0, key 5" in find(shown.box(), "status").value
 
 
+def _titles(figure) -> list[str]:
+    return [ax.get_title() for ax in figure.axes if ax.get_title()]
+
+
 def test_trace_explorer_traces_the_new_prompt_and_names_a_missing_subject(tiny, shown):
     widgets.trace_explorer(tiny, prompt="The cat sat on the", subject="The cat",
                            settings=TraceSettings(samples=1, window=1))
     status = find(shown.box(), "status")
-    assert status.value.startswith("trace 1: ")
+    assert status.value.startswith("trace 1: ") and "estimate ρ" in status.value
+    first, last = shown.items[1][1], shown.items[1][-1]  # the estimate at once, then the trace beside it
+    assert _titles(first) == ["estimate (attribution patching): approximate"]
+    assert _titles(last) == ["causal trace", "estimate (attribution patching): approximate"]
     find(shown.box(), "subject").value = "dog"
     find(shown.box(), "go").click()
     assert "subject &#x27;dog&#x27; does not occur" in status.value
@@ -243,3 +252,65 @@ def test_edit_comparison_matches_an_edit_by_hand_and_leaves_the_model(tiny):
 
 def test_unknown_relation_error_is_a_value_error():
     assert issubclass(UnknownRelationError, ValueError)  # the widgets show its message as is
+
+
+# --- the chapter "What came after" ----------------------------------------------------------------
+
+
+def _localization_frame(cases) -> pd.DataFrame:
+    rows = [{"case_id": c.case_id, "layer": layer, "mlp_effect": 0.1 * layer + k, "mlp_effect_last_subject": 0.0,
+             "hidden_effect_last_subject": float("nan"), "rewrite_score": 1.0 - 0.1 * layer, "efficacy": 1.0}
+            for k, c in enumerate(cases) for layer in (0, 2, 4)]
+    return pd.DataFrame(rows)
+
+
+def test_localization_browser_shows_each_case(shown):
+    cases = data.counterfact()[:2]
+    after_widgets.localization_browser(_localization_frame(cases), cases)
+    status = find(shown.box(), "status")
+    assert status.value.startswith(f"case 1: case {cases[0].case_id}")
+    assert "the trace points to layer 4; ROME's edit does best at layer 0" in shown.latest(2).data
+    find(shown.box(), "case").value = cases[1].case_id
+    assert cases[1].target_new in shown.latest(2).data and status.value.startswith("case 2: ")
+    with pytest.raises(ValueError, match="none of the given cases"):
+        after_widgets.localization_browser(_localization_frame(cases), data.counterfact()[5:6])
+
+
+def test_wild_case_browser_shows_each_methods_scores_and_text(shown):
+    cases = data.counterfact()[:2]
+    frame = pd.DataFrame({"case_id": [c.case_id for c in cases], "teacher_forced_rewrite": [1.0, 0.5],
+                          "probability_rewrite": [1.0, 0.0], "generated_rewrite": [1.0, 0.0],
+                          "text_rewrite": [" Paris <b>", " Lyon"], "teacher_forced_paraphrase": [0.5, 0.5],
+                          "probability_paraphrase": [0.0, 0.0], "generated_paraphrase": [0.0, 0.0],
+                          "text_paraphrase": [" no", " no"]})
+    after_widgets.wild_case_browser({"ROME": frame}, cases)
+    page = shown.latest().data
+    assert "Paris &lt;b&gt;" in page and "<td>ROME</td><td>rewrite</td><td>1.00</td>" in page  # the text escaped
+    find(shown.box(), "case").value = cases[1].case_id
+    assert " Lyon" in shown.latest().data and "case 2: " in find(shown.box(), "status").value
+
+
+def test_knockout_table_is_knock_out(tiny):
+    from factlens.locating.knockout import knock_out
+
+    table = after_widgets.knockout_table(tiny, "The Eiffel Tower is in the city of", "The Eiffel Tower", "subject",
+                                         [0, 1], k=3)
+    expected = knock_out(tiny, "The Eiffel Tower is in the city of", "The Eiffel Tower", "subject", [0, 1], k=3)
+    assert table.attrs["knocked"] == expected and len(table) == 3
+    with pytest.raises(ValueError, match="the subject is empty"):
+        after_widgets.knockout_table(tiny, "The Eiffel Tower is in", " ", "subject", [0])
+
+
+def test_knockout_explorer_knocks_out_the_chosen_window_and_names_bad_input(tiny, shown):
+    after_widgets.knockout_explorer(tiny, prompt="The Eiffel Tower is in the city of", subject="The Eiffel Tower",
+                                    layers=(0, 1))
+    status = find(shown.box(), "status")
+    assert status.value.startswith("knock out 1: p(") and "→" in status.value
+    assert "layers 0-1" in shown.latest().caption
+    find(shown.box(), "layers").value = (1, 2)
+    find(shown.box(), "source").value = "last"
+    find(shown.box(), "go").click()
+    assert status.value.startswith("knock out 2: ") and "last positions in layers 1-2" in shown.latest().caption
+    find(shown.box(), "subject").value = "The Louvre"
+    find(shown.box(), "go").click()
+    assert "subject &#x27;The Louvre&#x27; does not occur" in status.value

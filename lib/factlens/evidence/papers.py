@@ -25,6 +25,10 @@ GEVA = "Geva et al. 2021"
 MENG = "Meng et al. 2022"
 MEMIT = "Meng et al. 2023"
 ALPHAEDIT = "Fang et al. 2025"
+HASE = "Hase et al. 2023"
+GEVA_2023 = "Geva et al. 2023"
+YANG = "Yang et al. 2025"
+KRAMAR = "Kramár et al. 2024"
 THIS_BOOK = "this book"  # a hypothesis of ours, set beside a paper's premise: no paper reports the number
 
 
@@ -347,6 +351,98 @@ for _model, _rows in {
         _register(f"many_edits.sequential.{_model}.{_method}-ROME", ALPHAEDIT, "Table 1", _setting,
                   {"Eff": round(_rows[_method][0] - _rows["ROME"][0], 2)}, tau=5.0, why=_POINTS_5,
                   note=f"{_method}'s efficacy minus ROME's")
+
+# --------------------------------------------------------------------------- What came after
+
+# Hase et al. 2023 (NeurIPS), "Does Localization Inform Editing?": GPT-J (28 layers), 652 CounterFact facts GPT-J
+# completes correctly, ROME at layers {1, 5, 9, 13, 17, 21, 25, 28} and 6 (ROME's); MLP traces with a window of 5,
+# the tracing effect the largest over the prompt's tokens, as a fraction of the total effect (§4.1-4.2).
+_HASE_MODEL = "GPT-J (28 layers), 652 CounterFact facts it completes, ROME (Error Injection)"
+_register("after.localization", HASE, "§4.1-4.2", "GPT-J (28 layers)", {"window": 5, "n_layers": 28, "rome_layer": 6})
+_R2_SMALL = ("the most that adding the tracing effect raises R² in any of the paper's editing problems and methods "
+             "(Figure 6: at most 0.03), which the paper reads as a very small effect")
+_register("after.localization", HASE, "Table 1", _HASE_MODEL,
+          {"r2_layer": 0.947, "r2_tracing": 0.016, "r2_both": 0.948}, tau=0.03, why=_R2_SMALL,
+          note="linear regressions of the rewrite score on the edit layer (categorical), on the tracing effect, and on "
+               "both interacted")
+_register("after.localization", HASE, "Table 1 and §4.3", _HASE_MODEL, {"r2_added": 0.001}, tau=0.03, why=_R2_SMALL,
+          note="R² of layer and tracing effect together minus R² of the layer alone: 'the tracing effect is able to "
+               "explain only 0.1% of the variance in edit success when accounting for the choice of edit layer'")
+_register("after.localization", HASE, "Table 1", _HASE_MODEL, {"r2_layer_minus_tracing": round(0.947 - 0.016, 6)},
+          tau=0.03, why=_R2_SMALL, note="R² of the layer alone minus R² of the tracing effect alone")
+_register("after.localization", HASE, "Figure 4 and §4.3", _HASE_MODEL, {"correlation_rome_layer": -0.13}, tau=0.13,
+          why="the distance from the paper's -0.13 to 0, the value it contrasts it with ('not a positive "
+              "relationship'): an interval within ± τ is neither positive nor twice as negative",
+          note="Pearson correlation over facts of the rewrite score and the tracing effect at ROME's layer (GPT-J's "
+               "6); 'in most layers we simply see a near-zero rather than negative correlation'")
+_direction("after.localization.fixed_minus_traced", HASE, "§1 and Figure 1", _HASE_MODEL,
+           "ROME's fixed layer > each fact's most traced layer (rewrite score)", tau=0.05,
+           why="five points of rewrite score, a twentieth of its scale (a stated margin: the paper gives no spread)",
+           note="'it is still better to ignore the tracing results and always choose an early-to-mid-layer MLP weight "
+                "for editing'; many facts are traced outside the layers ROME and MEMIT edit successfully")
+
+# Yang et al. 2025 (ACL), "The Mirage of Model Editing", Table 3: single edits of CounterFact's test set (10,000
+# records), EasyEdit's synthetic evaluation (teacher forcing, output cut at the target's length, token match ratio)
+# against WILD (context-guided input, greedy decoding to a stop token, an LLM judge); reliability is the edited prompt,
+# generalization its paraphrases. FT-M is fine-tuning with the loss on the target's tokens alone. Rows per method:
+# (Llama-2-7b-chat, Mistral-7b, Llama-3-8b) x (reliability synthetic, WILD, generalization synthetic, WILD).
+_MIRAGE_COUNTERFACT = {
+    "ROME": ((0.996, 0.836, 0.452, 0.420), (0.965, 0.866, 0.466, 0.488), (0.999, 0.877, 0.422, 0.491)),
+    "MEMIT": ((0.997, 0.797, 0.513, 0.460), (0.962, 0.887, 0.539, 0.583), (0.998, 0.882, 0.516, 0.557)),
+    "FT-M": ((1.000, 0.867, 0.503, 0.426), (1.000, 0.733, 0.330, 0.220), (1.000, 0.916, 0.588, 0.613)),
+}
+_MIRAGE_SETTING = "Llama-2-7b-chat, Mistral-7b, Llama-3-8b (mean), single edits of CounterFact"
+_MIRAGE_SPREAD = ("half the range of the three LLMs' values, which the paper reads as one finding (a stated spread: "
+                  "one run per model)")
+for _method, _rows in _MIRAGE_COUNTERFACT.items():
+    for _name, _values in {
+        "reliability_gap": [100 * (r[0] - r[1]) for r in _rows],
+        "reliability_wild": [100 * r[1] for r in _rows],
+        "generalization_gap": [100 * (r[2] - r[3]) for r in _rows],
+    }.items():
+        _register(f"after.wild.{_method}", YANG, "Table 3", _MIRAGE_SETTING,
+                  {_name: round(sum(_values) / 3, 6)}, tau=round((max(_values) - min(_values)) / 2, 6),
+                  why=_MIRAGE_SPREAD,
+                  note={"reliability_gap": "percent: synthetic (teacher-forced) reliability minus WILD reliability",
+                        "reliability_wild": "percent of edits the edited model answers under WILD",
+                        "generalization_gap": "percent: synthetic minus WILD on the paraphrases"}[_name])
+
+# Kramár et al. 2024, "AtP*" (arXiv:2403.00745): attribution patching (AtP) is a first-order estimate of activation
+# patching; where a patch moves an attention softmax out of saturation (or effects cancel), AtP underestimates it:
+# false negatives, the failure modes AtP* corrects. A direction only: the paper measures it on Pythia models, with
+# other patching metrics.
+_direction("after.attribution.shortfall_at_peak", KRAMAR, "its failure modes of AtP", "Pythia models",
+           "the real effect > the first-order estimate (at the trace's strongest site)", tau=0.005,
+           why="half a point of AIE, a third of the smallest AIE Figure 2 of Meng et al. 2022 reports (a stated "
+               "fraction)",
+           note="AtP's false negatives from attention saturation: the estimate is too small where the true effect is "
+                "large")
+_direction("after.attribution.rank_agreement", THIS_BOOK, "our reading of attribution patching as a fast trace", "",
+           "Spearman's ρ of the estimated and real trace > 0.5", tau=0.1,
+           why="a tenth of the correlation's scale (a stated margin)",
+           note="ours, not a paper's number: a mean rank correlation above 0.5 means the estimate orders the sites "
+                "mostly as the trace does, so it can show where to look before the trace is done")
+
+# Geva et al. 2023 (EMNLP), "Dissecting Recall of Factual Associations": GPT-2 XL and GPT-J, known facts they predict.
+# Attention knockout (its Figure 2, window 9 of GPT-2 XL's 48 layers): the information from the relation (non-subject)
+# positions reaches the last position first, then the subject's, in the upper layers; the attribute is extracted
+# at the last position mostly by attention (MHSA) sublayers, not MLP ones. Numbers not registered (not checked here):
+# directions only, as the abstract and §4-6 state them.
+_GEVA_2023_MODEL = "GPT-2 XL and GPT-J, known facts"
+_KNOCKOUT = "five points of the relative change of the answer's probability (a stated margin: no spread we hold)"
+_direction("after.knockout.subject_upper_minus_lower", GEVA_2023, "Figure 2 and §4", _GEVA_2023_MODEL,
+           "upper half > lower half (drop of the answer when the last position cannot attend to the subject)",
+           tau=0.05, why=_KNOCKOUT,
+           note="the subject's information reaches the last position at the second critical point, in the upper layers")
+_direction("after.knockout.subject_after_relation", GEVA_2023, "Abstract and §4", _GEVA_2023_MODEL,
+           "subject positions > non-subject positions (relative depth of the layers whose knockout drops the answer)",
+           tau=0.05, why="a twentieth of the model's depth (a stated margin)",
+           note="'two critical points where information propagates to the prediction: one from the relation positions "
+                "followed by another from the subject positions'")
+_direction("after.extraction.attn_minus_mlp", GEVA_2023, "Abstract and §6", _GEVA_2023_MODEL,
+           "attention sublayers > MLP sublayers (facts with an extraction event at the last position)", tau=0.05,
+           why="five points of a share of facts (a stated margin: no spread we hold)",
+           note="'this extraction is typically done via attention heads'")
 
 
 def paper(number_id: str) -> PaperNumber:

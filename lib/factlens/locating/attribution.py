@@ -209,6 +209,13 @@ class Comparison:
         """How many times faster the estimate was than the trace."""
         return self.trace_seconds / self.estimate_seconds
 
+    @property
+    def shortfall(self) -> float:
+        """``IE − IE~`` at the trace's strongest site: how much the first-order estimate misses where the real
+        restoration matters most (positive: an underestimate, Kramár et al. 2024's false negatives)."""
+        i, l = self.agreement.trace_peak
+        return float(self.trace.indirect_effect[i, l] - self.estimate.indirect_effect[i, l])
+
 
 def compare(model: Model, prompt: str, subject: str, settings: TraceSettings = PAPER_TRACE, *,
             target: str | None = None) -> Comparison:

@@ -191,6 +191,73 @@ def mean_relative_change(knockouts: Sequence[Knockout]) -> dict[str, torch.Tenso
     return {s: torch.stack([k.relative_change[s] for k in knockouts]).mean(0) for s in knockouts[0].probs}
 
 
+def band_change(knockouts: Sequence[Knockout], source: str, layers: Sequence[int] | range) -> torch.Tensor:
+    """Per fact, the relative change of the answer's probability averaged over ``layers`` (windows centred there)
+    for one source set: [n_facts]."""
+    chosen = list(layers)
+    if not chosen:
+        raise ValueError("no layers to average over")
+    return torch.stack([k.relative_change[source][chosen].mean() for k in knockouts])
+
+
+def drop_depth(k: Knockout, source: str) -> float:
+    """Where knocking out ``source`` drops the answer, as a relative depth: the mean of ``l / (L − 1)`` weighted by
+    the drop ``max(0, −Δ_l)`` of the relative change at each layer ``l``; NaN when no window lowers the answer."""
+    drop = (-k.relative_change[source]).clamp(min=0).double()
+    if not drop.sum() > 0:
+        return math.nan
+    depth = torch.arange(len(drop), dtype=torch.float64) / max(1, len(drop) - 1)
+    return float((drop * depth).sum() / drop.sum())
+
+
+@dataclass(frozen=True)
+class KnockedOut:
+    """One prompt's answer with the edges from the last position to ``source`` cut in ``layers`` (the knockout
+    explorer's): the answer (the unblocked run's top token), its probability before and after, the top tokens
+    after with their probabilities."""
+
+    answer: str
+    source: str
+    layers: tuple[int, ...]
+    base_prob: float
+    prob: float
+    top_after: list[tuple[str, float]]
+
+    @property
+    def relative_change(self) -> float:
+        return (self.prob - self.base_prob) / self.base_prob
+
+
+@torch.no_grad()
+def knock_out(model: Model, prompt: str, subject: str, source: str, layers: Sequence[int], k: int = 5) -> KnockedOut:
+    """Cut the edges from the last position to ``source`` (one of :data:`SOURCE_SETS`) in the given ``layers``, all
+    at once, and read the model's own answer's probability before and after (one forward pass of two rows)."""
+    if source not in SOURCE_SETS:
+        raise ValueError(f"source must be one of {SOURCE_SETS}, got {source!r}")
+    v = view(model)
+    chosen = tuple(sorted({v.check_layer(int(layer)) for layer in layers}))
+    if not chosen:
+        raise ValueError("choose at least one layer to knock out")
+    span = v.subject_span(prompt, subject)
+    ids = v.batch([prompt]).ids
+    n_tokens = ids.shape[1]
+    positions = source_positions(span, n_tokens, len(v.bos))[source]
+    if not positions:
+        raise ValueError(f"the prompt has no {source} positions to knock out")
+    blocked = torch.zeros(2, v.n_layers, n_tokens, dtype=torch.bool)
+    for layer in chosen:
+        blocked[1, layer, positions] = True
+    final = v.final_hidden(ids.expand(2, -1), knockout_hooks(v, blocked, n_tokens - 1))[:, -1]
+    log_z, top = v.log_normalizer(final)
+    answer_id = int(top[0])
+    probs = v.token_log_probs(final, [answer_id], log_z=log_z)[:, 0].exp().double().cpu()
+    after = v.unembed(final[1:])[0].float().softmax(-1).topk(k)
+    decode = v.tokenizer.decode
+    return KnockedOut(answer=decode([answer_id]), source=source, layers=chosen, base_prob=float(probs[0]),
+                      prob=float(probs[1]), top_after=[(decode([int(t)]), float(p))
+                                                       for p, t in zip(after.values, after.indices)])
+
+
 # --------------------------------------------------------------------------- attribute extraction
 
 

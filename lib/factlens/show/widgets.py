@@ -41,7 +41,8 @@ from factlens import data
 from factlens.core.models import Model, view
 from factlens.editing import generation, rome
 from factlens.editing.requests import EditRequest
-from factlens.locating.tracing import KINDS, Trace, TraceSettings, trace
+from factlens.locating.attribution import agreement, attribution_trace
+from factlens.locating.tracing import KINDS, Trace, TraceSettings, corruption, trace
 from factlens.memories.keys import key_coefficients
 from factlens.memories.values import strongest_memories, value_logits
 from factlens.probing.lama import UnknownRelationError, query
@@ -329,10 +330,14 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
     kind of state restored, the noise samples, the noise (× the embeddings' std) and the window
     (``settings`` gives their first values, and the rest of the trace's settings; the window by
     default ``tracing.default_window``, the paper's 10 of 48 layers scaled to depth);
-    press "trace" to see the heatmap (``factlens.locating.tracing.trace``). The default is shown
-    at once (``initial``: a trace of the default already computed, shown instead of tracing it again)."""
+    press "trace". Its first-order estimate (attribution patching,
+    ``factlens.locating.attribution.attribution_trace``, one backward pass) is shown at once, labelled
+    approximate, then the heatmap of the trace itself (``factlens.locating.tracing.trace``, the same noise)
+    beside it when it is ready. The default is shown at once (``initial``: a trace of the default already
+    computed, shown instead of tracing it again)."""
     import matplotlib.pyplot as plt
 
+    from factlens.show.after_plots import plot_trace_pair
     from factlens.show.plots import plot_trace
 
     text = _text("prompt", prompt, "prompt", wide=True)
@@ -358,9 +363,21 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
 
     def traced() -> str:
         check_text(model, subj.value, "subject", "The Space Needle")
-        panel.stage(f"tracing {len(view(model).token_ids(text.value))} tokens × {view(model).n_layers} layers")
-        return show(trace(model, text.value, subj.value, replace(settings, kind=kinds.value, samples=n.value,
-                                                                 noise=scale.value, window=width.value)))
+        chosen = replace(settings, kind=kinds.value, samples=n.value, noise=scale.value, window=width.value)
+        delta = corruption(model, text.value, subj.value, chosen)
+        panel.stage("estimating by attribution patching")
+        estimate = attribution_trace(model, text.value, subj.value, chosen, delta=delta)
+        fig = plot_trace_pair(None, estimate)
+        plt.close(fig)
+        result.update(fig)
+        panel.stage(f"estimate shown (approximate); tracing {len(estimate.tokens)} tokens × "
+                    f"{view(model).n_layers} layers")
+        real = trace(model, text.value, subj.value, chosen, delta=delta)
+        fig = plot_trace_pair(real, estimate)
+        plt.close(fig)
+        result.update(fig)
+        return (f"{real.answer!r}: p {real.clean_prob:.2f} clean, {real.corrupted_prob:.2f} corrupted; "
+                f"estimate ρ {agreement(estimate, real).spearman:.2f}")
 
     panel.run(traced if initial is None else lambda: show(initial))
     go.on_click(lambda _: panel.click(go, traced))
