@@ -280,6 +280,21 @@ def test_failing_cell_fails_the_build(fixture_book, tmp_path):
     assert not (tmp_path / "b" / "html").exists()
 
 
+def test_a_cell_past_the_timeout_runs_the_notebook_once_more_then_fails(fixture_book, tmp_path):
+    """--cell-timeout: a cell past it executes the notebook again from the start; a second time fails."""
+    broken = fixture_book / "broken" / "broken.ipynb"
+    nb = json.loads(broken.read_text())
+    nb["cells"] = [c for c in nb["cells"] if c["cell_type"] == "markdown"][:1] + [
+        {"cell_type": "code", "execution_count": None, "id": "sleeps", "metadata": {}, "outputs": [],
+         "source": ["import time\n", "time.sleep(60)"]}]
+    broken.write_text(json.dumps(nb))
+    out = run_cli("--root", str(fixture_book), "--profile", "smoke", "--only", "broken", "--cell-timeout", "2",
+                  "--no-html", "--build-dir", str(tmp_path / "b"))
+    assert out.returncode == 1
+    assert out.stdout.count("a cell ran past 2.0 s; executing the notebook again") == 1
+    assert "broken/broken.ipynb: a cell ran past 2.0 s twice" in out.stderr
+
+
 @pytest.mark.book
 def test_fixture_book_parameters_and_site(fixture_book, tmp_path):
     build = tmp_path / "b"

@@ -36,6 +36,7 @@ def build(
     overrides: Mapping[str, Any] | None = None,
     force: bool = False,
     stop_after: int | None = None,
+    cell_timeout: float | None = None,
     html: bool = True,
     strict: bool = False,
     quiet: bool = True,
@@ -43,7 +44,7 @@ def build(
     log: Any = print,
 ) -> Path | None:
     """Bring the selected notebooks' executed copies up to date (``force``: execute them all),
-    then (``html``) build the site; returns index.html's path. ``stop_after``: see
+    then (``html``) build the site; returns index.html's path. ``stop_after`` and ``cell_timeout``: see
     :func:`factlens.book.execution.execute`."""
     root = find_root(root) if root is None else Path(root).resolve()
     if not (root / "_toc.yml").is_file():
@@ -53,7 +54,7 @@ def build(
     start = time.perf_counter()
     log(f"book at {root}: profile {profile}, {len(notebooks)} notebook(s)", flush=True)
     done = execute(root, notebooks, profile, build_dir=build_dir, overrides=overrides, force=force,
-                   stop_after=stop_after, progress_bar=progress_bar, log=log)
+                   stop_after=stop_after, cell_timeout=cell_timeout, progress_bar=progress_bar, log=log)
     log("executed: " + (", ".join(f"{d.notebook} {d.seconds:.0f} s" for d in done) or "none"), flush=True)
     index = build_html(root, build_dir, strict=strict, quiet=quiet, log=log) if html else None
     log(f"total {time.perf_counter() - start:.1f} s", flush=True)
@@ -84,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, help="the book's root (default: found from the working directory)")
     parser.add_argument("--build-dir", type=Path, help="where executed/, results/, html/ go (default ROOT/_build)")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    parser.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                        help="the most one cell may take; past it the notebook runs once more (default: no limit)")
     parser.add_argument("--verbose", action="store_true",
                         help="show Jupyter Book's full output (default: warnings and errors)")
     args = parser.parse_args(argv)
@@ -96,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides=parse_overrides(args.parameter),
             force=args.force,
             stop_after=args.stop_after,
+            cell_timeout=args.cell_timeout,
             html=not args.no_html,
             strict=args.strict,
             quiet=not args.verbose,

@@ -94,30 +94,42 @@ def describe_failure(notebook: str | Path, err: Exception, output: str | Path | 
     return f"{notebook}: cell {index} (`{first_line}`) raised {err.ename}: {evalue}{where}"
 
 
-def run_notebook(chapter: Chapter, *, progress_bar: bool = True) -> float:
+def run_notebook(chapter: Chapter, *, progress_bar: bool = True, cell_timeout: float | None = None,
+                 log: Any = print) -> float:
     """Execute one notebook with papermill into its executed copy; returns its seconds.
 
+    ``cell_timeout``: the most seconds one cell may take (None: no limit). A cell past it is taken
+    for a lost reply, not for slow work (the limit is set far above any cell's time): the notebook is
+    executed once more from the start in a fresh kernel, and a second timeout fails the build.
     Raises :class:`BookError` naming the cell and the exception (the executed copy, with the
     traceback, is kept for inspection).
     """
     import papermill
 
     chapter.output.parent.mkdir(parents=True, exist_ok=True)
-    chapter.output.unlink(missing_ok=True)
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(
-            str(chapter.source),
-            str(chapter.output),
-            parameters=chapter.parameters,
-            kernel_name=KERNEL_NAME,
-            cwd=str(chapter.source.parent),
-            progress_bar=progress_bar,
-            log_output=False,
-        )
-    except Exception as err:
-        raise BookError(describe_failure(chapter.notebook, err, chapter.output)) from err
-    return time.perf_counter() - start
+    attempt = 1
+    while True:
+        chapter.output.unlink(missing_ok=True)
+        try:
+            papermill.execute_notebook(
+                str(chapter.source),
+                str(chapter.output),
+                parameters=chapter.parameters,
+                kernel_name=KERNEL_NAME,
+                cwd=str(chapter.source.parent),
+                progress_bar=progress_bar,
+                log_output=False,
+                execution_timeout=cell_timeout,
+            )
+            return time.perf_counter() - start
+        except TimeoutError as err:  # nbclient's CellTimeoutError
+            if attempt == 2:
+                raise BookError(f"{chapter.notebook}: a cell ran past {cell_timeout} s twice: {err}") from err
+            attempt += 1
+            log(f"{chapter.notebook}: a cell ran past {cell_timeout} s; executing the notebook again", flush=True)
+        except Exception as err:
+            raise BookError(describe_failure(chapter.notebook, err, chapter.output)) from err
 
 
 def execute(
@@ -129,6 +141,7 @@ def execute(
     overrides: Mapping[str, Any] | None = None,
     force: bool = False,
     stop_after: int | None = None,
+    cell_timeout: float | None = None,
     progress_bar: bool = True,
     log: Any = print,
 ) -> list[Executed]:
@@ -138,7 +151,8 @@ def execute(
 
     Stops at the first failing notebook and raises :class:`BookError` naming it, its cell and
     the exception. ``stop_after``: raise :class:`KeyboardInterrupt` once that many chapters have
-    executed, as an interrupted build would (the tests resume such a build).
+    executed, as an interrupted build would (the tests resume such a build). ``cell_timeout`` as in
+    :func:`run_notebook`.
     """
     root = Path(root).resolve()
     build = Path(build_dir).resolve() if build_dir else root / "_build"
@@ -172,7 +186,7 @@ def execute(
         before = results_listing(results_dir)
         start = time.perf_counter()
         try:
-            seconds = run_notebook(chapter, progress_bar=progress_bar)
+            seconds = run_notebook(chapter, progress_bar=progress_bar, cell_timeout=cell_timeout, log=log)
         except BookError:
             log(f"[{i}/{total}] {chapter.notebook} FAILED after {time.perf_counter() - start:.1f} s", flush=True)
             raise
