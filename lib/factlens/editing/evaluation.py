@@ -244,8 +244,11 @@ def zsre_scores(model: Model, case: ZsreEdit) -> dict[str, float]:
 # --------------------------------------------------------------------------- over cases
 
 
-def _run(model: Model, items: Iterable[tuple[int, EditRequest, Callable[[], dict[str, float]]]],
-         editor: Editor | None, total: int, desc: str, progress: bool) -> pd.DataFrame:
+def score_edits(model: Model, items: Iterable[tuple[int, EditRequest, Callable[[], dict[str, float]]]],
+                editor: Editor | None, total: int, desc: str, progress: bool) -> pd.DataFrame:
+    """For each ``(case_id, request, score)``: write the request with ``editor`` (``None``: the unedited
+    model), call ``score()``, undo the edit (also when scoring raises); one row per case (``case_id``, the
+    scores, ``edit_seconds``)."""
     rows = []
     for case_id, request, score in tqdm(items, total=total, desc=desc, disable=not progress):
         edit = editor(model, [request]) if editor is not None else None
@@ -268,7 +271,7 @@ def evaluate_counterfact(model: Model, cases: Sequence[CounterFactCase], editor:
               lambda c=c: counterfact_scores(model, c, generate_tokens=generate_tokens, seed=seed))
              for c in cases)
     name = editor.name if editor is not None else "unedited"
-    return _run(model, items, editor, len(cases), f"CounterFact, {name}", progress)
+    return score_edits(model, items, editor, len(cases), f"CounterFact, {name}", progress)
 
 
 def evaluate_zsre(model: Model, records: Sequence[ZsreCase | Mapping[str, Any]], editor: Editor | None = None, *,
@@ -278,7 +281,7 @@ def evaluate_zsre(model: Model, records: Sequence[ZsreCase | Mapping[str, Any]],
     cases = [zsre_edit(r, i) for i, r in enumerate(records)]
     items = ((c.case_id, c.request, lambda c=c: zsre_scores(model, c)) for c in cases)
     name = editor.name if editor is not None else "unedited"
-    return _run(model, items, editor, len(cases), f"zsRE, {name}", progress)
+    return score_edits(model, items, editor, len(cases), f"zsRE, {name}", progress)
 
 
 def zsre_usable(records: Iterable[ZsreCase | Mapping[str, Any]]) -> list[ZsreCase | Mapping[str, Any]]:

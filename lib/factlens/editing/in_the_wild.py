@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from factlens.core.models import Model, view
 from factlens.data import CounterFactCase
-from factlens.editing.evaluation import target_log_probs, target_token_accuracy
+from factlens.editing.evaluation import score_edits, target_log_probs, target_token_accuracy
 from factlens.editing.generation import generate
 from factlens.editing.requests import Editor, EditRequest
 from factlens.evidence import papers, stats
@@ -110,18 +109,10 @@ def evaluate_in_the_wild(model: Model, cases: Sequence[CounterFactCase], editor:
                          settings: WildSettings = WildSettings(), *, progress: bool = True) -> pd.DataFrame:
     """Write each case's requested rewrite with ``editor`` (``None``: the unedited model), score it
     (:func:`wild_scores`), undo it: one row per case (``case_id``, the scores, ``edit_seconds``)."""
-    rows = []
+    items = ((case.case_id, EditRequest.from_counterfact(case), lambda case=case: wild_scores(model, case, settings))
+             for case in cases)
     name = editor.name if editor is not None else "unedited"
-    for case in tqdm(cases, desc=f"in the wild, {name}", disable=not progress):
-        edit = editor(model, [EditRequest.from_counterfact(case)]) if editor is not None else None
-        try:
-            row = {"case_id": case.case_id, **wild_scores(model, case, settings)}
-        finally:
-            if edit is not None:
-                edit.undo()
-        row["edit_seconds"] = edit.info.get("seconds", math.nan) if edit is not None else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return score_edits(model, items, editor, len(cases), f"in the wild, {name}", progress)
 
 
 # --------------------------------------------------------------------------- summaries and claims
