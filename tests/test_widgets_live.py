@@ -419,6 +419,7 @@ def test_case_browser_shows_the_chosen_case(notebook):
 
 
 def test_many_edits_widget_runs_the_sequence_and_says_what_held(notebook, gemma):
+    from factlens import data  # noqa: F401  (MANY_CASES and MANY_YARDSTICK name it)
     from factlens.editing import sequences
 
     many = Widget(notebook, "many-edits")
