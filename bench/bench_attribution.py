@@ -16,18 +16,10 @@ import time
 
 import torch
 
+from factlens.book.keys import machine
 from factlens.core.models import load_model, view
 from factlens.locating.attribution import agreement, attribution_trace
 from factlens.locating.tracing import TraceSettings, corruption, embedding_std, trace
-
-
-def _cpu() -> str:
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return "unknown CPU"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return f"{name}, AVX-512 {'yes' if 'avx512f' in info else 'no'}"
 
 
 def _timed(fn):
@@ -51,9 +43,10 @@ def main() -> None:
     embedding_std(model)  # measured once and cached: not part of either time
     settings = TraceSettings(args.kind, window=args.window, samples=args.samples).for_depth(v.n_layers)
     delta = corruption(model, args.prompt, args.subject, settings)
+    cpu = machine()
     print(f"model {args.model}, {v.n_layers} layers; prompt {args.prompt!r} ({len(v.token_ids(args.prompt))} tokens), "
           f"kind {args.kind}, window {settings.window}, {args.samples} samples; torch threads "
-          f"{torch.get_num_threads()}; CPU: {_cpu()}")
+          f"{torch.get_num_threads()}; CPU: {cpu['cpu']}, {', '.join(cpu['cpu_features']) or 'no AVX-512'}")
 
     def estimate():
         return attribution_trace(model, args.prompt, args.subject, settings, delta=delta)

@@ -51,6 +51,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models are dominated by thread start-up on a shared machine: a module that uses this
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``) runs on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def tiny(request: pytest.FixtureRequest):
     """A tiny model with random weights (``tiny-gemma3``, ``tiny-gpt2``), loaded once per module."""
     from factlens.core.models import load_model

@@ -13,13 +13,7 @@ from factlens.locating.tracing import TraceSettings, corruption, restored_layers
 PROMPT, SUBJECT = "The Eiffel Tower is in Paris", "Eiffel Tower"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are dominated by thread start-up on a shared machine: run them on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the conftest's: tiny models on one thread
 
 
 @pytest.fixture(scope="module")

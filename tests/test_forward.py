@@ -16,12 +16,7 @@ LONG = ("The Eiffel Tower is located in the city of Paris. The Space Needle is i
 SHORT = "Dante was born in Florence"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the conftest's: tiny models on one thread
 
 
 def _noise(shape, seed=0, scale=1.0):

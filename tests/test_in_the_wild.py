@@ -20,12 +20,7 @@ TINY_MODELS = ("tiny-gemma3",)
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=3, mom2_samples=300)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the conftest's: tiny models on one thread
 
 
 @pytest.mark.parametrize("continuation, target, expected", [

@@ -29,12 +29,7 @@ PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "Eiffel Tower"
 LONG = "The Eiffel Tower, a wrought iron lattice tower built for the fair of 1889, is located in the city of"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the conftest's: tiny models on one thread
 
 
 def _blocked(n_rows: int, n_layers: int, n_tokens: int, layers, keys) -> torch.Tensor:
