@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import statistics
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=24, help="new tokens per prompt")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    os.environ["FACTLENS_RECOMPUTE"] = "v_star,k_star"  # time the computation, not a read of the cache
     model = load_model(args.model)
     hp = rome.default_hparams(model)
     C = second_moment.layer_stats(model, hp.layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False)

@@ -42,6 +42,15 @@ def headless_chromium(window_size: str, *flags: str) -> Iterator:
 TINY_MODELS = ("tiny-gemma3", "tiny-gpt2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def computed_afresh() -> Iterator[None]:
+    """The tests check computations, so ROME's k* and v* (and with v*, MEMIT's z) are computed, neither
+    read from the cache nor written to it (``$FACTLENS_RECOMPUTE``); tests of their cache unset it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACTLENS_RECOMPUTE", "v_star,k_star")
+        yield
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests that take ``tiny`` run once per tiny random model: both families unless the test's
     module names its own ``TINY_MODELS``."""

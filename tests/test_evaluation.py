@@ -225,6 +225,30 @@ def test_a_case_is_scored_in_one_forward_pass_with_shared_rows(tiny, monkeypatch
     assert scores["ES"] == float(one_by_one[0] > one_by_one[1])
 
 
+def test_teacher_forcing_reads_each_position_once_and_the_same_numbers(tiny):
+    """Two targets after one prompt read the same logits, unembedded once: the numbers are those of
+    unembedding every read (a row of a product does not depend on the others; one row alone is never
+    unembedded where several reads share it)."""
+    v = view(tiny)
+    pairs = [("The Eiffel Tower is in", " Paris"), ("The Eiffel Tower is in", " Seattle"),
+             ("The capital of France is", " Paris"), ("The capital of France is", " Rome"),
+             ("Dante was born in", " Rome")]
+    for chosen in (pairs, pairs[:2], pairs[2:4], pairs[4:]):  # [2:4]: two one-token targets, one read
+        prompts, targets = [p for p, _ in chosen], [t for _, t in chosen]
+        logps, hits = evaluation._teacher_forced(tiny, prompts, targets)
+        heads, tails = [v.token_ids(p) for p in prompts], [v.target_ids(t) for t in targets]
+        rows, row_of = evaluation._rows(heads, tails)
+        with torch.no_grad():  # the same forward pass, then every read its own row of one product
+            hidden = v.final_hidden(v.batch(rows).ids)
+            reads = [hidden[row_of[i], len(h) - 1 + j] for i, (h, t) in enumerate(zip(heads, tails))
+                     for j in range(len(t))]
+            tokens = [token for t in tails for token in t]
+            logits = v.unembed(torch.stack(reads)[:, None])[:, 0].float()
+            expected = logits.log_softmax(-1)[torch.arange(len(tokens)), torch.tensor(tokens)]
+            expected_hits = (logits.argmax(-1) == torch.tensor(tokens)).float()
+        assert torch.equal(torch.cat(logps), expected) and torch.equal(torch.cat(hits), expected_hits)
+
+
 # --------------------------------------------------------------------------- the default model
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -141,6 +142,53 @@ def test_a_run_undoes_itself_unless_asked_to_keep(tiny, cases, yardstick):
     run = sequences.run_sequence(tiny, cases[:3], editor, yardstick, every=3, progress=False)
     assert run.record.undone and torch.equal(v.mlp_out_weight(FAST.layer).detach(), before)
     assert run.settings["n_edits"] == 3 and run.settings["method"] == "ROME (original key mix)"
+
+
+# --------------------------------------------------------------------------- measuring once
+
+
+def _yardstick() -> sequences.Yardstick:
+    return sequences.Yardstick(lama.lama_facts("TREx", ["P103"], per_relation=30), ["The city of", "Paris is"],
+                               generate_tokens=4)
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_yardstick_measures_a_model_once_per_weights(tiny, cases, monkeypatch):
+    """The same weights are measured once (each method's sequence starts from the unedited model); an
+    edit is measured anew, its undo finds the unedited model's numbers; each the same as a fresh
+    yardstick's."""
+    probes = []
+    probe = lama.probe
+    monkeypatch.setattr(lama, "probe", lambda *a, **k: probes.append(1) or probe(*a, **k))
+    shared = _yardstick()
+    first = sequences.outcomes(tiny, cases[:4], shared)
+    assert len(probes) == 1
+    _assert_same(sequences.outcomes(tiny, cases[:4], shared), first)
+    assert sequences.outcomes(tiny, [], shared)["lama"].tolist() == first["lama"].tolist()
+    assert len(probes) == 1
+    C = torch.eye(view(tiny).d_mlp)
+    with rome.ROME(FAST, stats=C)(tiny, [EditRequest.from_counterfact(cases[0])]):
+        edited = sequences.outcomes(tiny, cases[:4], shared)
+        assert len(probes) == 2
+        _assert_same(edited, sequences.outcomes(tiny, cases[:4], _yardstick()))
+    _assert_same(sequences.outcomes(tiny, cases[:4], shared), first)
+    assert len(probes) == 3  # only the fresh yardstick's
+    _assert_same(first, sequences.outcomes(tiny, cases[:4], _yardstick()))
+
+
+def test_sequences_sharing_a_yardstick_measure_what_fresh_ones_do(tiny, cases):
+    shared = _yardstick()
+    for method in ("ROME", "MEMIT"):
+        runs = [sequences.run_sequence(tiny, cases[:4], sequences.editor(tiny, method, rome_hparams=FAST,
+                                                                         alphaedit_hparams=FAST_ALPHA),
+                                       yardstick, every=2, progress=False) for yardstick in (shared, _yardstick())]
+        pd.testing.assert_frame_equal(runs[0].curve, runs[1].curve)
+        pd.testing.assert_frame_equal(runs[0].forecasts, runs[1].forecasts)
+        _assert_same(runs[0].last, runs[1].last)
+    assert len(shared.measured) == 5  # the unedited model, then two checkpoints of each method
 
 
 def test_sequence_arguments_are_checked(tiny, cases, yardstick):

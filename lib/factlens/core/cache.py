@@ -9,9 +9,14 @@ Two kinds of entries:
 * folders (a converted model): built in a temporary sibling, stamped with a manifest of
   file sizes and SHA-256 digests, then renamed into place in one step, so a killed build
   never leaves a folder that later loads half a model;
-* tensor files (layer statistics, trigger tables, embedding scales): one safetensors file
-  per key, whose metadata carries the key and a digest of the tensors; a file that does
-  not match is rebuilt with a warning, never used.
+* tensor files (layer statistics, trigger tables, embedding scales, ROME's ``k*`` and ``v*``,
+  MEMIT's ``δ``): one safetensors file per key, whose metadata carries the key and a digest
+  of the tensors; a file that does not match is rebuilt with a warning, never used. A result
+  computed on a model is keyed by ``View.cache_key`` too (the model's name, the digest of its
+  weights as they are, so an edit gives new keys and its undo the old ones, the device, torch).
+
+``$FACTLENS_RECOMPUTE`` names kinds of tensor files (comma-separated) that are computed afresh,
+neither read nor written (:func:`recomputed`): benchmarks time the computation, the tests check it.
 """
 
 from __future__ import annotations
@@ -157,6 +162,12 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def recomputed(kind: str) -> bool:
+    """Whether tensor files of ``kind`` are computed afresh, neither read nor written: whether
+    ``$FACTLENS_RECOMPUTE`` (comma-separated kinds) names it."""
+    return kind in os.environ.get("FACTLENS_RECOMPUTE", "").split(",")
+
+
 def tensor_file(kind: str, key: dict) -> Path:
     """Where the tensors for ``key`` (a dict of what produced them) are cached."""
     name = hashlib.sha256(_key_text(key).encode()).hexdigest()[:24]
@@ -170,9 +181,13 @@ def cached_tensors(
 
     The file is trusted only when its metadata names the same key and its tensors hash to
     the stored digest; anything else (truncated file, wrong key, flipped bytes) is rebuilt.
+    The tensors come back on the CPU, contiguous, as ``build`` made them (also when
+    :func:`recomputed`).
     """
     from safetensors.torch import load_file, save_file
 
+    if recomputed(kind):
+        return {name: t.detach().cpu().contiguous() for name, t in build().items()}
     path = tensor_file(kind, key)
     if path.exists():
         try:

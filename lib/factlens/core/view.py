@@ -11,6 +11,8 @@ and the state a method keeps per model (:class:`ModelState`). Get a model's View
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +70,29 @@ class Batch:
         return self.lengths - 1
 
 
+@dataclass(frozen=True)
+class _ParameterDigest:
+    """The sha256 of one parameter's dtype, shape and bytes, and which version of which tensor it
+    was taken from: the parameter object (weakly), its storage and its version counter, which
+    every in-place change bumps (``copy_``, ``add_``, an optimizer's step, through any view)."""
+
+    tensor: weakref.ref
+    data_ptr: int
+    version: int
+    sha256: str
+
+    @classmethod
+    def of(cls, p: torch.Tensor) -> _ParameterDigest:
+        t = p.detach().cpu().contiguous()
+        digest = hashlib.sha256(f"{t.dtype} {tuple(t.shape)} ".encode())
+        digest.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
+        return cls(weakref.ref(p), p.data_ptr(), p._version, digest.hexdigest())
+
+    def describes(self, p: torch.Tensor) -> bool:
+        """Whether ``p`` is still the tensor digested, unchanged since."""
+        return self.tensor() is p and self.data_ptr == p.data_ptr() and self.version == p._version
+
+
 class _StopForward(Exception):
     """Raised by :meth:`View.capture` once every hook it waits for has fired."""
 
@@ -75,7 +100,8 @@ class _StopForward(Exception):
 @dataclass
 class ModelState:
     """What methods compute once per model object and reuse (``View.state``), one field per purpose.
-    Kept for the model object's life: none of it depends on the weights an edit changes.
+    Kept for the model object's life: none of it depends on the weights an edit changes, except
+    ``weight_digests``, which is kept with each parameter's version.
 
     Attributes:
         context_templates: ROME's random prefix templates (``factlens.editing.rome.templates_for``),
@@ -84,11 +110,17 @@ class ModelState:
             (``factlens.editing.alphaedit.AlphaEditState.create``), by ``(layer, corpus, keys, threshold)``.
         corpus_digests: sha256 of the token ids of the corpus chunks ``C`` is estimated on
             (``factlens.editing.second_moment``), by ``(corpus, keys, tokens per chunk)``.
+        weight_digests: sha256 of each parameter's bytes (``View.weights_digest``), by parameter name,
+            with the version of the parameter it was taken from.
+        lama_vocabulary: LAMA's common vocabulary mapped to single tokens
+            (``factlens.probing.ranking.vocabulary_tokens``), by whether a space precedes the word.
     """
 
     context_templates: dict[tuple[tuple[tuple[int, int], ...], int, bool], list[str]] = field(default_factory=dict)
     null_space_projectors: dict[tuple[int, str, int, float], torch.Tensor] = field(default_factory=dict)
     corpus_digests: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    weight_digests: dict[str, _ParameterDigest] = field(default_factory=dict)
+    lama_vocabulary: dict[bool, dict[int, str]] = field(default_factory=dict)
 
 
 class View:
@@ -161,6 +193,31 @@ class View:
     def label(self) -> str:
         """How the book names the model beside a number (its registry entry's label)."""
         return registry.entry(self.name).label
+
+    def weights_digest(self) -> str:
+        """sha256 of every parameter of the model (names, dtypes, shapes, bytes): what a result computed
+        on the model as it is now depends on beside its name and inputs (``cache_key``).
+
+        Each parameter's own digest is kept with its version counter (``ModelState.weight_digests``), so
+        a call hashes only the parameters changed since the last one (an edit: one MLP output weight);
+        undoing an edit restores the bytes, hence the digest. A change that bypasses the version counter
+        (through ``.data``, or a fused optimizer) is not seen: change weights through the View
+        (``set_mlp_out_weight``) or the parameter itself, as every editor here does.
+        """
+        kept = self.state.weight_digests
+        total = hashlib.sha256()
+        for name, p in self.model.named_parameters():
+            if name not in kept or not kept[name].describes(p):
+                kept[name] = _ParameterDigest.of(p)
+            total.update(f"{name} {kept[name].sha256}\n".encode())
+        return total.hexdigest()
+
+    def cache_key(self) -> dict[str, str]:
+        """What every cached result computed on this model as it is now is keyed by, beside its own
+        inputs (``factlens.core.cache.cached_tensors``): the model's name, :meth:`weights_digest`, the
+        device kind and torch's version (float results differ in their last bits between them)."""
+        return {"model": self.name, "weights": self.weights_digest(), "device": self.device.type,
+                "torch": torch.__version__}
 
     @property
     def device(self) -> torch.device:

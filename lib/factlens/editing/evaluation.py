@@ -86,7 +86,11 @@ def _teacher_forced(model: Model, prompts: Sequence[str], targets: Sequence[str]
     """Per (prompt, target): the log-probability of each target token and whether it is the
     argmax, given the prompt and the target's previous tokens. The pairs share the fewest rows
     (:func:`_rows`: one-token targets after the same prompt share one), right-padded, up to
-    ``batch_size`` rows per forward pass; only the read positions are projected to the vocabulary."""
+    ``batch_size`` rows per forward pass; only the read positions are projected to the vocabulary,
+    each once (two targets after the same prompt read the same logits). A product's row does not
+    depend on the other rows, except that a single row takes another path (its last bits differ):
+    positions read more than once are projected as two rows at least, so that every number is
+    the one a projection of every read gives."""
     if len(prompts) != len(targets):
         raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
     v = view(model)
@@ -97,13 +101,16 @@ def _teacher_forced(model: Model, prompts: Sequence[str], targets: Sequence[str]
     for start in range(0, len(rows), batch_size):
         chunk = v.batch(rows[start:start + batch_size])
         hidden_rows += list(v.final_hidden(chunk.ids))
-    r = torch.tensor([row_of[i] for i, t in enumerate(tails) for _ in t])
-    c = torch.tensor([len(h) - 1 + j for h, t in zip(heads, tails) for j in range(len(t))])
-    picked = torch.stack([hidden_rows[i][j] for i, j in zip(r.tolist(), c.tolist())])
+    reads = [(row_of[i], len(h) - 1 + j) for i, (h, t) in enumerate(zip(heads, tails)) for j in range(len(t))]
+    distinct = {read: k for k, read in enumerate(dict.fromkeys(reads))}
+    picked = torch.stack([hidden_rows[i][j] for i, j in distinct])
+    if len(distinct) == 1 < len(reads):
+        picked = picked.repeat(2, 1)
+    index = torch.tensor([distinct[read] for read in reads], device=picked.device)
     tokens = torch.tensor([tok for t in tails for tok in t], device=picked.device)
     logits = v.unembed(picked[:, None])[:, 0].float()
-    logp = logits.log_softmax(-1)[torch.arange(len(tokens)), tokens].cpu()
-    hit = (logits.argmax(-1) == tokens).float().cpu()
+    logp = logits.log_softmax(-1)[index, tokens].cpu()
+    hit = (logits.argmax(-1)[index] == tokens).float().cpu()
     sizes = [len(t) for t in tails]
     return list(logp.split(sizes)), list(hit.split(sizes))
 

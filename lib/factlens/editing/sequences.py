@@ -34,6 +34,7 @@ the code's update (``unprefixed_key_in_update``); :func:`editor` builds the chap
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +46,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from factlens.core.models import Model
+from factlens.core.models import Model, view
 from factlens.data import LamaFact
 from factlens.editing import alphaedit, evaluation, memit, rome, second_moment
 from factlens.editing.generation import generate
@@ -92,16 +93,34 @@ def editor(model: Model, method: str, *, rome_hparams: rome.ROMEHyperParams | No
 @dataclass
 class Yardstick:
     """The fixed measurements taken at every checkpoint of every method: a sample of LAMA facts no
-    edit touches, the prompts text is generated from, and how many tokens."""
+    edit touches, the prompts text is generated from, and how many tokens.
+
+    What it measures of a model is kept by the model's weights (``measured``, by ``View.cache_key``):
+    a model measured again as it was, as every method's sequence starts from the unedited model,
+    is measured once. Keep a yardstick's facts and prompts as they are once it has measured.
+    """
 
     lama: list[LamaFact]
     generation_prompts: list[str]
     generate_tokens: int = 20
     seed: int = 0
+    measured: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.lama or not self.generation_prompts:
             raise ValueError("a yardstick needs LAMA facts and generation prompts (at least one of each)")
+
+    @torch.no_grad()
+    def measure(self, model: Model) -> dict[str, np.ndarray]:
+        """On the model as it is now (measured once per model and weights): ``lama``, whether each LAMA
+        fact is answered first (P@1), and ``entropy``, ×100 per generation prompt."""
+        key = json.dumps(view(model).cache_key(), sort_keys=True)
+        if key not in self.measured:
+            probed = lama.probe(model, self.lama, k=1, progress=False)
+            texts = generate(model, self.generation_prompts, self.generate_tokens, top_k=5, seed=self.seed)
+            entropy = [100 * evaluation.ngram_entropy(p + t) for p, t in zip(self.generation_prompts, texts)]
+            self.measured[key] = {"lama": (probed.frame["rank"] == 1).to_numpy(), "entropy": np.array(entropy)}
+        return {name: values.copy() for name, values in self.measured[key].items()}
 
 
 def _proportion(hits: np.ndarray) -> dict[str, float]:
@@ -116,7 +135,8 @@ def _proportion(hits: np.ndarray) -> dict[str, float]:
 def outcomes(model: Model, cases: Sequence[Any], yardstick: Yardstick) -> dict[str, np.ndarray]:
     """Per item, on the model as it is now: ``edit`` (``[P(o*) > P(o)]`` on each case's prompt, in edit
     order), ``neighbour`` (``[P(o_n) > P(o*)]`` on each of their neighbourhood prompts), ``lama`` (the
-    yardstick's LAMA facts answered first) and ``entropy`` (×100, per generation prompt)."""
+    yardstick's LAMA facts answered first) and ``entropy`` (×100, per generation prompt):
+    :meth:`Yardstick.measure`, once per model and weights."""
     out: dict[str, np.ndarray] = {"edit": np.zeros(0, bool), "neighbour": np.zeros(0, bool)}
     if cases:
         rewrite = [c.prompt.format(c.subject) for c in cases]
@@ -127,12 +147,7 @@ def outcomes(model: Model, cases: Sequence[Any], yardstick: Yardstick) -> dict[s
         lp = evaluation.target_log_probs(model, prompts, targets, batch_size=64).view(-1, 2).numpy()
         out["edit"] = lp[: len(cases), 0] > lp[: len(cases), 1]
         out["neighbour"] = lp[len(cases):, 1] > lp[len(cases):, 0]
-    probed = lama.probe(model, yardstick.lama, k=1, progress=False)
-    out["lama"] = (probed.frame["rank"] == 1).to_numpy()
-    texts = generate(model, yardstick.generation_prompts, yardstick.generate_tokens, top_k=5, seed=yardstick.seed)
-    out["entropy"] = np.array([100 * evaluation.ngram_entropy(p + t)
-                               for p, t in zip(yardstick.generation_prompts, texts)])
-    return out
+    return {**out, **yardstick.measure(model)}
 
 
 def summarize(outcome: dict[str, np.ndarray], newest: int, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -166,7 +181,7 @@ class SequenceRun:
     curve: pd.DataFrame                      # one row per (checkpoint, metric): n_edits, metric, value, low, high, n
     forecasts: pd.DataFrame                  # ROME's methods: one row per edit (Forecast fields, n_edits, case_id)
     record: Edit
-    edit_seconds: list[float] = field(default_factory=list)   # per edit (ROME) or per batch (MEMIT, AlphaEdit)
+    edit_seconds: list[float] = field(default_factory=list)   # per edit (ROME) or batch: each edit's info["seconds"]
     measure_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     last: dict[str, np.ndarray] = field(default_factory=dict)  # :func:`outcomes` at the last checkpoint
@@ -226,9 +241,8 @@ def run_sequence(model: Model, cases: Sequence[Any], editor: Editor, yardstick: 
     try:
         for first in range(0, len(cases), size):
             chunk = requests[first:first + size]
-            tic = time.perf_counter()
             step = editor(model, chunk)
-            edit_seconds.append(time.perf_counter() - tic)
+            edit_seconds.append(step.info["seconds"])
             record.extend(step)
             fc = step.info.get("forecast")
             if fc is not None:

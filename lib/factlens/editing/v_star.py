@@ -12,19 +12,39 @@ and nothing before the subject's last token: each step re-runs only the blocks f
 on the positions from the subject on, attending to recorded keys and values of the earlier
 positions (``View.record`` / ``View.run_from``), and unembeds only the positions the loss
 reads (``partial=True``; ``partial=False`` is the straightforward whole forward pass).
+
+``v*`` is work done once: :func:`compute_value` keeps every result in the cache (``$FACTLENS_CACHE_DIR/v_star``,
+``factlens.core.cache.cached_tensors``) under what it depends on and nothing else: the model
+(``View.cache_key``: its name, the digest of its weights as they are now, so that each step of a
+sequence of edits has its own entries and an undone edit finds the unedited model's, the device,
+torch), the request, the layer, the settings of :class:`ValueSettings` (not ``C``, the key mix of
+the update, the damping), the context templates themselves and ``partial``. An edit that differs
+from another only in ``C`` or in its update (the editing chapter's C study, ROME's code's key mix)
+or a later build reads ``v*`` back, bit for bit; MEMIT's ``z`` (``factlens.editing.memit.compute_z``)
+is this optimization at its last critical layer and is kept the same way.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
+from factlens.core.cache import cached_tensors
 from factlens.core.models import Model, view
 from factlens.editing.requests import EditRequest
+
+#: The cache's kind (its folder) for ``v*``.
+CACHE_KIND = "v_star"
+#: What an entry holds, in its key; the version changes whenever :func:`compute_value` changes what it
+#: returns for the same inputs (the library's code is not part of the key).
+_WHAT = "v_star.compute_value, version 1: v_star, v, delta, losses, target_prob, steps, seconds"
+#: The terms of each evaluation of the loss, in ``ValueResult.losses``.
+LOSS_TERMS: tuple[str, ...] = ("nll", "kl", "decay", "total")
 
 
 class ValueSettings(Protocol):
@@ -188,6 +208,11 @@ def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
+def value_settings(hp: ValueSettings) -> dict[str, Any]:
+    """The settings ``v*`` depends on, as its cache key has them: the fields of :class:`ValueSettings`."""
+    return {name: getattr(hp, name) for name in ValueSettings.__annotations__}
+
+
 @dataclass
 class ValueResult:
     """What :func:`compute_value` found: ``v* = v + δ`` and how the optimization went."""
@@ -195,9 +220,24 @@ class ValueResult:
     v_star: torch.Tensor          # the down projection's output to write (bias included)
     v: torch.Tensor               # its output before the edit, averaged over the rewriting prompts
     delta: torch.Tensor           # v* − v
-    losses: list[dict[str, float]] = field(default_factory=list)  # per evaluation: nll, kl, decay, total
+    losses: list[dict[str, float]] = field(default_factory=list)  # per evaluation: LOSS_TERMS
     target_prob: float = 0.0      # mean P(target) over the prompts at the last evaluation
     steps: int = 0                # Adam steps taken (fewer than v_steps when it stopped early)
+    seconds: float = 0.0          # how long the optimization took when it was computed (the cache keeps it)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The result as the cache keeps it (every number exactly: losses and the probability as float64)."""
+        losses = torch.tensor([[row[t] for t in LOSS_TERMS] for row in self.losses], dtype=torch.float64)
+        return {"v_star": self.v_star, "v": self.v, "delta": self.delta, "losses": losses.reshape(-1, len(LOSS_TERMS)),
+                "target_prob": torch.tensor([self.target_prob], dtype=torch.float64),
+                "steps": torch.tensor([self.steps]), "seconds": torch.tensor([self.seconds], dtype=torch.float64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], device: torch.device) -> ValueResult:
+        """The result from :meth:`tensors`, its vectors on ``device``."""
+        return cls(v_star=t["v_star"].to(device), v=t["v"].to(device), delta=t["delta"].to(device),
+                   losses=[dict(zip(LOSS_TERMS, row)) for row in t["losses"].tolist()],
+                   target_prob=float(t["target_prob"][0]), steps=int(t["steps"][0]), seconds=float(t["seconds"][0]))
 
 
 def compute_value(model: Model, request: EditRequest, layer: int, hp: ValueSettings,
@@ -218,7 +258,25 @@ def compute_value(model: Model, request: EditRequest, layer: int, hp: ValueSetti
     up at the positions from the earliest subject token on, and unembeds only the read
     positions; ``partial=False`` runs the whole model each step (the same ``v*`` up to
     rounding: ``bench/bench_rome.py`` and the tests compare them).
+
+    Computed once: the cache returns the result (``seconds`` included: how long the optimization
+    took) for the same model and weights, request, layer, :func:`value_settings`, templates and
+    ``partial``, bit for bit as computed (see the module docstring).
     """
+    v = view(model)
+    key = {**v.cache_key(), "what": _WHAT, "request": asdict(request), "layer": layer,
+           "settings": value_settings(hp), "templates": list(templates), "partial": partial}
+
+    def build() -> dict[str, torch.Tensor]:
+        return _optimize(model, request, layer, hp, templates, progress, partial=partial).tensors()
+
+    return ValueResult.from_tensors(cached_tensors(CACHE_KIND, key, build), v.device)
+
+
+def _optimize(model: Model, request: EditRequest, layer: int, hp: ValueSettings, templates: Sequence[str],
+              progress: bool, *, partial: bool) -> ValueResult:
+    """:func:`compute_value`'s optimization, timed."""
+    start = time.perf_counter()
     v = view(model)
     prompts = RewritePrompts.build(model, request, templates, hp.essence_prompt, kl_at_subject=hp.kl_at_subject)
     delta = torch.zeros(v.d_model, device=v.device, requires_grad=True)
@@ -242,7 +300,7 @@ def compute_value(model: Model, request: EditRequest, layer: int, hp: ValueSetti
             decay = hp.weight_decay * delta.norm() / v_norm**2
             loss = nll + hp.kl_factor * kl + decay
             target_prob = log_p_new.detach().sum(1).exp().mean().item()
-            losses.append({k: x.item() for k, x in (("nll", nll), ("kl", kl), ("decay", decay), ("total", loss))})
+            losses.append(dict(zip(LOSS_TERMS, (nll.item(), kl.item(), decay.item(), loss.item()))))
             if (loss if hp.stop_on_total_loss else nll + hp.kl_factor * kl).item() < 5e-2:
                 break
             loss.backward()
@@ -253,7 +311,9 @@ def compute_value(model: Model, request: EditRequest, layer: int, hp: ValueSetti
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
     d = delta.detach().clone()
-    return ValueResult(v_star=v_mean + d, v=v_mean, delta=d, losses=losses, target_prob=target_prob, steps=steps)
+    return ValueResult(v_star=v_mean + d, v=v_mean, delta=d, losses=losses, target_prob=target_prob, steps=steps,
+                       seconds=time.perf_counter() - start)
 
 
-__all__ = ["RewritePrompts", "ValueResult", "ValueSettings", "compute_value", "kl_divergence", "row_groups"]
+__all__ = ["CACHE_KIND", "LOSS_TERMS", "RewritePrompts", "ValueResult", "ValueSettings", "compute_value",
+           "kl_divergence", "row_groups", "value_settings"]

@@ -31,9 +31,14 @@ def vocabulary_tokens(model: Model, words: Sequence[str] | None = None, *, space
 
     A word survives when it is one token as a continuation (``' Paris'`` with ``space``);
     words the tokenizer splits drop out, and words that map to the same token keep the first.
+    LAMA's vocabulary is mapped once per model (``ModelState.lama_vocabulary``).
     """
     v = view(model)
-    words = data.lama_vocab() if words is None else words
+    if words is None:
+        kept = v.state.lama_vocabulary
+        if space not in kept:
+            kept[space] = vocabulary_tokens(model, data.lama_vocab(), space=space)
+        return dict(kept[space])
     tokens: dict[int, str] = {}
     for w in words:
         ids = v.tokenizer((" " if space else "") + w, add_special_tokens=False)["input_ids"]
