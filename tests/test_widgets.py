@@ -216,6 +216,10 @@ def test_trace_explorer_traces_the_new_prompt_and_names_a_missing_subject(tiny, 
     find(shown.box(), "subject").value = "dog"
     find(shown.box(), "go").click()
     assert "subject &#x27;dog&#x27; does not occur" in status.value
+    find(shown.box(), "subject").value = "The cat"
+    find(shown.box(), "prompt").value = "The cat sat<eos> on the"  # read as a control token: not traced
+    find(shown.box(), "go").click()
+    assert "the prompt &#x27;The cat sat&lt;eos&gt; on the&#x27; holds &#x27;&lt;eos&gt;&#x27;" in status.value
 
 
 def test_rome_editor_costs_no_edit_to_create_and_edits_on_click(tiny, shown, monkeypatch):

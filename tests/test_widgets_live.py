@@ -11,6 +11,7 @@ Waits are for conditions, each with a generous limit and a message saying what d
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -77,6 +78,24 @@ from factlens.editing import sequences
 edit_cases = {MANY_CASES}
 yardstick = {MANY_YARDSTICK}
 widgets.many_edits_explorer(model, edit_cases, yardstick, every=2, max_edits=2)""",
+    # the chapter "What came after": two CounterFact cases traced and edited at two layers by a short ROME (5
+    # steps of v*), the same cases in the wild (unedited and edited), the knockout explorer at its defaults
+    "after": """\
+from dataclasses import replace
+
+from factlens.editing import in_the_wild, localization, rome
+from factlens.show import after_widgets
+
+after_cases = data.counterfact()[:2]
+fast_rome = replace(rome.default_hparams(model), v_steps=5)
+located = localization.localize_and_edit(model, after_cases, localization.LocalizationSettings(
+    (4, 6), trace=tracing.TraceSettings("mlp", samples=2), hidden=False), fast_rome, progress=False)
+wild = {"unedited": in_the_wild.evaluate_in_the_wild(model, after_cases, progress=False),
+        "ROME": in_the_wild.evaluate_in_the_wild(model, after_cases, rome.ROME(fast_rome, progress=False),
+                                                 progress=False)}""",
+    "localization": "after_widgets.localization_browser(located, after_cases)",
+    "wild": "after_widgets.wild_case_browser(wild, after_cases)",
+    "knockout": "after_widgets.knockout_explorer(model)",
 }
 
 
@@ -263,11 +282,17 @@ class Widget:
     def results(self) -> list[str]:
         return [e.text for e in self.cell.find_elements(self.by.CSS_SELECTOR, ".factlens-result")]
 
-    def rows(self, result: int = 0) -> list[list[str]]:
+    def rows(self, result: int = 0, index: bool = False) -> list[list[str]]:
+        """The data rows of a result's table, each its cells' text; ``index``: with the row's index (a pandas
+        table's th) first."""
         table = self.cell.find_elements(self.by.CSS_SELECTOR, ".factlens-result")[result]
-        rows = [[td.text for td in tr.find_elements(self.by.TAG_NAME, "td")]
+        rows = [[td.text for td in tr.find_elements(self.by.CSS_SELECTOR, "th, td" if index else "td")]
                 for tr in table.find_elements(self.by.CSS_SELECTOR, "tbody tr")]
         return [row for row in rows if row]  # a header row of th only is not data
+
+    def image(self) -> str:
+        """The src of the cell's last image (a figure: its PNG as a data URL)."""
+        return self.cell.find_elements(self.by.CSS_SELECTOR, ".jp-OutputArea-output img")[-1].get_attribute("src")
 
     def click(self, name: str) -> None:
         button = self.control(name)
@@ -289,6 +314,21 @@ class Widget:
         from selenium.webdriver.support.ui import Select
 
         Select(self.control(name, "select")).select_by_value(label)
+
+    def nudge(self, name: str, handle: str, steps: int) -> None:
+        """Move a slider's ``handle`` (``"lower"``, ``"upper"``; a plain slider's only one is ``"lower"``) by
+        ``steps`` with the arrow keys, as a person does after clicking it."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        knob = self.control(name, f".noUi-handle-{handle}")
+        self.browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus()", knob)
+        key = Keys.ARROW_RIGHT if steps > 0 else Keys.ARROW_LEFT
+        ActionChains(self.browser).send_keys(*[key] * abs(steps)).perform()
+
+    def readout(self, name: str) -> list[int]:
+        """The numbers a slider shows beside it (a range slider's two)."""
+        return [int(n) for n in re.findall(r"-?\d+", self.control(name, ".widget-readout").text)]
 
     def settled(self, before: str, timeout: float = SLOW) -> str:
         """Wait until the status line differs from ``before`` and no run is going; return it."""
@@ -375,6 +415,77 @@ def test_trace_explorer_names_a_missing_subject_then_traces_the_new_prompt(noteb
     assert new != image, "the heatmap was not redrawn"
 
 
+# every change of a widget's status line and last image, kept in the page as it happens (a MutationObserver):
+# what a reader saw for a moment, in order; the images once each, by their place in __factlensImages
+WATCH = """
+const cell = arguments[0];
+window.__factlensLog = [];
+window.__factlensImages = [];
+const record = () => {
+  const status = cell.querySelector('.factlens-status');
+  const images = cell.querySelectorAll('.jp-OutputArea-output img');
+  const src = images.length ? images[images.length - 1].getAttribute('src') : null;
+  let image = window.__factlensImages.indexOf(src);
+  if (src !== null && image < 0) image = window.__factlensImages.push(src) - 1;
+  const entry = {status: status ? status.textContent.trim() : '', image: image};
+  const last = window.__factlensLog[window.__factlensLog.length - 1];
+  if (!last || last.status !== entry.status || last.image !== entry.image) window.__factlensLog.push(entry);
+};
+new MutationObserver(record).observe(cell, {subtree: true, childList: true, characterData: true, attributes: true});
+record();
+return true;
+"""
+
+
+def png_width(src: str) -> int:
+    """The width in pixels of a PNG given as a data URL (its IHDR chunk)."""
+    head = base64.b64decode(src.split(",", 1)[1][:64])
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", src[:40]
+    return int.from_bytes(head[16:20], "big")
+
+
+def numbers(text: str) -> list[float]:
+    return [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", text)]
+
+
+def test_trace_explorer_shows_the_approximate_estimate_first_then_the_trace(notebook, gemma):
+    from factlens.core.models import view
+    from factlens.locating import tracing
+    from factlens.locating.attribution import agreement, attribution_trace
+
+    tracer = Widget(notebook, "trace")
+    prompt, subject = "The Louvre is located in the city of", "The Louvre"
+    tracer.type("prompt", prompt)
+    tracer.type("subject", subject)
+    status = tracer.status()
+    notebook.execute_script(WATCH, tracer.cell)
+    tracer.click("go")
+    status = tracer.settled(status, SLOW)
+    log = notebook.execute_script("return window.__factlensLog")
+    images = notebook.execute_script("return window.__factlensImages")
+    run = int(status.split(":", 1)[0].split()[-1])
+
+    # what the reader saw: the estimate alone, labelled approximate, while the trace ran; then both side by side
+    shown = list(dict.fromkeys(e["image"] for e in log if e["image"] >= 0))  # none while an output is redrawn
+    assert len(shown) == 3, f"not the old figure, the estimate, the trace: {[(e['status'], e['image']) for e in log]}"
+    estimate, both = (png_width(images[i]) for i in shown[1:])
+    assert estimate < 0.75 * both, (estimate, both)  # one panel, then two
+    stages = [e["status"] for e in log if e["image"] == shown[1]]
+    assert any(s.startswith(f"trace {run}: estimate shown (approximate); tracing ") and s.endswith("…")
+               for s in stages), stages
+    assert log[-1]["image"] == shown[2] and log[-1]["status"] == status
+
+    # the numbers are the trace's and the estimate's of this prompt, computed here with the same settings
+    settings = tracing.TraceSettings(samples=2, window=3).for_depth(view(gemma).n_layers)  # the notebook's
+    delta = tracing.corruption(gemma, prompt, subject, settings)
+    real = tracing.trace(gemma, prompt, subject, settings, delta=delta)
+    rho = agreement(attribution_trace(gemma, prompt, subject, settings, delta=delta), real).spearman
+    head = f"trace {run}: {real.answer!r}: p "
+    assert status.startswith(head) and "; estimate ρ " in status, status
+    shown_numbers = numbers(status[len(head):])[:3]
+    assert shown_numbers == pytest.approx([real.clean_prob, real.corrupted_prob, rho], abs=0.011), status
+
+
 def test_rome_editor_edits_on_one_click_with_progress_and_ignores_a_second(notebook, gemma):
     from factlens.core.models import view
     from factlens.editing import rome
@@ -432,6 +543,129 @@ def test_many_edits_widget_runs_the_sequence_and_says_what_held(notebook, gemma)
     held = run.final("efficacy_newest")["value"]
     assert status.startswith(f"run 1: ROME, 2 edits: {held:.0f}% of the edits held, model restored"), status
     assert many.cell.find_elements(many.by.CSS_SELECTOR, ".factlens-result img"), "no curves drawn"
+
+
+# --- the chapter "What came after" -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def after(gemma) -> dict:
+    """The notebook's "after" cell run again here: the same cases, settings and seeds, so its results."""
+    from factlens import data
+    from factlens.locating import tracing
+
+    namespace = {"model": gemma, "data": data, "tracing": tracing}
+    exec(CELLS["after"], namespace)
+    return namespace
+
+
+def test_localization_browser_shows_the_chosen_cases_effects_and_edits_per_layer(notebook, after):
+    from factlens.show import after_widgets
+
+    located, cases = after["located"], after["after_cases"]
+    browser = Widget(notebook, "localization")
+
+    def check(case) -> None:
+        """The case's request, the layer its trace points to and where the edit does best, and per layer its
+        tracing effects and ROME's rewrite score as localize_and_edit computes them here."""
+        rows = located[located["case_id"] == case.case_id].sort_values("layer").set_index("layer")
+        text = browser.results()[0]
+        assert text.startswith(f"{case.filled_prompt} [{case.target_true} → {case.target_new}]"), text
+        traced = rows["mlp_effect"].idxmax() if rows["mlp_effect"].notna().any() else None
+        assert (f"the trace points to layer {traced}; ROME's edit does best at layer "
+                f"{rows['rewrite_score'].idxmax()}") in text
+        columns = [c for c in after_widgets._LOCALIZATION_COLUMNS if c in rows]
+        shown = browser.rows(index=True)
+        assert [int(row[0]) for row in shown] == rows.index.tolist()
+        for row, (_, values) in zip(shown, rows[columns].iterrows()):
+            assert [float(x) for x in row[1:]] == pytest.approx(values.tolist(), abs=2e-3, nan_ok=True), row
+
+    check(cases[0])
+    figure, status = browser.image(), browser.status()
+    browser.choose("case", str(cases[1].case_id))
+    status = browser.settled(status, QUICK)
+    assert status.startswith(f"case 2: case {cases[1].case_id}, ")
+    check(cases[1])
+    assert browser.image() != figure, "the figure was not redrawn"
+
+
+def test_wild_case_browser_shows_what_each_edited_model_said(notebook, after):
+    wild, cases = after["wild"], after["after_cases"]
+    browser = Widget(notebook, "wild")
+
+    def check(case) -> None:
+        """Per method and prompt, the scores and the text in_the_wild computes here for this case."""
+        expected = []
+        for method, frame in wild.items():
+            r = frame[frame["case_id"] == case.case_id].iloc[0]
+            for kind, prompt in (("rewrite", case.filled_prompt), ("paraphrase", case.paraphrase_prompts[0])):
+                expected.append([method, kind, f"{r[f'teacher_forced_{kind}']:.2f}", f"{r[f'probability_{kind}']:.0f}",
+                                 f"{r[f'generated_{kind}']:.0f}", " ".join(f"{prompt} {r[f'text_{kind}']}".split())])
+        assert browser.results()[0].startswith(f"{case.filled_prompt} [{case.target_true} → {case.target_new}]")
+        assert [[*row[:5], " ".join(row[5].split())] for row in browser.rows()] == expected
+
+    check(cases[0])
+    status = browser.status()
+    browser.choose("case", str(cases[1].case_id))
+    status = browser.settled(status, QUICK)
+    assert status.startswith(f"case 2: case {cases[1].case_id}, ")
+    check(cases[1])
+
+
+KNOCKED = re.compile(r"knock out (\d+): p\((.*)\) (\d\.\d{3}) → (\d\.\d{3}) \(([+-]\d+)%\), [\d.]+ s$")
+
+
+def test_knockout_explorer_knocks_out_the_moved_window_and_recovers_from_a_missing_subject(notebook, gemma):
+    from factlens.locating.knockout import knock_out
+
+    explorer = Widget(notebook, "knockout")
+    prompt, subject = "The Eiffel Tower is located in the city of", "The Eiffel Tower"  # the explorer's default
+
+    def check(status: str, prompt: str, subject: str, source: str, layers: list[int]) -> None:
+        """The status and table show knock_out's result for this prompt, source and window, computed here."""
+        knocked = knock_out(gemma, prompt, subject, source, range(layers[0], layers[1] + 1))
+        match = KNOCKED.match(status)
+        assert match, status
+        assert match[2] == knocked.answer.strip()
+        assert [float(match[3]), float(match[4])] == pytest.approx([knocked.base_prob, knocked.prob], abs=1.5e-3)
+        assert int(match[5]) == pytest.approx(100 * knocked.relative_change, abs=1)
+        table = explorer.cell.find_element(explorer.by.CSS_SELECTOR, ".factlens-result caption").text
+        assert f"from the {source} positions in layers {layers[0]}-{layers[1]}" in table
+        rows = explorer.rows()
+        assert [row[0].strip() for row in rows] == [token.strip() for token, _ in knocked.top_after]
+        assert [float(row[1]) for row in rows] == pytest.approx([p for _, p in knocked.top_after], abs=1.5e-3)
+
+    status = explorer.status()
+    first = explorer.readout("layers")
+    assert len(first) == 2 and first[0] >= 3, first
+    check(status, prompt, subject, "subject", first)
+
+    # move the window 3 layers down (the lower handle first) and cut from the last position instead
+    explorer.nudge("layers", "lower", -3)
+    explorer.nudge("layers", "upper", -3)
+    moved = [first[0] - 3, first[1] - 3]
+    wait_for(lambda: explorer.readout("layers") == moved, QUICK,
+             f"the window did not move to {moved}: {explorer.readout('layers')}")
+    explorer.choose("source", "last")
+    explorer.click("go")
+    status = explorer.settled(status, QUICK)
+    check(status, prompt, subject, "last", moved)
+
+    # bad input: a subject the prompt does not hold gets one line, the table stays; the next good input works
+    table = explorer.rows()
+    prompt = "The Colosseum is located in the city of"
+    explorer.type("prompt", prompt)
+    explorer.click("go")
+    status = explorer.settled(status, QUICK)
+    assert status.startswith(f"⚠ subject {subject!r} does not occur in prompt {prompt!r}") and "\n" not in status
+    assert explorer.rows() == table
+    subject = "The Colosseum"
+    explorer.type("subject", subject)
+    explorer.choose("source", "subject")
+    explorer.click("go")
+    status = explorer.settled(status, QUICK)
+    check(status, prompt, subject, "subject", moved)
+    assert status.startswith("knock out 4: ")
 
 
 # --- make lab ----------------------------------------------------------------------------------------

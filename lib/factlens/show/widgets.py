@@ -362,6 +362,7 @@ def trace_explorer(model: Model, prompt: str = "The Space Needle is located in t
         return f"{t.answer!r}: p {t.clean_prob:.2f} clean, {t.corrupted_prob:.2f} corrupted"
 
     def traced() -> str:
+        check_text(model, text.value, "prompt", "The Space Needle is located in the city of")
         check_text(model, subj.value, "subject", "The Space Needle")
         chosen = replace(settings, kind=kinds.value, samples=n.value, noise=scale.value, window=width.value)
         delta = corruption(model, text.value, subj.value, chosen)
