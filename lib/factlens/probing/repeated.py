@@ -201,6 +201,28 @@ class RepeatedProbe:
         """The final-normed stream at each fact's prefix's last position: [n, d_model]."""
         return torch.stack([h[-1] for h in self.rows.final_hidden(v, self.prefixes)])
 
+    def _inner_first(self, v: View, inner: list[int], bounds: list[torch.Tensor],
+                     shortlists: dict[int, list[int]]) -> list[bool]:
+        """Whether each inner-[Y] fact's object, in its shortlist, comes first once the shortlist is
+        re-ordered by the full score (as ``ranking._Shortlist.ranked`` orders it). Scored first: the object
+        and the candidate with the best bound besides it, which decides most facts; then, where the object
+        is still ahead, every other candidate whose bound reaches the object's full score (a candidate
+        whose bound is below it is behind it: a full score is never above its bound)."""
+        full: dict[int, dict[int, float]] = {i: {} for i in inner}
+
+        def score(pairs: list[tuple[int, int]]) -> None:
+            for (i, j), lp in zip(pairs, self._scores(v, pairs) if pairs else []):
+                full[i][j] = float(bounds[i][j]) + lp
+
+        def ahead(i: int) -> bool:  # the object first among the candidates scored so far
+            return sorted(shortlists[i], key=lambda j: -full[i].get(j, -np.inf))[0] == self.gold[i]
+
+        score([(i, j) for i in inner
+               for j in [self.gold[i], *[j for j in shortlists[i] if j != self.gold[i]][:1]]])
+        score([(i, j) for i in inner if ahead(i) for j in shortlists[i]
+               if j not in full[i] and float(bounds[i][j]) >= full[i][self.gold[i]]])
+        return [ahead(i) for i in inner]
+
     @torch.no_grad()
     def answered_first(self, model: Model) -> np.ndarray:
         """Whether each of :attr:`facts` ranks its object first on ``model`` as it is now: [n] bool."""
@@ -226,14 +248,6 @@ class RepeatedProbe:
             elif gold in shortlist:  # otherwise the object is not first, whatever the re-scoring
                 shortlists[i] = shortlist
                 inner.append(i)
-        if inner:  # the object's full score, then the candidates whose bound reaches it
-            full = {i: {self.gold[i]: float(bounds[i][self.gold[i]]) + lp}
-                    for i, lp in zip(inner, self._scores(v, [(i, self.gold[i]) for i in inner]))}
-            rivals = [(i, j) for i in inner for j in shortlists[i]
-                      if j != self.gold[i] and float(bounds[i][j]) >= full[i][self.gold[i]]]
-            for (i, j), lp in zip(rivals, self._scores(v, rivals) if rivals else []):
-                full[i][j] = float(bounds[i][j]) + lp
-            for i in inner:  # the shortlist re-ordered by the full score, as ranking._Shortlist.ranked does
-                head = sorted(shortlists[i], key=lambda j: -full[i].get(j, -np.inf))
-                first[i] = head[0] == self.gold[i]
+        if inner:
+            first.put(inner, self._inner_first(v, inner, bounds, shortlists))
         return first
