@@ -60,25 +60,27 @@ def _setup(model, profile: str, seed: int = 0):
 
 
 class _Timer:
-    """Wraps module functions and adds up their seconds under a name (only the outermost call)."""
+    """Wraps module functions and adds up their seconds under a name (a name's outermost call only;
+    nothing while ``off``)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
-        self.depth = 0
+        self.running: set[str] = set()
+        self.off = False
 
     def wrap(self, module, attr: str, name: str) -> None:
         fn = getattr(module, attr)
 
         def timed(*args, **kwargs):
-            if self.depth:
+            if self.off or name in self.running:
                 return fn(*args, **kwargs)
-            self.depth += 1
+            self.running.add(name)
             tic = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tic
-                self.depth -= 1
+                self.running.discard(name)
         setattr(module, attr, timed)
 
 
@@ -153,10 +155,10 @@ def main() -> None:
                 total, parts = min(times, key=lambda t: t[0])
                 print(f"{state:40s} {total:6.2f} s per measurement ({'first' if n == 0 else f'best of {len(times)}'}): "
                       + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
-            timer.depth = 1  # untimed
+            timer.off = True
             kept.measured.clear()
             numbers[state] = _numbers(model, cases, kept, args.seed)
-            timer.depth = 0
+            timer.off = False
     finally:
         record.undo()
         with torch.no_grad():
