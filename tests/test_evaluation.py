@@ -14,6 +14,7 @@ from factlens.data import CounterFactCase
 from factlens.editing import evaluation
 from factlens.editing.requests import Edit, Editor, EditRequest
 from factlens.evidence.stats import newcombe, wilson
+from factlens.probing.repeated import RecordedRows
 
 TINY_MODELS = ("tiny-gemma3",)  # the conftest's `tiny` fixture loads these
 
@@ -118,6 +119,29 @@ def test_target_scores_match_a_full_forward_pass_and_ignore_batching(tiny):
     # one at a time (no padding) gives the same numbers as the padded batch
     one = torch.cat([evaluation.target_log_probs(tiny, [p], [t]) for p, t in zip(prompts, targets)])
     torch.testing.assert_close(one, lp, atol=1e-4, rtol=1e-4)
+
+
+def test_target_scores_from_recorded_rows_are_the_forward_passes_scores(tiny):
+    """Rows recorded once and re-run from the lowest changed block give the scores of full forward passes,
+    unedited and after a change of block 1, for rows recorded before and rows new to it."""
+    prompts = ["The Eiffel Tower is located in", "Dante was born in", "Rome is the capital of"] * 2
+    targets = ["the city of Paris", "Florence", "Italy", "Paris", "Rome", "France"]
+    recorded = RecordedRows()
+    for some in (slice(0, 4), slice(1, 6)):
+        torch.testing.assert_close(evaluation.target_log_probs(tiny, prompts[some], targets[some], recorded=recorded),
+                                   evaluation.target_log_probs(tiny, prompts[some], targets[some]),
+                                   atol=1e-5, rtol=1e-5)
+    mlp = view(tiny).mlp_out_parameter(1)
+    with Edit(tiny, "scale block 1") as edit:
+        edit.cover(1)
+        with torch.no_grad():
+            mlp.mul_(2.0)
+        for some in (slice(0, 6), slice(2, 3)):
+            torch.testing.assert_close(
+                evaluation.target_log_probs(tiny, prompts[some] + ["Paris is in"], targets[some] + ["France"],
+                                            recorded=recorded),
+                evaluation.target_log_probs(tiny, prompts[some] + ["Paris is in"], targets[some] + ["France"]),
+                atol=1e-5, rtol=1e-5)
 
 
 def test_target_scores_reject_mismatched_lists(tiny):

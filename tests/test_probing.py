@@ -11,7 +11,7 @@ import torch
 
 from factlens.core.models import load_model, view
 from factlens.data import LamaFact
-from factlens.probing import analysis, baselines, lama, ranking
+from factlens.probing import analysis, baselines, lama, ranking, repeated
 
 CAPITAL = "The capital of [X] is [Y] ."
 INNER = "[X] speaks [Y] at home ."
@@ -272,3 +272,94 @@ def test_default_model_knows_the_capital_of_france():
     assert result.frame["rank"].iloc[0] == 1 and result.frame["top"].iloc[0][0] == "Paris"
     assert lama.query(model, CAPITAL, "France", k=3).iloc[0]["answer"] == "Paris"
     assert len(ranking.vocabulary_tokens(model)) > 15_000  # most of LAMA's 21,018 words are one token
+
+
+# --------------------------------------------------------------------------- a fixed sample, probed again and again
+
+
+def _answered_by_the_probe(model, facts) -> list[bool]:
+    return (lama.probe(model, facts, k=1, progress=False).frame["rank"] == 1).tolist()
+
+
+def _first_and_second(model, facts) -> list:
+    """Each fact twice: with the word the probe ranks first as its object, and with its second
+    (answered first once, then not), so that a comparison with the probe sees both answers."""
+    top = lama.probe(model, facts, k=2, progress=False).frame["top"]
+    return [fact(f.subject, words[r], f.template, f.relation) for f, words in zip(facts, top) for r in (0, 1)]
+
+
+def test_a_repeated_probe_answers_as_the_probe_does_before_and_after_changes(tiny):
+    """P@1 of the same facts, final and inner [Y], unedited, after a change of one block (run again from
+    it) and of the final norm (recorded again), each as lama.probe finds it on the model as it is."""
+    subjects = ["France", "Italy", "Dante", "Japan", "Danielle", "Germany"]
+    facts = _first_and_second(tiny, [fact(s, "Paris") for s in subjects]
+                              + [fact(s, "Dutch", INNER, relation="P103") for s in subjects])
+    facts.append(fact("France", "Zzyzx"))  # not one token of the common vocabulary: skipped, as the probe skips it
+    probe = repeated.RepeatedProbe(tiny, facts)
+    assert len(probe.facts) == len(facts) - 1 and probe.skipped[0][0].object == "Zzyzx"
+    expected = _answered_by_the_probe(tiny, facts)
+    assert 0 < sum(expected) < len(expected)  # both answers occur
+    assert probe.answered_first(tiny).tolist() == expected
+    v = view(tiny)
+    blocks = repeated.parameter_blocks(v)
+    mlp = v.mlp_out_parameter(1)
+    norm = next(p for name, p in tiny.named_parameters() if blocks[name] < 0 and "norm" in name)  # the final norm
+    saved = mlp.detach().clone(), norm.detach().clone()
+    try:
+        with torch.no_grad():
+            mlp.mul_(3.0)
+        assert probe.answered_first(tiny).tolist() == _answered_by_the_probe(tiny, facts)
+        with torch.no_grad():
+            norm.add_(0.5)
+        assert probe.answered_first(tiny).tolist() == _answered_by_the_probe(tiny, facts)
+    finally:
+        with torch.no_grad():
+            mlp.copy_(saved[0])
+            norm.copy_(saved[1])
+    assert probe.answered_first(tiny).tolist() == expected
+    with pytest.raises(ValueError, match="another model"):
+        probe.answered_first(load_model("tiny-gpt2", device="cpu"))
+
+
+def test_recorded_rows_give_a_forward_pass_from_the_lowest_changed_block(tiny):
+    v = view(tiny)
+    rows = [v.token_ids(t) for t in ("The capital of France is", "Dante speaks", "Rome is the capital of", "a")]
+    recorded = repeated.RecordedRows(batch_size=2, slack=1)
+
+    def check(some):
+        got = recorded.final_hidden(v, some)
+        for row, hidden in zip(some, got):
+            with torch.no_grad():
+                full = v.final_hidden(torch.tensor([row]))[0]
+            torch.testing.assert_close(hidden, full, atol=1e-5, rtol=1e-5)
+
+    check(rows)
+    blocks = repeated.parameter_blocks(v)
+    assert {blocks[name] for name, p in tiny.named_parameters() if p is v.mlp_out_parameter(1)} == {1}
+    mlp = v.mlp_out_parameter(1)
+    saved = mlp.detach().clone()
+    before = v.parameter_digests()
+    try:
+        with torch.no_grad():
+            mlp.mul_(2.0)
+        assert repeated.lowest_changed_layer(blocks, before, v.parameter_digests(), v.n_layers) == 1
+        check(rows[1:3] + rows[:1])  # some rows of recorded batches, in another order
+    finally:
+        with torch.no_grad():
+            mlp.copy_(saved)
+    assert repeated.lowest_changed_layer(blocks, before, v.parameter_digests(), v.n_layers) == v.n_layers
+    check(rows + [v.token_ids("a new row")])
+    assert recorded.floats > 0 and not any(b.recording.keys for b in recorded.batches)
+    recorded = repeated.RecordedRows(max_floats=0)  # nothing recorded: full forward passes
+    check(rows)
+    assert not recorded.batches and not recorded.where
+
+
+def test_lowest_changed_layer_by_hand():
+    blocks = {"embed": -1, "blocks.0.w": 0, "blocks.2.w": 2}
+    before = {"embed": "a", "blocks.0.w": "b", "blocks.2.w": "c"}
+    assert repeated.lowest_changed_layer(blocks, before, dict(before), 3) == 3
+    assert repeated.lowest_changed_layer(blocks, before, {**before, "blocks.2.w": "x"}, 3) == 2
+    assert repeated.lowest_changed_layer(blocks, before, {**before, "blocks.2.w": "x", "blocks.0.w": "y"}, 3) == 0
+    assert repeated.lowest_changed_layer(blocks, before, {**before, "embed": "x"}, 3) == 0
+    assert repeated.length_batches([5, 3, 4, 9, 3], 2, 1) == [[1, 4], [2, 0], [3]]

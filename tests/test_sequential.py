@@ -3,6 +3,7 @@ models that undo bit for bit."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import replace
 
@@ -13,9 +14,10 @@ import torch
 
 from factlens import data
 from factlens.core.models import view
-from factlens.editing import alphaedit, memit, rome, second_moment, sequences
+from factlens.editing import alphaedit, evaluation, memit, rome, second_moment, sequences
 from factlens.editing.requests import Edit, EditRequest
 from factlens.probing import lama
+from factlens.probing.repeated import RepeatedProbe
 
 FAST = rome.ROMEHyperParams(layer=1, context_templates=((3, 2),), v_steps=3, mom2_samples=300)
 FAST_MEMIT = memit.MEMITHyperParams(layers=(0, 1), context_templates=((3, 1),), v_steps=2, mom2_samples=300)
@@ -161,8 +163,8 @@ def test_a_yardstick_measures_a_model_once_per_weights(tiny, cases, monkeypatch)
     edit is measured anew, its undo finds the unedited model's numbers; each the same as a fresh
     yardstick's."""
     probes = []
-    probe = lama.probe
-    monkeypatch.setattr(lama, "probe", lambda *a, **k: probes.append(1) or probe(*a, **k))
+    probe = RepeatedProbe.answered_first
+    monkeypatch.setattr(RepeatedProbe, "answered_first", lambda *a, **k: probes.append(1) or probe(*a, **k))
     shared = _yardstick()
     first = sequences.outcomes(tiny, cases[:4], shared)
     assert len(probes) == 1
@@ -189,6 +191,29 @@ def test_sequences_sharing_a_yardstick_measure_what_fresh_ones_do(tiny, cases):
         pd.testing.assert_frame_equal(runs[0].forecasts, runs[1].forecasts)
         _assert_same(runs[0].last, runs[1].last)
     assert len(shared.measured) == 5  # the unedited model, then two checkpoints of each method
+
+
+def test_a_yardstick_measures_what_the_straightforward_probe_and_forward_passes_do(tiny, cases):
+    """LAMA P@1 as lama.probe ranks (k=1) and the cases' outcomes as teacher forcing without recorded rows
+    gives them, on the unedited model and after two ROME edits (the yardstick re-runs from their layer)."""
+    shared = _yardstick()
+    C = torch.eye(view(tiny).d_mlp)
+
+    def straightforward():
+        lp = [evaluation.target_log_probs(tiny, [c.prompt.format(c.subject)] * 2, [c.target_new, c.target_true])
+              for c in cases[:6]]
+        return ((lama.probe(tiny, shared.lama, k=1, progress=False).frame["rank"] == 1).tolist(),
+                [bool(x[0] > x[1]) for x in lp])
+
+    for n_edits in (0, 2):
+        with contextlib.ExitStack() as stack:
+            for c in cases[:n_edits]:
+                stack.enter_context(rome.ROME(FAST, stats=C)(tiny, [EditRequest.from_counterfact(c)]))
+            got = sequences.outcomes(tiny, cases[:6], shared)
+            lama_first, edit = straightforward()
+            assert got["lama"].tolist() == lama_first and got["edit"].tolist() == edit
+    recorded = shared.recorded[view(tiny)]
+    assert len(recorded.batches) >= 1 and len(recorded.where) >= 6  # the cases' prompts, recorded once
 
 
 def test_sequence_arguments_are_checked(tiny, cases, yardstick):

@@ -212,6 +212,12 @@ class View:
             total.update(f"{name} {kept[name].sha256}\n".encode())
         return total.hexdigest()
 
+    def parameter_digests(self) -> dict[str, str]:
+        """sha256 of each parameter as it is now, by name (kept as :meth:`weights_digest` keeps them):
+        taken before a change and again after, they say which parameters it changed."""
+        self.weights_digest()
+        return {name: d.sha256 for name, d in self.state.weight_digests.items()}
+
     def cache_key(self) -> dict[str, str]:
         """What every cached result computed on this model as it is now is keyed by, beside its own
         inputs (``factlens.core.cache.cached_tensors``): the model's name, :meth:`weights_digest`, the

@@ -52,6 +52,7 @@ from factlens.editing.generation import generate
 from factlens.editing.requests import Editor, EditRequest
 from factlens.evidence.papers import PaperNumber, paper, paper_table
 from factlens.evidence.stats import bootstrap, newcombe, wilson
+from factlens.probing.repeated import RecordedRows
 
 COUNTERFACT_METRICS = ("S", "ES", "PS", "NS", "EM", "PM", "NM", "GE")
 _Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # two-sided normal quantiles (as stats.wilson)
@@ -81,8 +82,8 @@ def _rows(heads: Sequence[list[int]], tails: Sequence[list[int]]) -> tuple[list[
 
 
 @torch.no_grad()
-def _teacher_forced(model: Model, prompts: Sequence[str], targets: Sequence[str],
-                    batch_size: int = 64) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _teacher_forced(model: Model, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 64,
+                    recorded: RecordedRows | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per (prompt, target): the log-probability of each target token and whether it is the
     argmax, given the prompt and the target's previous tokens. The pairs share the fewest rows
     (:func:`_rows`: one-token targets after the same prompt share one), right-padded, up to
@@ -90,17 +91,21 @@ def _teacher_forced(model: Model, prompts: Sequence[str], targets: Sequence[str]
     each once (two targets after the same prompt read the same logits). A product's row does not
     depend on the other rows, except that a single row takes another path (its last bits differ):
     positions read more than once are projected as two rows at least, so that every number is
-    the one a projection of every read gives."""
+    the one a projection of every read gives. ``recorded``: the rows' forward passes come from it
+    (:class:`factlens.probing.repeated.RecordedRows`: run again from the lowest changed block), the
+    same numbers to float precision."""
     if len(prompts) != len(targets):
         raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets; give one target per prompt")
     v = view(model)
     heads = [v.token_ids(p) for p in prompts]
     tails = [v.target_ids(t) for t in targets]
     rows, row_of = _rows(heads, tails)
-    hidden_rows: list[torch.Tensor] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = v.batch(rows[start:start + batch_size])
-        hidden_rows += list(v.final_hidden(chunk.ids))
+    if recorded is not None:
+        hidden_rows = recorded.final_hidden(v, rows)
+    else:
+        hidden_rows = []
+        for start in range(0, len(rows), batch_size):
+            hidden_rows += list(v.final_hidden(v.batch(rows[start:start + batch_size]).ids))
     reads = [(row_of[i], len(h) - 1 + j) for i, (h, t) in enumerate(zip(heads, tails)) for j in range(len(t))]
     distinct = {read: k for k, read in enumerate(dict.fromkeys(reads))}
     picked = torch.stack([hidden_rows[i][j] for i, j in distinct])
@@ -116,12 +121,13 @@ def _teacher_forced(model: Model, prompts: Sequence[str], targets: Sequence[str]
 
 
 def target_log_probs(model: Model, prompts: Sequence[str], targets: Sequence[str],
-                     batch_size: int = 64) -> torch.Tensor:
+                     batch_size: int = 64, *, recorded: RecordedRows | None = None) -> torch.Tensor:
     """``(1/T) Σ_t log P(o_t | prompt, o_<t)`` for each (prompt, target): [n].
 
     The mean log-probability per target token (ROME compares these); ``exp`` of it is the
-    probability ROME reports for a multi-token target."""
-    logps, _ = _teacher_forced(model, prompts, targets, batch_size)
+    probability ROME reports for a multi-token target. ``recorded``: prompts scored again and again on
+    a changing model keep their forward passes there (:func:`_teacher_forced`)."""
+    logps, _ = _teacher_forced(model, prompts, targets, batch_size, recorded)
     return torch.stack([lp.mean() for lp in logps])
 
 

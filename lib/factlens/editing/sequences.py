@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -52,7 +53,7 @@ from factlens.editing import alphaedit, evaluation, memit, rome, second_moment
 from factlens.editing.generation import generate
 from factlens.editing.requests import Edit, Editor, EditRequest
 from factlens.evidence.stats import bootstrap, wilson
-from factlens.probing import lama
+from factlens.probing.repeated import RecordedRows, RepeatedProbe
 
 #: The many-edits chapter's methods, as its parameters and results name them (:func:`editor`).
 METHODS: tuple[str, ...] = ("ROME", "ROME (original key mix)", "MEMIT", "AlphaEdit")
@@ -98,6 +99,12 @@ class Yardstick:
     What it measures of a model is kept by the model's weights (``measured``, by ``View.cache_key``):
     a model measured again as it was, as every method's sequence starts from the unedited model,
     is measured once. Keep a yardstick's facts and prompts as they are once it has measured.
+
+    LAMA P@1 is ``factlens.probing.lama.probe``'s (``k=1``, LAMA's common vocabulary; facts it skips are
+    left out), computed by a ``factlens.probing.repeated.RepeatedProbe`` prepared once per model: the
+    prompts tokenized once, the unembedding's candidate rows only, and the blocks below the lowest
+    one an edit changed not run again. The cases' prompts scored by :func:`outcomes` keep their forward
+    passes here too (``recorded``, a ``factlens.probing.repeated.RecordedRows`` per model).
     """
 
     lama: list[LamaFact]
@@ -105,6 +112,10 @@ class Yardstick:
     generate_tokens: int = 20
     seed: int = 0
     measured: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    probes: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False,
+                                              compare=False)  # View -> RepeatedProbe
+    recorded: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False,
+                                                compare=False)  # View -> RecordedRows (the cases' prompts)
 
     def __post_init__(self) -> None:
         if not self.lama or not self.generation_prompts:
@@ -114,12 +125,15 @@ class Yardstick:
     def measure(self, model: Model) -> dict[str, np.ndarray]:
         """On the model as it is now (measured once per model and weights): ``lama``, whether each LAMA
         fact is answered first (P@1), and ``entropy``, ×100 per generation prompt."""
-        key = json.dumps(view(model).cache_key(), sort_keys=True)
+        v = view(model)
+        key = json.dumps(v.cache_key(), sort_keys=True)
         if key not in self.measured:
-            probed = lama.probe(model, self.lama, k=1, progress=False)
+            if v not in self.probes:
+                self.probes[v] = RepeatedProbe(model, self.lama)
+            first = self.probes[v].answered_first(model)
             texts = generate(model, self.generation_prompts, self.generate_tokens, top_k=5, seed=self.seed)
             entropy = [100 * evaluation.ngram_entropy(p + t) for p, t in zip(self.generation_prompts, texts)]
-            self.measured[key] = {"lama": (probed.frame["rank"] == 1).to_numpy(), "entropy": np.array(entropy)}
+            self.measured[key] = {"lama": first, "entropy": np.array(entropy)}
         return {name: values.copy() for name, values in self.measured[key].items()}
 
 
@@ -144,7 +158,11 @@ def outcomes(model: Model, cases: Sequence[Any], yardstick: Yardstick) -> dict[s
         prompts = [p for p in rewrite for _ in (0, 1)] + [p for p, _, _ in neighbours for _ in (0, 1)]
         targets = [t for c in cases for t in (c.target_new, c.target_true)]
         targets += [t for _, new, true in neighbours for t in (new, true)]
-        lp = evaluation.target_log_probs(model, prompts, targets, batch_size=64).view(-1, 2).numpy()
+        v = view(model)
+        if v not in yardstick.recorded:
+            yardstick.recorded[v] = RecordedRows()
+        lp = evaluation.target_log_probs(model, prompts, targets, batch_size=64,
+                                         recorded=yardstick.recorded[v]).view(-1, 2).numpy()
         out["edit"] = lp[: len(cases), 0] > lp[: len(cases), 1]
         out["neighbour"] = lp[len(cases):, 1] > lp[len(cases):, 0]
     return {**out, **yardstick.measure(model)}
