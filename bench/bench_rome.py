@@ -1,13 +1,16 @@
 """ROME's speed, fast against straightforward, with the same results; and cached generation.
 
-    PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_rome.py [--cases 8] [--prompts 20] [--tokens 24]
+    PYTHONPATH=lib FACTLENS_DATA_DIR=... python bench/bench_rome.py [--cases 8] [--prompts 20] [--tokens 24] \
+        [--unembedding-bf16]
 
 1. ``v*`` (C precomputed, as the paper's "about 2 s per edit" on a GPU excludes it): each
    CounterFact case (a seeded sample of the tuning split) is edited twice, with the partial
-   forward (``rome.ROME``: blocks from the edited layer up, positions from the subject on,
-   logits only where read) and with whole forward passes (``partial=False``). Prints the
+   forward (``rome.ROME``: the blocks above the edited layer, positions from the subject on,
+   eq. 4's terms in one pass over the unembedding) and with whole forward passes and the
+   straightforward loss (``partial=False``). Prints the
    seconds per edit, the Adam steps taken (20 at most; fewer when the early stop fires), the
-   cosine of the two ``v*`` and whether ES/PS/NS agree.
+   cosine of the two ``v*`` and whether ES/PS/NS agree. ``--unembedding-bf16``: the partial side
+   reads the unembedding in bfloat16 (``ROMEHyperParams.unembedding_bf16``), the whole side stays float32.
 2. Generation: ``--prompts`` CounterFact prompts continued by ``--tokens`` greedy tokens through
    the key-value cache (``generation.generate``) and by the recompute loop (``use_cache=False``):
    seconds, the ratio, and how many texts are identical; then top-5 sampling, seeded.
@@ -21,6 +24,7 @@ import platform
 import random
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -43,7 +47,8 @@ def cpu_name() -> str:
     return f"{name}, {'with' if ' avx512f' in text else 'without'} AVX-512"
 
 
-def bench_edits(model, cases, hp, C) -> None:
+def bench_edits(model, cases, hp, C, *, bf16: bool = False) -> None:
+    fast_hp = replace(hp, unembedding_bf16=bf16)
     rome.ROME(hp, stats=C)(model, [EditRequest.from_counterfact(cases[0])]).undo()  # samples the prefixes
     seconds: dict[bool, list[float]] = {True: [], False: []}
     steps, cosines, agree = [], [], 0
@@ -52,7 +57,7 @@ def bench_edits(model, cases, hp, C) -> None:
         out = {}
         for partial in (True, False):
             start = time.perf_counter()
-            with rome.ROME(hp, stats=C, partial=partial)(model, [request]) as e:
+            with rome.ROME(fast_hp if partial else hp, stats=C, partial=partial)(model, [request]) as e:
                 seconds[partial].append(time.perf_counter() - start)
                 scores = evaluation.counterfact_scores(model, case)
                 out[partial] = (e.info, {m: scores[m] for m in ("ES", "PS", "NS")})
@@ -65,7 +70,7 @@ def bench_edits(model, cases, hp, C) -> None:
               f"ES/PS/NS {out[True][1]} vs {out[False][1]}", flush=True)
     fast, slow = statistics.median(seconds[True]), statistics.median(seconds[False])
     print(f"ROME v*, {len(cases)} cases, layer {hp.layer}, {len(rome.templates_for(model, hp))} prompts:")
-    print(f"  partial forward  median {fast:6.2f} s per edit")
+    print(f"  partial forward  median {fast:6.2f} s per edit{', unembedding in bfloat16' if bf16 else ''}")
     print(f"  whole forward    median {slow:6.2f} s per edit   ({slow / fast:.2f}x the partial)")
     print(f"  Adam steps taken: median {statistics.median(steps)}, {min(steps)}..{max(steps)} of {hp.v_steps} "
           f"({sum(s < hp.v_steps for s in steps)} of {len(steps)} stopped early)")
@@ -96,6 +101,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20, help="prompts continued both ways")
     parser.add_argument("--tokens", type=int, default=24, help="new tokens per prompt")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unembedding-bf16", action="store_true", help="the partial side's unembedding in bfloat16")
     args = parser.parse_args()
     os.environ["FACTLENS_RECOMPUTE"] = "v_star,k_star"  # time the computation, not a read of the cache
     model = load_model(args.model)
@@ -105,7 +111,7 @@ def main() -> None:
     cases = random.Random(args.seed).sample(counterfact, args.cases)
     print(f"{view(model).label}; {cpu_name()}; torch threads {torch.get_num_threads()}")
     if args.cases:
-        bench_edits(model, cases, hp, C)
+        bench_edits(model, cases, hp, C, bf16=args.unembedding_bf16)
     if args.prompts:
         prompts = [c.filled_prompt for c in random.Random(args.seed + 1).sample(counterfact, args.prompts)]
         bench_generation(model, prompts, args.tokens)

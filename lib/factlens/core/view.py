@@ -136,6 +136,7 @@ class View:
     attention scores       ``attn_scores_hook(l)`` (pre-softmax) /        [b, h, t, t]
                            ``attn_pattern_hook(l)`` (weights)
     residual stream h_i^l  ``resid_pre_hook(l)`` / ``resid_post_hook(l)`` [b, t, d_model]
+                           (``resid_mid_hook(l)``: between attention and MLP)
     subject embeddings     ``embed_hook``                                 [b, t, d_model]
     final-normed stream    ``final_hook``                                 [b, t, d_model]
     log P(token)           ``token_log_probs(normed, tokens)``            [N, k]
@@ -267,6 +268,11 @@ class View:
 
     def resid_pre_hook(self, layer: int) -> str:
         return f"blocks.{self.check_layer(layer)}.hook_resid_pre"
+
+    def resid_mid_hook(self, layer: int) -> str:
+        """The residual stream between the attention and the MLP of block ``layer``: the block's output
+        is this plus ``mlp_post_norm`` of the MLP's output (``value_hook``)."""
+        return f"blocks.{self.check_layer(layer)}.hook_resid_mid"
 
     def resid_post_hook(self, layer: int) -> str:
         return f"blocks.{self.check_layer(layer)}.hook_resid_post"
@@ -445,6 +451,18 @@ class View:
         shape = normed.shape
         flat = normed.reshape(-1, 1, shape[-1])
         return self.model.unembed(forward.padded_rows(flat))[:len(flat)].reshape(*shape[:-1], -1)
+
+    def unembedding_map(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The unembedding as the plain linear map it is, ``logits = W h + b``: ``(W [d_vocab, d_model],
+        b [d_vocab] or None)``, the parameters themselves; None where the logits are not a linear map of
+        the final-normed state (a final logit softcap, Gemma 2's; another module), so that a method that
+        computes with ``W`` directly (``factlens.editing.v_star_loss``) takes :meth:`unembed` instead."""
+        linear = getattr(self.model.unembed, "original_component", None)
+        softcap = getattr(self.model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+        hf_softcap = getattr(getattr(self.model.original_model, "config", None), "final_logit_softcapping", None)
+        if type(linear) is not torch.nn.Linear or softcap > 0 or hf_softcap:
+            return None
+        return linear.weight, linear.bias
 
     def to_logits(self, resid: torch.Tensor) -> torch.Tensor:
         """Logit lens: a residual-stream vector (..., d_model) through the final norm and unembedding."""

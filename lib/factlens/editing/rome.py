@@ -77,6 +77,9 @@ class ROMEHyperParams:
         damping: ``C + damping · mean(diag C) · I`` is solved (:func:`rank_one_update`), so that a
             C from fewer keys than its size stays invertible; too small to matter otherwise.
         seed: seed of the sampled prefixes.
+        unembedding_bf16: ``v*``'s loss reads the unembedding in bfloat16 (a copy made per optimization;
+            every sum stays in float32): faster, not exact (``bench/README.md`` gives its ``v*`` cosine
+            and ES/PS/NS against float32, the default and the reference).
 
     Where ROME's reference code (kmeng01/rome: ``rome/compute_v.py``, ``rome/rome_main.py``)
     departs from the paper's equations or from our choices, an option says which is used
@@ -116,6 +119,7 @@ class ROMEHyperParams:
     unprefixed_key_in_update: bool = False
     prefix_from_bos: bool = False
     stop_on_total_loss: bool = False
+    unembedding_bf16: bool = False
 
 
 #: How ROME's reference code computes each optional part of ``v*`` and the update: option ->

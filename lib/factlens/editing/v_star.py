@@ -8,10 +8,13 @@ while a KL term keeps what the model predicts after "{subject} is a" (the subjec
 update (eq. 2).
 
 The optimization re-runs the model at every step, but ``δ`` changes nothing below layer ``l``
-and nothing before the subject's last token: each step re-runs only the blocks from ``l`` up,
-on the positions from the subject on, attending to recorded keys and values of the earlier
-positions (``View.record`` / ``View.run_from``), and unembeds only the positions the loss
-reads (``partial=True``; ``partial=False`` is the straightforward whole forward pass).
+and nothing before the subject's last token, and in block ``l`` only what its MLP adds there:
+each step writes that block's new output at the subject's token and re-runs only the blocks from
+``l + 1`` up, on the positions from the subject on, attending to recorded keys and values of the
+earlier positions (``View.record`` / ``View.run_from``); eq. 4's terms and their gradient come from
+one pass over the unembedding at the positions the loss reads (``factlens.editing.v_star_loss``)
+(``partial=True``; ``partial=False`` is the straightforward computation: whole forward passes,
+logits, a log-softmax and autograd).
 
 ``v*`` is work done once: :func:`compute_value` keeps every result in the cache (``$FACTLENS_CACHE_DIR/v_star``,
 ``factlens.core.cache.cached_tensors``) under what it depends on and nothing else: the model
@@ -37,12 +40,13 @@ from tqdm.auto import tqdm
 from factlens.core.cache import cached_tensors
 from factlens.core.models import Model, view
 from factlens.editing.requests import EditRequest
+from factlens.editing.v_star_loss import Essence, rewrite_terms
 
 #: The cache's kind (its folder) for ``v*``.
 CACHE_KIND = "v_star"
 #: What an entry holds, in its key; the version changes whenever :func:`compute_value` changes what it
 #: returns for the same inputs (the library's code is not part of the key).
-_WHAT = "v_star.compute_value, version 1: v_star, v, delta, losses, target_prob, steps, seconds"
+_WHAT = "v_star.compute_value, version 2: v_star, v, delta, losses, target_prob, steps, seconds"
 #: The terms of each evaluation of the loss, in ``ValueResult.losses``.
 LOSS_TERMS: tuple[str, ...] = ("nll", "kl", "decay", "total")
 
@@ -61,6 +65,7 @@ class ValueSettings(Protocol):
     kl_at_subject: bool
     norm_of_unprefixed: bool
     stop_on_total_loss: bool
+    unembedding_bf16: bool
 
 
 @dataclass(frozen=True)
@@ -157,13 +162,16 @@ def _value_reader(model: Model, prompts: RewritePrompts, layer: int, delta: torc
     returns the final-normed hidden states at the read positions [N·T + 1, d_model].
 
     ``partial``: nothing below layer ``layer`` or before a row's subject token changes with
-    ``δ``, and nothing after its last read position is read. The rows are split into groups
-    of similar subject positions and lengths (:func:`row_groups`: the unprefixed prompts, the
-    short prefixes, the long ones), each group runs once (``View.record``), and each call
-    re-runs only the blocks from ``layer`` up on the positions from the group's earliest
-    subject token on (``View.run_from``), attending to the recorded keys and values of the
-    earlier ones. Otherwise each call is a whole forward pass of the batch (the
-    straightforward computation, for comparison).
+    ``δ``, and nothing after its last read position is read. Block ``layer`` itself changes only
+    at the subject's token, and only in what its MLP adds: its output there is ``h_mid + N(v + δ)``
+    (``h_mid`` the stream between its attention and its MLP, ``N`` Gemma's post-feedforward norm or
+    nothing, ``View.mlp_post_norm``), exactly the block's own arithmetic. The rows are split into
+    groups of similar subject positions and lengths (:func:`row_groups`: the unprefixed prompts, the
+    short prefixes, the long ones), each group runs once (``View.record``), and each call writes
+    that output into the recorded stream entering block ``layer + 1`` and re-runs the blocks from
+    ``layer + 1`` up on the positions from the group's earliest subject token on (``View.run_from``),
+    attending to the recorded keys and values of the earlier ones. Otherwise each call is a whole
+    forward pass of the batch with ``δ`` added by a hook (the straightforward computation, for comparison).
     """
     v = view(model)
     hook = v.value_hook(layer)
@@ -174,6 +182,7 @@ def _value_reader(model: Model, prompts: RewritePrompts, layer: int, delta: torc
         hooks = [(hook, _write_at(everyone, prompts.subject_last, delta))]
         return values, lambda: v.final_hidden(prompts.ids, fwd_hooks=hooks)[prompts.read_rows, prompts.read_positions]
 
+    mid = v.resid_mid_hook(layer)
     subject_last = prompts.subject_last.tolist()
     # a row is needed up to its last read position (a target's last token is read by nothing)
     needed = [max([p + 1 for r2, p in zip(prompts.read_rows.tolist(), prompts.read_positions.tolist()) if r2 == r]
@@ -182,24 +191,62 @@ def _value_reader(model: Model, prompts: RewritePrompts, layer: int, delta: torc
     parts, order = [], []
     for rows in row_groups(subject_last, needed):
         local = {row: i for i, row in enumerate(rows)}
-        recording = v.record(v.batch([prompts.ids[r, :needed[r]].tolist() for r in rows]).ids, names=[hook],
-                             layers=range(layer, v.n_layers))
+        recording = v.record(v.batch([prompts.ids[r, :needed[r]].tolist() for r in rows]).ids, names=[hook, mid],
+                             layers=range(layer + 1, v.n_layers))
         start = min(subject_last[r] for r in rows)
         here = torch.arange(len(rows), device=v.device)
         at = torch.tensor([subject_last[r] for r in rows], device=v.device)
         values[rows] = recording.captured[hook][here, at]
         reads = [i for i, r in enumerate(prompts.read_rows.tolist()) if r in local]
         read_rows = torch.tensor([local[int(prompts.read_rows[i])] for i in reads], device=v.device)
-        parts.append((recording, start, [(hook, _write_at(here, at - start, delta))], read_rows,
-                      prompts.read_positions[reads] - start))
+        parts.append((recording, start, (here, at - start), recording.captured[mid][here, at], values[rows],
+                      read_rows, prompts.read_positions[reads] - start))
         order += reads
     restore = torch.argsort(torch.tensor(order, device=v.device))
 
     def read() -> torch.Tensor:
-        hidden = [v.run_from(rec, layer, start=start, fwd_hooks=hooks)[rows, positions]
-                  for rec, start, hooks, rows, positions in parts]
+        hidden = []
+        for rec, start, subject, h_mid, value, rows, positions in parts:
+            resid = rec.resid[layer + 1][:, start:].index_put(subject, h_mid + v.mlp_post_norm(layer, value + delta))
+            hidden.append(v.run_from(rec, layer + 1, resid, start=start)[rows, positions])
         return torch.cat(hidden)[restore]
     return values, read
+
+
+#: Eq. 4's two terms from the read hidden states: ``log P[o*_t | x_j + p]`` [N, T] and the KL term.
+Terms = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _dense_terms(model: Model, prompts: RewritePrompts, hp: ValueSettings) -> Terms:
+    """The straightforward computation: every read row's logits, a log-softmax and autograd
+    (:meth:`RewritePrompts.log_probs`), the unedited ``log P_G[x | p']`` kept from the first call."""
+    before: list[torch.Tensor] = []
+
+    def terms(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_p_new, log_p_essence = prompts.log_probs(model, hidden)
+        if not before:
+            before.append(log_p_essence.detach())
+        kl = (kl_divergence(log_p_essence, before[0]) if hp.kl_edited_first
+              else kl_divergence(before[0], log_p_essence))
+        return log_p_new, kl
+    return terms
+
+
+def _one_pass_terms(model: Model, prompts: RewritePrompts, hp: ValueSettings) -> Terms | None:
+    """The same terms in one pass over the unembedding (``factlens.editing.v_star_loss``), its weight in
+    bfloat16 with ``unembedding_bf16``; None where the logits are not a linear map (``View.unembedding_map``)."""
+    unembedding = view(model).unembedding_map()
+    if unembedding is None:
+        return None
+    weight, bias = (t if t is None else t.detach() for t in unembedding)
+    if hp.unembedding_bf16:
+        weight, bias = weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
+    targets, essence = prompts.target.repeat(prompts.n), Essence()
+
+    def terms(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_p_new, kl = rewrite_terms(hidden, targets, weight, bias, essence, edited_first=hp.kl_edited_first)
+        return log_p_new.view(prompts.n, -1), kl
+    return terms
 
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -254,10 +301,12 @@ def compute_value(model: Model, request: EditRequest, layer: int, hp: ValueSetti
     where the KL term reads, its direction, and whose ``‖v‖`` scales the decay and the clamp.
     The model's weights do not change here.
 
-    ``partial`` (default): each step re-runs only what ``δ`` changes, the blocks from ``layer``
-    up at the positions from the earliest subject token on, and unembeds only the read
-    positions; ``partial=False`` runs the whole model each step (the same ``v*`` up to
-    rounding: ``bench/bench_rome.py`` and the tests compare them).
+    ``partial`` (default): each step re-runs only what ``δ`` changes, the blocks above ``layer``
+    at the positions from the earliest subject token on, and takes the loss's two terms and their
+    gradient in one pass over the unembedding (``factlens.editing.v_star_loss``; with
+    ``unembedding_bf16`` its weight in bfloat16); ``partial=False`` runs the whole model and the
+    straightforward loss each step (the same ``v*`` up to rounding: ``bench/bench_rome.py`` and the
+    tests compare them).
 
     Computed once: the cache returns the result (``seconds`` included: how long the optimization
     took) for the same model and weights, request, layer, :func:`value_settings`, templates and
@@ -286,17 +335,17 @@ def _optimize(model: Model, request: EditRequest, layer: int, hp: ValueSettings,
     v_norm = (values[0] if hp.norm_of_unprefixed else v_mean).norm()
     optimizer = torch.optim.Adam([delta], lr=hp.v_lr)
     losses: list[dict[str, float]] = []
-    essence_before: torch.Tensor | None = None  # log P_G[x | p'], the unedited model's
+    terms = _one_pass_terms(model, prompts, hp) if partial else None
+    if terms is None and hp.unembedding_bf16:
+        raise ValueError("unembedding_bf16 applies to the one-pass loss only (partial=True, an unembedding that is "
+                         "a linear map); partial=False is the float32 reference")
+    terms = terms or _dense_terms(model, prompts, hp)
     steps, target_prob = 0, 0.0
     with v.frozen_except([]):
         for _ in tqdm(range(hp.v_steps), desc="v*", disable=not progress, leave=False):
             optimizer.zero_grad()
-            log_p_new, log_p_essence = prompts.log_probs(model, read_hidden())
-            if essence_before is None:
-                essence_before = log_p_essence.detach()
+            log_p_new, kl = terms(read_hidden())
             nll = -log_p_new.mean(1).mean()
-            kl = (kl_divergence(log_p_essence, essence_before) if hp.kl_edited_first
-                  else kl_divergence(essence_before, log_p_essence))
             decay = hp.weight_decay * delta.norm() / v_norm**2
             loss = nll + hp.kl_factor * kl + decay
             target_prob = log_p_new.detach().sum(1).exp().mean().item()
