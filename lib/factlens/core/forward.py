@@ -445,8 +445,9 @@ def log_normalizer(v: ViewLike, normed: torch.Tensor, *, vocab_block: int = 4096
     The logits are taken ``row_block`` rows and ``vocab_block`` tokens at a time with a running
     log-sum-exp, so that the [N, d_vocab] logits (262,144 per row for Gemma) are never written
     out. Each block is the tokens' rows times the states' columns, as in :func:`unembed`: for 1,551
-    states of Gemma this ran at 209 GFLOP/s against 155 the other way round with 128-row blocks
-    (``bench/README.md``). Gradients flow (through the log-sum-exp).
+    states of Gemma the products alone ran at 209 GFLOP/s that way round, and the whole pass the other
+    way round at 155 GFLOP/s with 128-row blocks, 186 with 1,024 (``bench/README.md``). Gradients flow
+    (through the log-sum-exp).
     """
     n = normed.shape[0]
     normed = padded_rows(normed)
