@@ -13,38 +13,30 @@
    reads the unembedding in bfloat16 (``ROMEHyperParams.unembedding_bf16``), the whole side stays float32.
 2. Generation: ``--prompts`` CounterFact prompts continued by ``--tokens`` greedy tokens through
    the key-value cache (``generation.generate``) and by the recompute loop (``use_cache=False``):
-   seconds, the ratio, and how many texts are identical; then top-5 sampling, seeded.
+   seconds, the ratio, and how many texts are identical; then top-5 sampling, seeded; then the
+   milliseconds per greedy token (the prompt's pass excluded) for one prompt and for all of them,
+   each beside its floor (``bench_floors.py``): every weight read once, or the products of the
+   batch's rows at the measured FLOP rate, whichever is longer.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
+from bench_floors import best_of, describe_machine, measure
 from factlens import data
+from factlens.core import forward
 from factlens.core.models import load_model, view
 from factlens.editing import evaluation, rome, second_moment
 from factlens.editing.generation import generate
 from factlens.editing.requests import EditRequest
-
-
-def cpu_name() -> str:
-    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo where there is one)."""
-    info = Path("/proc/cpuinfo")
-    if not info.exists():
-        return platform.processor() or "unknown CPU"
-    text = info.read_text()
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                platform.processor())
-    return f"{name}, {'with' if ' avx512f' in text else 'without'} AVX-512"
 
 
 def bench_edits(model, cases, hp, C, *, bf16: bool = False) -> None:
@@ -77,6 +69,13 @@ def bench_edits(model, cases, hp, C, *, bf16: bool = False) -> None:
     print(f"  cos(v*) min {min(cosines):.6f}; ES/PS/NS equal on {agree} of {len(cases)} cases")
 
 
+def per_token_seconds(model, prompts, tokens: int, repeats: int = 3) -> float:
+    """Seconds per greedy token after the first (the prompt's pass excluded): the difference of the
+    best times for ``tokens`` and for 1 token, over ``tokens - 1``."""
+    return (best_of(lambda: generate(model, prompts, tokens), repeats)
+            - best_of(lambda: generate(model, prompts, 1), repeats)) / (tokens - 1)
+
+
 def bench_generation(model, prompts, tokens) -> None:
     generate(model, prompts[:2], 2)  # warm up
     times, texts = {}, {}
@@ -92,6 +91,15 @@ def bench_generation(model, prompts, tokens) -> None:
     sampled = [generate(model, prompts, tokens, top_k=5, seed=1, use_cache=c) for c in (True, True, False)]
     print(f"  top-5 sampling, seed 1: repeatable {sampled[0] == sampled[1]}, "
           f"equal to the recompute loop on {sum(a == b for a, b in zip(sampled[0], sampled[2]))} of {len(prompts)}")
+    floors = measure(model)
+    print(f"  floors: {floors.describe()}")
+    weights = floors.weight_bytes // 4  # fp32: every weight is one multiply-add per row (the unembedding tied)
+    for batch in sorted({1, len(prompts)}):
+        seconds = per_token_seconds(model, prompts[:batch], tokens)
+        rows = batch + forward.row_padding(batch)
+        floor = floors.floor(read_bytes=floors.weight_bytes, flops=2 * weights * rows)
+        print(f"  per token, batch {batch:3d}: {1e3 * seconds:7.1f} ms; floor {1e3 * floor:6.1f} ms "
+              f"(weights read once, or {rows} rows' products at the measured rate): {seconds / floor:.2f}x")
 
 
 def main() -> None:
@@ -109,7 +117,7 @@ def main() -> None:
     C = second_moment.layer_stats(model, hp.layer, corpus=hp.mom2_corpus, samples=hp.mom2_samples, progress=False)
     counterfact = rome.tuning_cases(data.counterfact())
     cases = random.Random(args.seed).sample(counterfact, args.cases)
-    print(f"{view(model).label}; {cpu_name()}; torch threads {torch.get_num_threads()}")
+    print(f"{view(model).label}; {describe_machine()}")
     if args.cases:
         bench_edits(model, cases, hp, C, bf16=args.unembedding_bf16)
     if args.prompts:

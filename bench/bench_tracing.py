@@ -10,6 +10,8 @@ which we pass to it: measured on Gemma's embedding table it would be 25× too sm
 to ours as ``delta``. So the three maps must agree to float precision; the largest absolute
 difference of each from ours is printed beside its time and its ratio to ours (ours timed before
 and after the others, their mean: a machine shared with other work biases every ratio alike).
+Ours is also put beside its floor: its floating-point operations (counted by torch's
+``FlopCounterMode``, matrix products) at the fp32 rate ``bench_floors.py`` measures in the same run.
 ``--profile`` adds where our trace spends its time (torch's profiler, by operator).
 """
 
@@ -20,20 +22,13 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from bench_floors import describe_machine, measure
 from factlens.core.models import load_model, model_folder, view
 from factlens.locating.tracing import TraceSettings, embedding_std, trace, trace_straightforward
 
 PEER_SEED = 1  # causal-tracer's default patch_seed
-
-
-def _cpu() -> str:
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return "unknown CPU"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return f"{name}, AVX-512 {'yes' if 'avx512f' in info else 'no'}"
 
 
 def _timed(fn):
@@ -90,13 +85,19 @@ def main() -> None:
     settings = TraceSettings(args.kind, window=window, samples=args.samples, noise=args.noise)
     print(f"model {args.model}, {v.n_layers} layers; prompt {args.prompt!r} ({len(v.token_ids(args.prompt))} tokens), "
           f"kind {args.kind}, window {window}, {args.samples} samples, noise ν = {nu:.3f}; "
-          f"torch threads {torch.get_num_threads()}; CPU: {_cpu()}")
+          f"CPU: {describe_machine()}")
+    floors = measure(model)
+    print(f"floors: {floors.describe()}")
     def run_ours():
         return trace(model, args.prompt, args.subject, settings, delta=delta)
 
     trace(model, args.prompt, args.subject, settings, delta=delta[:1], positions=[-1])  # warm up
     ours, t_first = _timed(run_ours)
     print(f"{'locating.tracing.trace':34s} {t_first:8.2f} s   P={ours.clean_prob:.4f} P*={ours.corrupted_prob:.4f}")
+    with FlopCounterMode(display=False) as counter:
+        run_ours()
+    flops = counter.get_total_flops()
+    print(f"{'':34s} {flops / 1e12:.3f} TFLOP: floor {floors.floor(flops=flops):.2f} s at the measured rate")
     if args.profile:
         _profile(run_ours)
     rows = []
@@ -117,7 +118,7 @@ def main() -> None:
     # timed again after the others, so that a machine shared with other work biases every ratio alike
     t_ours = (t_first + _timed(run_ours)[1]) / 2
     print(f"{'locating.tracing.trace, again':34s} {2 * t_ours - t_first:8.2f} s   (ratios below: to the mean, "
-          f"{t_ours:.2f} s)")
+          f"{t_ours:.2f} s, {t_ours / floors.floor(flops=flops):.2f}x its floor)")
     for label, seconds, scores in rows:
         same = scores.shape == ours.scores.shape
         agree = f"max |map difference| {float((scores - ours.scores).abs().max()):.2e}" if same else \

@@ -156,6 +156,25 @@ def test_rows_continue_the_recorded_rows_of_a_padded_batch(tiny):
             torch.testing.assert_close(partial[r, :n - start], full[0, start:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("start", [0, 3, -1])
+def test_the_last_block_read_at_the_last_position_equals_the_whole_block(tiny, start):
+    """``last_only``: the last block's attention outputs and MLP at the last position alone, the other
+    positions giving their keys and values only (LONG: tiny-gemma3's sliding window hides early keys;
+    start -1: the last position is the only one re-run)."""
+    v = view(tiny)
+    batch = v.batch([LONG, SHORT])
+    rec = v.record(batch.ids)
+    start = start % batch.ids.shape[1]
+    layer, rows = 1, torch.tensor([0, 1, 0])
+    extra = _noise((3, batch.ids.shape[1] - start, v.d_model), seed=7, scale=float(rec.resid[layer].std()))
+    resid = rec.resid[layer][rows, start:] + extra
+    with torch.no_grad():
+        whole = v.run_blocks(rec, resid, range(layer, v.n_layers), start=start, rows=rows)
+        last = v.run_blocks(rec, resid, range(layer, v.n_layers), start=start, rows=rows, last_only=True)
+    assert last.shape == (3, 1, v.d_model)
+    torch.testing.assert_close(last, whole[:, -1:], rtol=1e-5, atol=1e-5)
+
+
 def test_hooks_in_the_rerun_see_the_rerun_positions(tiny):
     v = view(tiny)
     ids = v.batch([SHORT]).ids
@@ -229,6 +248,23 @@ def test_unembed_pads_few_rows_and_gives_the_bridges_logits(tiny):
     normed = torch.randn(3, v.d_model)
     torch.testing.assert_close(forward.log_normalizer(v, normed)[0], v.unembed(normed).logsumexp(-1),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_own_modules_run_the_wrapped_modules_and_the_bridges_come_back(tiny):
+    """``forward.own_modules`` (generation's): the Hugging Face model without a bridge component gives
+    the bridge's logits; on exit, an error included, every bridge is back where it was."""
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    v = view(tiny)
+    ids = v.batch([LONG]).ids
+    tree = [(name, type(m)) for name, m in tiny.original_model.named_modules()]
+    with torch.no_grad(), forward.own_modules(v) as hf:
+        assert not any(isinstance(m, GeneralizedComponent) for m in hf.modules())
+        own = hf(ids).logits
+    torch.testing.assert_close(own, tiny(ids), rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="inside"), forward.own_modules(v):
+        raise RuntimeError("inside")
+    assert [(name, type(m)) for name, m in tiny.original_model.named_modules()] == tree
 
 
 def test_decoding_through_the_cache_equals_the_full_forward_of_the_prefix(tiny):

@@ -27,8 +27,8 @@ bridge hands it over, because Hugging Face's decoder layers (transformers 5) pas
 as ``cache``, which the bridges do not read. The recorded causal (and sliding-window) mask is
 cut to the re-run rows, so every query sees exactly the keys it saw before.
 
-Generation (:func:`decoding`) goes through the same door: the model's own ``DynamicCache`` is
-handed to every attention bridge as ``past_key_values`` while new tokens are run one step at a time.
+Generation (:func:`decoding`) needs no hook: it runs the Hugging Face model's own modules
+(:func:`own_modules`), with its own ``DynamicCache``, one new token at a time.
 
 Only some positions are read at the end, and Gemma's unembedding (262,144 tokens) costs more
 than several blocks per position: :func:`log_normalizer` and :func:`token_log_probs` give the
@@ -69,7 +69,7 @@ def padded_rows(rows: torch.Tensor) -> torch.Tensor:
 
 class ViewLike(Protocol):
     """What these functions read of the View (``factlens.core.view.View``, which passes itself): the
-    model, its name and depth, and the View's hook names, capture and final norm. (A protocol, so
+    model, its name and depth, and the View's hook names, capture, final norm and unembedding. (A protocol, so
     that this module need not import the View that imports it.)"""
 
     model: TransformerBridge
@@ -87,6 +87,8 @@ class ViewLike(Protocol):
                 stop_after: bool = True) -> dict[str, torch.Tensor]: ...
 
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor: ...
+
+    def unembed(self, normed: torch.Tensor) -> torch.Tensor: ...
 
 
 # How each block argument that has a token axis is cut to the re-run positions: name -> axis
@@ -168,6 +170,34 @@ def _keys_and_values(v: ViewLike, caches: dict[int, Any]) -> Iterator[None]:
             handle.remove()
 
 
+@contextlib.contextmanager
+def own_modules(v: ViewLike) -> Iterator[torch.nn.Module]:
+    """Within the block, the Hugging Face model (yielded) runs its own modules: every bridge component
+    in its module tree is replaced by the module it wraps, and put back on exit. The parameters are
+    the same tensors, so an applied edit shows; no TransformerLens hook fires. For passes that need no
+    hook: for one token of Gemma 3 270M on one thread, the bridges' hook points and re-implemented
+    attention took about 10 ms of the blocks' 38 ms."""
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    replaced: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+
+    def unwrap(module: torch.nn.Module) -> None:
+        for name, child in list(module.named_children()):
+            if isinstance(child, GeneralizedComponent) and child.original_component is not None:
+                replaced.append((module, name, child))
+                module._modules[name] = child.original_component
+                child = child.original_component
+            unwrap(child)
+
+    hf = v.model.original_model
+    unwrap(hf)
+    try:
+        yield hf
+    finally:
+        for module, name, child in reversed(replaced):
+            module._modules[name] = child
+
+
 #: ``step(ids, mask, positions)`` of :func:`decoding`: the next-token logits at the last position.
 DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -179,23 +209,25 @@ def decoding(v: ViewLike) -> Iterator[DecodeStep]:
     position [b, d_vocab]. ``mask`` [b, tokens so far + n]: 0 at padding; ``positions`` [b, n]: the
     new tokens' positions (left-padded rows count from their first real token).
 
-    The cache is the model's own ``DynamicCache``, handed to every attention bridge
-    (:func:`_keys_and_values`): a dynamic cache appends, so the bridges' ``update(k, v, layer_idx)``
-    needs no cache position (a static or hybrid cache would write every step into its first slot),
-    and Hugging Face's forward reads the same cache to place the new tokens and build the masks
-    (causal, sliding window, padding). No gradients.
+    The Hugging Face model runs its own modules (:func:`own_modules`: no hook fires) with its own
+    ``DynamicCache``, which places the new tokens and builds the masks (causal, sliding window,
+    padding); only the last position's final-normed state is unembedded (``View.unembed``, the
+    product the full forward pass uses). The bridges' own cached generation cannot be used: their
+    attention reads a cache as ``past_key_values`` only, while Hugging Face's decoder layers
+    (transformers 5) pass it on as ``cache``, so it forgets the prompt at every step ("Seattle
+    Seattle Seattle ..."; :func:`_keys_and_values`). No gradients.
     """
     from transformers import DynamicCache
 
-    hf = v.model.original_model
-    cache = DynamicCache(config=hf.config)
+    with own_modules(v) as hf:
+        cache = DynamicCache(config=hf.config)
 
-    @torch.no_grad()
-    def step(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return hf(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                  logits_to_keep=1).logits[:, -1]
+        @torch.no_grad()
+        def step(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            hidden = hf.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                   use_cache=True).last_hidden_state
+            return v.unembed(hidden[:, -1])
 
-    with _keys_and_values(v, dict.fromkeys(range(v.n_layers), cache)):
         yield step
 
 
@@ -289,14 +321,17 @@ def _pick(recorded: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 
 
 def run_blocks(v: ViewLike, rec: Recording, resid: torch.Tensor, layers: range, *, start: int = 0,
-               rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = ()) -> torch.Tensor:
+               rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = (),
+               last_only: bool = False) -> torch.Tensor:
     """Blocks ``layers`` (consecutive) on ``resid``, the residual stream entering the first of them
     at positions ``start ..`` [B, t - start, d_model]; returns the residual stream after the last.
 
     Row ``r`` of ``resid`` continues row ``rows[r]`` of the recording (default: row ``r``, or row 0
     of a one-row recording): its positions before ``start`` are that row's, read through the
     recorded keys and values. ``fwd_hooks`` fire on the re-run blocks' hook points, whose
-    tensors cover positions ``start ..`` (position ``p`` is index ``p - start``).
+    tensors cover positions ``start ..`` (position ``p`` is index ``p - start``). ``last_only``: the
+    last block's output at the last position alone [B, 1, d_model] (:func:`_block_read_at_end`; its
+    hooks then see positions ``start ..`` up to its attention's keys and values, the last one after).
     """
     if not layers:
         return resid
@@ -314,12 +349,52 @@ def run_blocks(v: ViewLike, rec: Recording, resid: torch.Tensor, layers: range, 
     x = resid
     # entering the bridge's hook context costs milliseconds: only when there are hooks to add
     hooks = v.model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
-    with hooks, _keys_and_values(v, {l: earlier for l in layers} if start else {}):
+    with hooks:
         for layer in layers:
-            kwargs = {k: _cut(k, a, index, start, rec.n_rows) for k, a in rec.block_args[layer].items()}
-            out = v.model.blocks[layer](x, **kwargs)
-            x = out[0] if isinstance(out, tuple) else out
+            if last_only and layer == layers[-1] and x.shape[1] > 1:
+                return _block_read_at_end(v, rec, x, layer, index, start, earlier)
+            with _keys_and_values(v, {layer: earlier} if earlier is not None else {}):
+                x = _block(v, rec, x, layer, index, start)
     return x
+
+
+def _block(v: ViewLike, rec: Recording, x: torch.Tensor, layer: int, index: torch.Tensor | None,
+           start: int) -> torch.Tensor:
+    """Block ``layer`` on ``x``, positions ``start ..``, with the recorded arguments cut to them."""
+    kwargs = {k: _cut(k, a, index, start, rec.n_rows) for k, a in rec.block_args[layer].items()}
+    out = v.model.blocks[layer](x, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+class _KeysComputed(Exception):
+    """Raised by :class:`_KeysAndValuesOnly` to stop a block once its attention's keys and values are known."""
+
+
+class _KeysAndValuesOnly:
+    """Given to an attention bridge as ``past_key_values`` when only its keys and values are wanted:
+    keeps them and stops the block."""
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        self.keys, self.values = keys, values
+        raise _KeysComputed
+
+
+def _block_read_at_end(v: ViewLike, rec: Recording, x: torch.Tensor, layer: int, index: torch.Tensor | None,
+                       start: int, earlier: _EarlierPositions | None) -> torch.Tensor:
+    """Block ``layer``'s output at the last position alone [B, 1, d_model], for ``x`` at positions
+    ``start ..``. Its attention there reads the keys and values of every position; those of positions
+    ``start ..`` come from a run of the block on all of them stopped as its attention hands them over,
+    so that the attention outputs and MLP of the positions nothing reads are never computed (in the
+    last block: all but the position the logits are read at)."""
+    new = _KeysAndValuesOnly()
+    with contextlib.suppress(_KeysComputed), _keys_and_values(v, {layer: new}):
+        _block(v, rec, x, layer, index, start)
+    keys, values = new.keys[:, :, :-1], new.values[:, :, :-1]
+    if earlier is not None:
+        keys = torch.cat([earlier.keys[layer], keys], dim=-2)
+        values = torch.cat([earlier.values[layer], values], dim=-2)
+    with _keys_and_values(v, {layer: _EarlierPositions({layer: keys}, {layer: values})}):
+        return _block(v, rec, x[:, -1:], layer, index, rec.n_tokens - 1)
 
 
 def run_from(v: ViewLike, rec: Recording, layer: int, resid: torch.Tensor | None = None, *, start: int = 0,
@@ -349,28 +424,44 @@ def run_from(v: ViewLike, rec: Recording, layer: int, resid: torch.Tensor | None
     return normed[:, 0] if where.ndim == 1 else normed
 
 
+def unembed(v: ViewLike, normed: torch.Tensor) -> torch.Tensor:
+    """The logits of final-normed rows [N, d_model]: [N, d_vocab], ``normed W_U + b_U`` computed as the
+    unembedding's token rows times the states as columns, padded with zero columns to a multiple of
+    :data:`ROW_MULTIPLE` (one state too). MKL's fp32 product is much faster that way round for a few
+    states: on an AMD EPYC with AVX-512 (2 threads), Gemma's 262,144 × 640 unembedding took 16 ms for
+    one state against 37 ms (reading the matrix alone takes 14 ms), 17 against 71 ms for four, 80
+    against 102 ms for twenty (``bench/README.md``)."""
+    n = normed.shape[0]
+    columns = torch.cat([normed, normed.new_zeros(-n % ROW_MULTIPLE, normed.shape[1])])
+    tokens, bias = v.model.unembed.W_U.T, v.model.unembed.b_U
+    return torch.addmm(bias[:, None], tokens, columns.T).T[:n].contiguous()
+
+
 def log_normalizer(v: ViewLike, normed: torch.Tensor, *, vocab_block: int = 4096,
-                   row_block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                   row_block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """``log Σ_j exp(z_j)`` and ``argmax_j z_j`` of the logits ``z = unembed(normed)`` of each row
     of ``normed`` [N, d_model]: two [N] tensors, in one pass over the unembedding.
 
     The logits are taken ``row_block`` rows and ``vocab_block`` tokens at a time with a running
     log-sum-exp, so that the [N, d_vocab] logits (262,144 per row for Gemma) are never written
-    out: the blocks stay in the processor's cache. Gradients flow (through the log-sum-exp).
+    out. Each block is the tokens' rows times the states' columns, as in :func:`unembed`: for 1,551
+    states of Gemma the products alone ran at 209 GFLOP/s that way round, and the whole pass the other
+    way round at 155 GFLOP/s with 128-row blocks, 186 with 1,024 (``bench/README.md``). Gradients flow
+    (through the log-sum-exp).
     """
     n = normed.shape[0]
     normed = padded_rows(normed)
-    weight, bias = v.model.unembed.W_U.T, v.model.unembed.b_U
+    tokens, bias = v.model.unembed.W_U.T, v.model.unembed.b_U
     log_z, top = [], []
     for rows in normed.split(row_block):
         best = torch.full((rows.shape[0],), -torch.inf, device=rows.device, dtype=rows.dtype)
         best_id = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device)
         total = torch.zeros_like(best)
-        for first in range(0, weight.shape[0], vocab_block):
-            logits = torch.addmm(bias[first:first + vocab_block], rows, weight[first:first + vocab_block].T)
-            block_best, block_id = logits.max(-1)
+        for first in range(0, tokens.shape[0], vocab_block):
+            logits = torch.addmm(bias[first:first + vocab_block, None], tokens[first:first + vocab_block], rows.T)
+            block_best, block_id = logits.max(0)
             new_best = torch.maximum(best, block_best)
-            total = total * (best - new_best).exp() + (logits - new_best[:, None]).exp().sum(-1)
+            total = total * (best - new_best).exp() + (logits - new_best).exp().sum(0)
             best_id = torch.where(block_best > best, block_id + first, best_id)
             best = new_best
         log_z.append(best + total.log())

@@ -415,10 +415,13 @@ class View:
         return forward.run_from(self, recording, layer, resid, start=start, rows=rows, fwd_hooks=fwd_hooks, at=at)
 
     def run_blocks(self, recording: Recording, resid: torch.Tensor, layers: range, *, start: int = 0,
-                   rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = ()) -> torch.Tensor:
+                   rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = (),
+                   last_only: bool = False) -> torch.Tensor:
         """Re-run the consecutive blocks ``layers`` as :meth:`run_from` does, and return the residual
-        stream after the last of them (positions ``start ..``, no final norm)."""
-        return forward.run_blocks(self, recording, resid, layers, start=start, rows=rows, fwd_hooks=fwd_hooks)
+        stream after the last of them (positions ``start ..``, no final norm; with ``last_only``, the
+        last position alone, the last block computing only keys and values at the others)."""
+        return forward.run_blocks(self, recording, resid, layers, start=start, rows=rows, fwd_hooks=fwd_hooks,
+                                  last_only=last_only)
 
     def decoding(self) -> contextlib.AbstractContextManager[forward.DecodeStep]:
         """Within the block, ``step(ids, mask, positions)`` runs new tokens [b, n] after every token
@@ -445,12 +448,11 @@ class View:
         return self.model.ln_final(resid)
 
     def unembed(self, normed: torch.Tensor) -> torch.Tensor:
-        """Logits of final-normed states [..., d_model] -> [..., d_vocab], the states taken as rows
-        padded with zeros to a multiple of ``forward.ROW_MULTIPLE`` (``forward.padded_rows``:
-        a few rows cost up to twice as much otherwise); the padding rows are dropped."""
+        """Logits of final-normed states [..., d_model] -> [..., d_vocab] (:func:`factlens.core.forward.unembed`:
+        the unembedding's rows times the states, padded to a multiple of ``forward.ROW_MULTIPLE``,
+        2 to 4 times faster than the bridge's product for a few states). The unembedding's hooks do not fire."""
         shape = normed.shape
-        flat = normed.reshape(-1, 1, shape[-1])
-        return self.model.unembed(forward.padded_rows(flat))[:len(flat)].reshape(*shape[:-1], -1)
+        return forward.unembed(self, normed.reshape(-1, shape[-1])).reshape(*shape[:-1], -1)
 
     def unembedding_map(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The unembedding as the plain linear map it is, ``logits = W h + b``: ``(W [d_vocab, d_model],

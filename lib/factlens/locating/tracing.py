@@ -29,7 +29,8 @@ layer). :func:`trace` computes the same numbers with far less work:
   values of the earlier positions;
 * all restorations of one token, every layer and every noise sample, go through the blocks
   as one batch: the rows of the restorations at layer ``l`` join it at their first block;
-* only the last position is projected to the vocabulary (262,144 tokens for Gemma);
+* only the last position is read: the last block computes the others' keys and values alone
+  (``View.run_blocks(..., last_only=True)``), and only it is projected to the vocabulary;
 * what cannot change is not computed (:func:`restoration_can_matter`); those restorations
   score exactly ``P*[o]``.
 """
@@ -389,8 +390,10 @@ class _CorruptedRuns:
                 row_layers += [l for l in joining[block] for _ in range(S)]
             if block == L:
                 break
-            self.patches.now = self._patches_at(token, block, row_layers, sample_of_row)
-            x = v.run_blocks(rec, x, range(block, block + 1), start=token, rows=1 + sample_of_row)
+            # the last block runs at the last position alone: what is set at an earlier token there is never read
+            last = block == L - 1 and token < self.n_tokens - 1
+            self.patches.now = {} if last else self._patches_at(token, block, row_layers, sample_of_row)
+            x = v.run_blocks(rec, x, range(block, block + 1), start=token, rows=1 + sample_of_row, last_only=last)
         self.patches.now = {}
         finals = v.final_norm(x[:, -1])
         position = {l: k for k, l in enumerate(order)}
