@@ -19,6 +19,7 @@ read at the measured read rate, or its FLOPs at the measured rate, whichever is 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,15 +30,25 @@ from factlens.book.keys import machine
 from factlens.core.models import Model, load_model, view
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """The shortest of ``repeats`` wall times of ``fn()``, in seconds (after one untimed call)."""
+def wall_times(fn: Callable[[], object], repeats: int) -> list[float]:
+    """``repeats`` wall times of ``fn()``, in seconds, after one untimed call."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """The shortest of ``repeats`` wall times of ``fn()`` (:func:`wall_times`)."""
+    return min(wall_times(fn, repeats))
+
+
+def median_of(fn: Callable[[], object], repeats: int) -> float:
+    """The median of ``repeats`` wall times of ``fn()`` (:func:`wall_times`)."""
+    return statistics.median(wall_times(fn, repeats))
 
 
 @dataclass(frozen=True)

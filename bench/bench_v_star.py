@@ -20,27 +20,17 @@ import argparse
 import os
 import random
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
+from bench_floors import median_of
 from factlens import data
 from factlens.book.keys import machine
 from factlens.core.models import load_model, view
 from factlens.editing import rome, v_star, v_star_loss
 from factlens.editing.requests import EditRequest
-
-
-def _median_seconds(run: Callable[[], None], repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_terms(model, prompts: list[v_star.RewritePrompts], hp, repeats: int) -> None:
@@ -69,7 +59,7 @@ def bench_terms(model, prompts: list[v_star.RewritePrompts], hp, repeats: int) -
                 return new.detach(), kl.detach(), x.grad
 
             with v.frozen_except([]):
-                seconds.append(_median_seconds(step, repeats))
+                seconds.append(median_of(step, repeats))
                 got = step()
             if not reference[i:]:
                 reference.append(got)
@@ -100,7 +90,7 @@ def bench_blocks(model, prompts: list[v_star.RewritePrompts], hp, repeats: int) 
             delta = torch.zeros(v.d_model, requires_grad=True)
             _, read = v_star._value_reader(model, p, hp.layer, delta, partial=True)
             with v.frozen_except([]):
-                seconds.append(_median_seconds(lambda read=read: read().sum().backward(), repeats))
+                seconds.append(median_of(lambda read=read: read().sum().backward(), repeats))
             last = p.subject_last.tolist()
             needed = [max([q + 1 for r, q in zip(p.read_rows.tolist(), p.read_positions.tolist()) if r == row]
                           + [last[row] + 1]) for row in range(p.n + 1)]
