@@ -156,11 +156,13 @@ def test_rows_continue_the_recorded_rows_of_a_padded_batch(tiny):
             torch.testing.assert_close(partial[r, :n - start], full[0, start:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("hooks", [True, False])
 @pytest.mark.parametrize("start", [0, 3, -1])
-def test_the_last_block_read_at_the_last_position_equals_the_whole_block(tiny, start):
+def test_the_last_block_read_at_the_last_position_equals_the_whole_block(tiny, start, hooks):
     """``last_only``: the last block's attention outputs and MLP at the last position alone, the other
     positions giving their keys and values only (LONG: tiny-gemma3's sliding window hides early keys;
-    start -1: the last position is the only one re-run)."""
+    start -1: the last position is the only one re-run). ``hooks=False``: the Hugging Face blocks
+    themselves give the bridges' numbers."""
     v = view(tiny)
     batch = v.batch([LONG, SHORT])
     rec = v.record(batch.ids)
@@ -170,9 +172,19 @@ def test_the_last_block_read_at_the_last_position_equals_the_whole_block(tiny, s
     resid = rec.resid[layer][rows, start:] + extra
     with torch.no_grad():
         whole = v.run_blocks(rec, resid, range(layer, v.n_layers), start=start, rows=rows)
-        last = v.run_blocks(rec, resid, range(layer, v.n_layers), start=start, rows=rows, last_only=True)
+        hf = v.run_blocks(rec, resid, range(layer, v.n_layers), start=start, rows=rows, hooks=hooks)
+        last = v.run_blocks(rec, resid, range(layer, v.n_layers), start=start, rows=rows, last_only=True,
+                            hooks=hooks)
     assert last.shape == (3, 1, v.d_model)
+    torch.testing.assert_close(hf, whole, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(last, whole[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_blocks_without_hooks_take_no_hooks(tiny):
+    v = view(tiny)
+    rec = v.record(v.batch([SHORT]).ids)
+    with pytest.raises(ValueError, match="hooks=False"):
+        v.run_blocks(rec, rec.resid[1], range(1, 2), hooks=False, fwd_hooks=[(v.mlp_out_hook(1), lambda x, hook: x)])
 
 
 def test_hooks_in_the_rerun_see_the_rerun_positions(tiny):
@@ -200,6 +212,11 @@ def test_token_log_probs_equal_the_log_softmax_of_the_logits(tiny):
     got = forward.token_log_probs(v, normed, tokens, log_z=log_z)
     torch.testing.assert_close(got, log_softmax.gather(1, tokens), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(v.token_log_probs(normed, [5])[:, 0], log_softmax[:, 5], rtol=1e-5, atol=1e-5)
+    # the gradient of log Z is the softmax (the running maximum carries none)
+    states = normed.clone().requires_grad_()
+    forward.log_normalizer(v, states, vocab_block=100, row_block=7)[0].sum().backward()
+    expected = log_softmax.exp() @ v.model.unembed.W_U.T.detach()
+    torch.testing.assert_close(states.grad, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_bad_requests_are_clear_errors(tiny):

@@ -322,7 +322,7 @@ def _pick(recorded: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 
 def run_blocks(v: ViewLike, rec: Recording, resid: torch.Tensor, layers: range, *, start: int = 0,
                rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = (),
-               last_only: bool = False) -> torch.Tensor:
+               last_only: bool = False, hooks: bool = True) -> torch.Tensor:
     """Blocks ``layers`` (consecutive) on ``resid``, the residual stream entering the first of them
     at positions ``start ..`` [B, t - start, d_model]; returns the residual stream after the last.
 
@@ -332,6 +332,10 @@ def run_blocks(v: ViewLike, rec: Recording, resid: torch.Tensor, layers: range, 
     tensors cover positions ``start ..`` (position ``p`` is index ``p - start``). ``last_only``: the
     last block's output at the last position alone [B, 1, d_model] (:func:`_block_read_at_end`; its
     hooks then see positions ``start ..`` up to its attention's keys and values, the last one after).
+    ``hooks=False``: no TransformerLens hook fires and the Hugging Face blocks run their own modules
+    (:func:`own_modules`), handed the earlier positions' keys and values as their cache: for passes that
+    set nothing inside the blocks (a hidden-state causal trace), where the bridges' hook points and
+    re-implemented attention are pure cost. The same arithmetic up to float rounding.
     """
     if not layers:
         return resid
@@ -346,24 +350,48 @@ def run_blocks(v: ViewLike, rec: Recording, resid: torch.Tensor, layers: range, 
     index = _rows(rec, rows, resid.shape[0])
     earlier = _EarlierPositions({l: _pick(rec.keys[l][:, :, :start], index) for l in layers},
                                 {l: _pick(rec.values[l][:, :, :start], index) for l in layers}) if start else None
+    if fwd_hooks and not hooks:
+        raise ValueError("fwd_hooks fire only on the bridges: run_blocks(..., hooks=False) takes none")
     x = resid
-    # entering the bridge's hook context costs milliseconds: only when there are hooks to add
-    hooks = v.model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
-    with hooks:
+    if hooks:  # entering the bridge's hook context costs milliseconds: only when there are hooks to add
+        context = v.model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
+        blocks = {layer: v.model.blocks[layer] for layer in layers}
+    else:
+        context = own_modules(v)
+        blocks = {layer: v.model.blocks[layer].original_component for layer in layers}
+    with context:
         for layer in layers:
             if last_only and layer == layers[-1] and x.shape[1] > 1:
-                return _block_read_at_end(v, rec, x, layer, index, start, earlier)
-            with _keys_and_values(v, {layer: earlier} if earlier is not None else {}):
-                x = _block(v, rec, x, layer, index, start)
+                return _block_read_at_end(v, rec, x, layer, index, start, earlier, blocks[layer])
+            x = _block(v, rec, x, layer, index, start, earlier, blocks[layer])
     return x
 
 
 def _block(v: ViewLike, rec: Recording, x: torch.Tensor, layer: int, index: torch.Tensor | None,
-           start: int) -> torch.Tensor:
-    """Block ``layer`` on ``x``, positions ``start ..``, with the recorded arguments cut to them."""
+           start: int, cache: Any, block: torch.nn.Module) -> torch.Tensor:
+    """Block ``layer`` on ``x``, positions ``start ..``, with the recorded arguments cut to them;
+    its attention reads and extends its keys and values through ``cache`` (when not None). ``block``:
+    the bridge (``v.model.blocks[layer]``) or, within :func:`own_modules`, the Hugging Face block."""
     kwargs = {k: _cut(k, a, index, start, rec.n_rows) for k, a in rec.block_args[layer].items()}
-    out = v.model.blocks[layer](x, **kwargs)
+    if hasattr(block, "original_component"):  # a bridge: its attention takes the cache as past_key_values
+        with _keys_and_values(v, {layer: cache} if cache is not None else {}):
+            out = block(x, **kwargs)
+    else:
+        if cache is not None:
+            kwargs[_cache_parameter(block)] = cache
+        out = block(x, **kwargs)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _cache_parameter(block: torch.nn.Module) -> str:
+    """The name under which a Hugging Face decoder layer takes its key-value cache (transformers 5:
+    ``cache``, before it ``past_key_values``)."""
+    parameters = inspect.signature(block.forward).parameters
+    for name in ("cache", "past_key_values", "past_key_value", "layer_past"):
+        if name in parameters:
+            return name
+    raise NotImplementedError(f"{type(block).__name__} takes no key-value cache argument; "
+                              "run its blocks with hooks=True")
 
 
 class _KeysComputed(Exception):
@@ -380,21 +408,21 @@ class _KeysAndValuesOnly:
 
 
 def _block_read_at_end(v: ViewLike, rec: Recording, x: torch.Tensor, layer: int, index: torch.Tensor | None,
-                       start: int, earlier: _EarlierPositions | None) -> torch.Tensor:
+                       start: int, earlier: _EarlierPositions | None, block: torch.nn.Module) -> torch.Tensor:
     """Block ``layer``'s output at the last position alone [B, 1, d_model], for ``x`` at positions
     ``start ..``. Its attention there reads the keys and values of every position; those of positions
     ``start ..`` come from a run of the block on all of them stopped as its attention hands them over,
     so that the attention outputs and MLP of the positions nothing reads are never computed (in the
     last block: all but the position the logits are read at)."""
     new = _KeysAndValuesOnly()
-    with contextlib.suppress(_KeysComputed), _keys_and_values(v, {layer: new}):
-        _block(v, rec, x, layer, index, start)
+    with contextlib.suppress(_KeysComputed):
+        _block(v, rec, x, layer, index, start, new, block)
     keys, values = new.keys[:, :, :-1], new.values[:, :, :-1]
     if earlier is not None:
         keys = torch.cat([earlier.keys[layer], keys], dim=-2)
         values = torch.cat([earlier.values[layer], values], dim=-2)
-    with _keys_and_values(v, {layer: _EarlierPositions({layer: keys}, {layer: values})}):
-        return _block(v, rec, x[:, -1:], layer, index, rec.n_tokens - 1)
+    return _block(v, rec, x[:, -1:], layer, index, rec.n_tokens - 1,
+                  _EarlierPositions({layer: keys}, {layer: values}), block)
 
 
 def run_from(v: ViewLike, rec: Recording, layer: int, resid: torch.Tensor | None = None, *, start: int = 0,
@@ -447,7 +475,8 @@ def log_normalizer(v: ViewLike, normed: torch.Tensor, *, vocab_block: int = 4096
     out. Each block is the tokens' rows times the states' columns, as in :func:`unembed`: for 1,551
     states of Gemma the products alone ran at 209 GFLOP/s that way round, and the whole pass the other
     way round at 155 GFLOP/s with 128-row blocks, 186 with 1,024 (``bench/README.md``). Gradients flow
-    (through the log-sum-exp).
+    (through the log-sum-exp). The top token is looked for only in the columns whose running maximum a
+    block raises (``max(0)`` with indices over a whole block took 11 ms, ``amax(0)`` 0.3 ms).
     """
     n = normed.shape[0]
     normed = padded_rows(normed)
@@ -459,10 +488,12 @@ def log_normalizer(v: ViewLike, normed: torch.Tensor, *, vocab_block: int = 4096
         total = torch.zeros_like(best)
         for first in range(0, tokens.shape[0], vocab_block):
             logits = torch.addmm(bias[first:first + vocab_block, None], tokens[first:first + vocab_block], rows.T)
-            block_best, block_id = logits.max(0)
+            block_best = logits.detach().amax(0)  # the log-sum-exp does not depend on it: no gradient
+            moved = (block_best > best).nonzero()[:, 0]  # rows whose top token so far is in this block
+            if len(moved):
+                best_id[moved] = logits[:, moved].detach().argmax(0) + first
             new_best = torch.maximum(best, block_best)
             total = total * (best - new_best).exp() + (logits - new_best).exp().sum(0)
-            best_id = torch.where(block_best > best, block_id + first, best_id)
             best = new_best
         log_z.append(best + total.log())
         top.append(best_id)

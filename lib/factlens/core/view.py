@@ -416,12 +416,13 @@ class View:
 
     def run_blocks(self, recording: Recording, resid: torch.Tensor, layers: range, *, start: int = 0,
                    rows: torch.Tensor | Sequence[int] | None = None, fwd_hooks: Sequence = (),
-                   last_only: bool = False) -> torch.Tensor:
+                   last_only: bool = False, hooks: bool = True) -> torch.Tensor:
         """Re-run the consecutive blocks ``layers`` as :meth:`run_from` does, and return the residual
         stream after the last of them (positions ``start ..``, no final norm; with ``last_only``, the
-        last position alone, the last block computing only keys and values at the others)."""
+        last position alone, the last block computing only keys and values at the others; with
+        ``hooks=False``, the Hugging Face blocks themselves, no hook firing)."""
         return forward.run_blocks(self, recording, resid, layers, start=start, rows=rows, fwd_hooks=fwd_hooks,
-                                  last_only=last_only)
+                                  last_only=last_only, hooks=hooks)
 
     def decoding(self) -> contextlib.AbstractContextManager[forward.DecodeStep]:
         """Within the block, ``step(ids, mask, positions)`` runs new tokens [b, n] after every token

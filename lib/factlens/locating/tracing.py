@@ -393,7 +393,8 @@ class _CorruptedRuns:
             # the last block runs at the last position alone: what is set at an earlier token there is never read
             last = block == L - 1 and token < self.n_tokens - 1
             self.patches.now = {} if last else self._patches_at(token, block, row_layers, sample_of_row)
-            x = v.run_blocks(rec, x, range(block, block + 1), start=token, rows=1 + sample_of_row, last_only=last)
+            x = v.run_blocks(rec, x, range(block, block + 1), start=token, rows=1 + sample_of_row, last_only=last,
+                             hooks=bool(self.sites or self.severed))  # a hidden state needs no hook
         self.patches.now = {}
         finals = v.final_norm(x[:, -1])
         position = {l: k for k, l in enumerate(order)}
