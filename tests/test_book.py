@@ -531,6 +531,15 @@ def test_library_and_data_digests(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTLENS_DATA_DIR", str(data))
     digest = book.keys.data_digest()
     assert book.keys.data_digest() == digest
+    copy = tmp_path / "copy"  # the same files copied again elsewhere, later: the same key
+    (copy / "lama").mkdir(parents=True)
+    (copy / "lama" / "P19.jsonl").write_text("{}\n")
+    os.utime(copy / "lama" / "P19.jsonl", ns=(10**18, 10**18))
+    monkeypatch.setenv("FACTLENS_DATA_DIR", str(copy))
+    assert book.keys.data_digest() == digest
+    (copy / "lama" / "P19.jsonl").write_text("[]\n")  # one byte changed, the size kept
+    assert book.keys.data_digest() != digest
+    monkeypatch.setenv("FACTLENS_DATA_DIR", str(data))
     (data / "lama" / "P20.jsonl").write_text("{}\n")
     assert book.keys.data_digest() != digest
     monkeypatch.delenv("FACTLENS_DATA_DIR")  # downloaded from fixed URLs and checked: a constant
