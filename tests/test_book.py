@@ -560,18 +560,59 @@ def test_rerendered_keeps_outputs_and_refuses_other_code():
     assert book.rerendered({"cells": [*source["cells"], _cell("print(43)")]}, executed) is None
 
 
+def test_a_first_build_is_planned_with_the_measured_times(fixture_book, tmp_path):
+    """A chapter never executed here is estimated from _timings.yml (its profile and model), marked;
+    once executed, its own time replaces that; a broken file is an error that names it."""
+    root, build = fixture_book, tmp_path / "build"
+    assert book.read_timings(root) == book.Timings("", {})  # no file: no times
+    (root / "_timings.yml").write_text(
+        "machine: 2 cores of a test CPU\n"
+        "seconds:\n  smoke:\n    gpt2:\n      a.ipynb: 75\n"
+        "  cpu:\n    tiny-model:\n      a.ipynb: 640.4\n      nowhere.ipynb: 3\n")
+    timings = book.read_timings(root)
+    chapter = book.Chapter(Path("a.ipynb"), root / "a.ipynb", build / "executed" / "a.ipynb",
+                           {"profile": "cpu", "model_name": "tiny-model"})
+    (root / "a.ipynb").write_text(json.dumps({"cells": [_cell("x = 1")], "metadata": {}}))
+    step = book.assess(chapter, {}, build / "results", timings=timings)
+    assert (step.action, step.estimate, step.measured_on) == (book.EXECUTE, 640.4, "2 cores of a test CPU")
+    other = book.Chapter(chapter.notebook, chapter.source, chapter.output, {"profile": "cpu", "model_name": "gpt2"})
+    assert book.assess(other, {}, build / "results", timings=timings).estimate is None
+    chapter.output.parent.mkdir(parents=True)
+    chapter.output.write_text(json.dumps({"cells": [], "metadata": {"papermill": {"duration": 12.5}}}))
+    assert book.assess(chapter, {}, build / "results", timings=timings).estimate == 12.5  # its own time first
+    (root / "_timings.yml").write_text("machine: x\nseconds:\n  cpu: [1, 2]\n")
+    with pytest.raises(BookError, match="_timings.yml: expected 'machine' and 'seconds'"):
+        book.read_timings(root)
+    (root / "_timings.yml").write_text("seconds:\n  cpu:\n    gpt2:\n      a.ipynb: 1\n")
+    with pytest.raises(BookError, match="'machine' must name"):
+        book.read_timings(root)
+
+
+def test_the_books_measured_times_name_its_chapters(repo_root):
+    timings = book.read_timings(repo_root)
+    notebooks = {nb.as_posix() for nb in book.toc_notebooks(repo_root)}
+    assert timings.machine and timings.seconds
+    for profile, model, notebook in timings.seconds:
+        assert profile in book.PROFILES and notebook in notebooks, (profile, model, notebook)
+    assert {nb for p, m, nb in timings.seconds if (p, m) == ("cpu", book.PROFILES["cpu"]["model_name"])} == notebooks
+
+
 def test_the_plan_and_the_execution_note():
     steps = [book.Step(Path("a.ipynb"), book.EXECUTE, "code changed", 512.4, {}, [], []),
              book.Step(Path("chapters/b.ipynb"), book.EXECUTE, "--force", None, {}, [], None),
              book.Step(Path("c.ipynb"), book.RERENDER, "markdown changed", 30.0, {}, [], []),
-             book.Step(Path("d.ipynb"), book.UP_TO_DATE, "", 7.0, {}, [], [])]
+             book.Step(Path("d.ipynb"), book.UP_TO_DATE, "", 7.0, {}, [], []),
+             book.Step(Path("e.ipynb"), book.EXECUTE, "no successful execution recorded", 90.2, {}, [], None,
+                       "2 cores of a CPU")]
     assert book.format_plan(steps).splitlines() == [
         "plan:",
         "  execute     a.ipynb              512 s  code changed",
         "  execute     chapters/b.ipynb   unknown  --force",
         "  re-render   c.ipynb                0 s  markdown changed",
         "  up to date  d.ipynb                0 s",
-        "  total: 2 execute, 1 re-render, 1 up to date; about 512 s + 1 unknown",
+        "  execute     e.ipynb              90 s*  no successful execution recorded",
+        "  total: 3 execute, 1 re-render, 1 up to date; about 603 s + 1 unknown",
+        "  * never executed here: the time measured on 2 cores of a CPU (_timings.yml)",
     ]
     record = {"executed_at": "2026-12-05T00:40:12+00:00", "seconds": 511.6, "cpu": "AMD EPYC", "cores": 2,
               "cpu_features": ["avx512f"]}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from factlens.book.keys import build_digests, inputs_digest, record_path, results_listing, write_record
-from factlens.book.plan import RERENDER, UP_TO_DATE, Chapter, assess, format_plan, plan, rerendered
+from factlens.book.plan import RERENDER, UP_TO_DATE, Chapter, assess, format_plan, plan, read_timings, rerendered
 from factlens.book.toc import BookError, build_parameters, notebook_parameters
 from factlens.core.cache import replacing
 
@@ -166,7 +166,8 @@ def execute(
         })
         for rel in map(Path, notebooks)
     ]
-    log(format_plan(plan(chapters, build_digests(root), results_dir, force=force)), flush=True)
+    log(format_plan(plan(chapters, build_digests(root), results_dir, force=force, timings=read_timings(root))),
+        flush=True)
     done: list[Executed] = []
     total = len(chapters)
     for i, chapter in enumerate(chapters, start=1):

@@ -7,7 +7,9 @@
 * **up to date**: neither.
 
 Before it starts, the build prints its plan (:func:`format_plan`), with each chapter's time
-estimated from its previous execution. The plan also foresees that a chapter reading results
+estimated from its previous execution, or, for a chapter never executed here, from the times
+measured on a named machine for the same profile and model (``_timings.yml`` beside ``_toc.yml``,
+:func:`read_timings`), marked as such. The plan also foresees that a chapter reading results
 that an earlier chapter of the plan will rewrite (``load_results``, the Claims page) executes;
 the decision itself is taken again when a chapter's turn comes, from the files as they are then.
 """
@@ -19,9 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from factlens.book.keys import EVERY, cell_source, chapter_key, code_cells, read_record, reads
+from factlens.book.toc import BookError
 
 EXECUTE, RERENDER, UP_TO_DATE = "execute", "re-render", "up to date"
+#: the chapter times measured for the plan of a first build, beside _toc.yml
+TIMINGS = "_timings.yml"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,39 @@ class Step:
     key: dict[str, str]  # its key now
     reads: str | list[str]  # the results files it reads (keys.reads)
     writes: list[str] | None  # the results files its previous execution wrote; None when unknown
+    measured_on: str = ""  # the machine of _timings.yml when the estimate is its time, not a previous execution's
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Chapter times measured on one machine (``_timings.yml``), for chapters never executed here."""
+
+    machine: str
+    seconds: dict[tuple[str, str, str], float]  # (profile, model_name, notebook) -> seconds
+
+    def of(self, chapter: Chapter) -> float | None:
+        """The measured time of ``chapter`` with its profile and model; None when not measured."""
+        p = chapter.parameters
+        return self.seconds.get((str(p.get("profile")), str(p.get("model_name")), chapter.notebook.as_posix()))
+
+
+def read_timings(root: Path) -> Timings:
+    """``root/_timings.yml``: ``machine`` (the CPU, cores and commit of the measurement) and
+    ``seconds`` (profile -> model -> notebook -> seconds); no times when the file is absent."""
+    path = root / TIMINGS
+    if not path.is_file():
+        return Timings("", {})
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        seconds = {(str(profile), str(model), str(notebook)): float(t)
+                   for profile, models in data.get("seconds", {}).items()
+                   for model, notebooks in models.items() for notebook, t in notebooks.items()}
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as err:
+        raise BookError(f"{path}: expected 'machine' and 'seconds' (profile -> model -> notebook -> seconds): "
+                        f"{err}; fix the file or delete it") from err
+    if seconds and not str(data.get("machine", "")).strip():
+        raise BookError(f"{path}: 'machine' must name where the times were measured")
+    return Timings(str(data.get("machine", "")), seconds)
 
 
 def _prose(nb: dict[str, Any]) -> list[tuple[str, str]]:
@@ -85,13 +125,18 @@ def _previous_seconds(output: Path, record: dict[str, Any] | None) -> float | No
     return float(duration) if isinstance(duration, (int, float)) else None
 
 
-def assess(chapter: Chapter, shared: dict[str, str], results_dir: Path, *, force: bool = False) -> Step:
-    """What to do with ``chapter`` now (module docstring); ``shared`` is :func:`keys.build_digests`."""
+def assess(chapter: Chapter, shared: dict[str, str], results_dir: Path, *, force: bool = False,
+           timings: Timings | None = None) -> Step:
+    """What to do with ``chapter`` now (module docstring); ``shared`` is :func:`keys.build_digests`;
+    ``timings`` estimate a chapter without a previous execution."""
     nb = json.loads(chapter.source.read_text())
     record = read_record(chapter.output) if chapter.output.is_file() else None
     writes = record.get("writes") if record is not None else None
     key = chapter_key(nb, chapter.parameters, shared, results_dir, own=writes or ())
-    step = Step(chapter.notebook, EXECUTE, "", _previous_seconds(chapter.output, record), key, reads(nb), writes)
+    estimate, measured_on = _previous_seconds(chapter.output, record), ""
+    if estimate is None and timings is not None and timings.of(chapter) is not None:
+        estimate, measured_on = timings.of(chapter), timings.machine
+    step = Step(chapter.notebook, EXECUTE, "", estimate, key, reads(nb), writes, measured_on)
     if force:
         return replace(step, reason="--force")
     if record is None:
@@ -118,13 +163,14 @@ def _touches(read: str | list[str], rewritten: set[str] | None) -> bool:
     return bool(rewritten) if read == EVERY else bool(set(read) & rewritten)
 
 
-def plan(chapters: list[Chapter], shared: dict[str, str], results_dir: Path, *, force: bool = False) -> list[Step]:
+def plan(chapters: list[Chapter], shared: dict[str, str], results_dir: Path, *, force: bool = False,
+         timings: Timings | None = None) -> list[Step]:
     """:func:`assess` for every chapter, with the chapters that read results an earlier
     execution of the plan rewrites set to execute too."""
     steps: list[Step] = []
     rewritten: set[str] | None = set()  # by the executions planned so far; None: unknown which
     for chapter in chapters:
-        step = assess(chapter, shared, results_dir, force=force)
+        step = assess(chapter, shared, results_dir, force=force, timings=timings)
         if step.action != EXECUTE and _touches(step.reads, rewritten):
             step = replace(step, action=EXECUTE, reason="reads results rewritten before it")
         if step.action == EXECUTE:
@@ -133,21 +179,24 @@ def plan(chapters: list[Chapter], shared: dict[str, str], results_dir: Path, *, 
     return steps
 
 
-def _seconds(seconds: float | None) -> str:
-    return "unknown" if seconds is None else f"{seconds:.0f} s"
+def _seconds(step: Step) -> str:
+    if step.action != EXECUTE:
+        return "0 s"
+    return "unknown" if step.estimate is None else f"{step.estimate:.0f} s" + ("*" if step.measured_on else "")
 
 
 def format_plan(steps: list[Step]) -> str:
     """The plan as printed before a build: one line per chapter (action, estimated time, why),
-    then the totals."""
+    then the totals; a time marked * is the one measured on the machine of ``_timings.yml``."""
     width = max((len(str(s.notebook)) for s in steps), default=0)
     lines = ["plan:"]
     for s in steps:
-        time = _seconds(s.estimate) if s.action == EXECUTE else "0 s"
-        lines.append(f"  {s.action:<10}  {str(s.notebook):<{width}}  {time:>8}  {s.reason}".rstrip())
+        lines.append(f"  {s.action:<10}  {str(s.notebook):<{width}}  {_seconds(s):>8}  {s.reason}".rstrip())
     runs = [s for s in steps if s.action == EXECUTE]
     unknown = sum(s.estimate is None for s in runs)
     total = f"about {sum(s.estimate or 0 for s in runs):.0f} s" + (f" + {unknown} unknown" if unknown else "")
     counts = ", ".join(f"{sum(s.action == a for s in steps)} {a}" for a in (EXECUTE, RERENDER, UP_TO_DATE))
     lines.append(f"  total: {counts}; {total}")
+    lines += sorted({f"  * never executed here: the time measured on {s.measured_on} ({TIMINGS})"
+                     for s in runs if s.measured_on})
     return "\n".join(lines)
