@@ -183,3 +183,34 @@ def test_what_changes_v_star_changes_its_key(tiny, cache, monkeypatch, change):
     for h in (FAST, hp):
         v_star.compute_value(tiny, REQUEST, h.layer, h, rome.templates_for(tiny, h))
     assert len(entries(cache, "v_star")) == 2
+
+
+def test_the_layer_sweep_and_the_localization_study_share_their_edits(tiny, cache, monkeypatch):
+    """The editing chapter's layer sweep and the after chapter's localization study edit the same cases at the
+    same layers with the same settings: the study optimizes no v* the sweep has optimized."""
+    from factlens import data
+    from factlens.editing import evaluation, localization
+    from factlens.locating.tracing import TraceSettings
+
+    cases, layers = data.counterfact()[:2], localization.swept_layers(view(tiny).n_layers, 1, FAST.layer)
+    with optimizations(monkeypatch) as calls:
+        for layer in layers:  # the sweep (editing.ipynb), C from the chapter's keys
+            evaluation.evaluate_counterfact(tiny, cases, rome.ROME(replace(FAST, layer=layer)), progress=False)
+        swept = len(calls)
+        settings = localization.LocalizationSettings(layers, trace=TraceSettings("mlp", samples=1, std=1.0))
+        localization.localize_and_edit(tiny, cases, settings, replace(FAST, mom2_samples=500), progress=False)
+    assert swept == len(cases) * len(layers) == len(calls)
+
+
+def test_the_chapters_sizes_let_the_study_reuse_the_sweep(repo_root):
+    """Per tier, the sweep's cases, candidates and layers are the localization study's (chapters/rome/*.yml)."""
+    import yaml
+
+    sweep = yaml.safe_load((repo_root / "chapters/rome/editing.yml").read_text())
+    study = yaml.safe_load((repo_root / "chapters/rome/after.yml").read_text())
+    for profile in ("cpu", "full"):
+        s, a = sweep[profile], study[profile]
+        assert (s["sweep_cases"], s["sweep_every"], s["sweep_candidates"]) == (
+            a["n_localization"], a["sweep_every"], a["n_counterfact"]), profile
+    for profile in sweep:  # the same candidates everywhere: the sweep's cases are the study's first ones
+        assert sweep[profile]["sweep_candidates"] == study[profile]["n_counterfact"], profile
