@@ -4,6 +4,8 @@ study on a tiny random model (every row, the weights restored)."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -182,3 +184,10 @@ def test_known_cases_are_those_the_model_completes(tiny):
         batch = v.batch([case.filled_prompt])
         top = int(v.logits_at(batch.ids, batch.last).argmax())
         assert (case in kept) == (top == v.target_ids(case.target_true)[0])
+
+
+def test_the_known_draw_is_the_seeded_sample_filtered(tiny):
+    cases = data.counterfact()[:60]
+    drawn = localization.known_draw(tiny, cases, 30, seed=1)
+    assert drawn == localization.known_cases(tiny, random.Random(3).sample(cases, 30))
+    assert drawn == localization.known_draw(tiny, cases, 30, seed=1)

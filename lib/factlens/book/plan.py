@@ -134,8 +134,9 @@ def assess(chapter: Chapter, shared: dict[str, str], results_dir: Path, *, force
     writes = record.get("writes") if record is not None else None
     key = chapter_key(nb, chapter.parameters, shared, results_dir, own=writes or ())
     estimate, measured_on = _previous_seconds(chapter.output, record), ""
-    if estimate is None and timings is not None and timings.of(chapter) is not None:
-        estimate, measured_on = timings.of(chapter), timings.machine
+    if estimate is None and timings is not None:
+        estimate = timings.of(chapter)
+        measured_on = timings.machine if estimate is not None else ""
     step = Step(chapter.notebook, EXECUTE, "", estimate, key, reads(nb), writes, measured_on)
     if force:
         return replace(step, reason="--force")

@@ -31,6 +31,7 @@ resample cases, every layer of a case together (:func:`r2_interval`).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, replace
 from typing import Literal
@@ -139,6 +140,14 @@ def known_cases(model: Model, cases: Sequence[CounterFactCase], *, progress: boo
     asked = [_Asked(c.filled_prompt, c.target_true) for c in cases]
     answered = {id(a) for a in known_facts_answered(model, asked, progress=progress)}
     return [c for c, a in zip(cases, asked) if id(a) in answered]
+
+
+def known_draw(model: Model, cases: Sequence[CounterFactCase], candidates: int, *, seed: int = 0
+               ) -> list[CounterFactCase]:
+    """The cases the model completes (:func:`known_cases`) among ``candidates`` drawn from ``cases`` with
+    ``random.Random(seed + 2)``, in the order drawn: the localization study's cases, and the editing chapter's
+    layer sweep's (its first ones), so that the study reads the sweep's v* from the cache."""
+    return known_cases(model, random.Random(seed + 2).sample(list(cases), candidates))
 
 
 def _p(model: Model, prompt: str, targets: Sequence[str]) -> list[float]:
