@@ -89,8 +89,14 @@ def test_summaries_and_the_gap_by_hand():
     low, high = stats.wilson(3, 6)
     assert summary["generated_rewrite"] == pytest.approx({"mean": 50.0, "low": 100 * low, "high": 100 * high})
     assert summary["teacher_forced_rewrite"]["mean"] == pytest.approx(100 * 5.25 / 6)
-    diff, low, high = in_the_wild.gap(frame, n_boot=200)
-    assert diff == pytest.approx(100 * (5.25 - 3) / 6) and low <= diff <= high
+    diff, low, high = in_the_wild.gap(frame)
+    assert (diff, low, high) == pytest.approx(tuple(100 * x for x in stats.newcombe(
+        frame["teacher_forced_rewrite"], frame["generated_rewrite"], paired=True)))
+    assert diff == pytest.approx(100 * (5.25 - 3) / 6) and low < diff < high
+    # every case agrees: the interval still spans what 6 cases cannot rule out, not the point [0, 0]
+    agreeing = frame.assign(teacher_forced_rewrite=1.0, generated_rewrite=1.0)
+    diff, low, high = in_the_wild.gap(agreeing)
+    assert diff == 0 and low == pytest.approx(-high) and high > 30
     assert in_the_wild.gap(frame, "paraphrase")[0] == pytest.approx(100 * (3 - 1) / 6)
     with pytest.raises(ValueError, match="kind must be"):
         in_the_wild.gap(frame, "neighbourhood")
@@ -98,7 +104,7 @@ def test_summaries_and_the_gap_by_hand():
 
 def test_a_claim_stands_beside_the_papers_row():
     frames = {"ROME": _frame(), "FT": _frame()}
-    evidence = in_the_wild.claim_gap(frames, "FT", n_boot=50)
+    evidence = in_the_wild.claim_gap(frames, "FT")
     assert evidence["paper"].source.startswith("Yang et al. 2025, Table 3") and evidence["n"] == 6
     assert evidence["paper"].value == pytest.approx(100 * np.mean([1.0 - 0.867, 1.0 - 0.733, 1.0 - 0.916]))
     assert evidence["ours"] == pytest.approx(in_the_wild.gap(frames["FT"])[0])

@@ -38,10 +38,24 @@ def test_newcombe_paired_by_hand():
     # no case differs: the interval is not a point (a paired bootstrap would give [0, 0])
     _, low, high = newcombe([1] * 50, [1] * 50, paired=True)
     assert low == pytest.approx(-high) and 0.07 < high < 0.072
-    with pytest.raises(ValueError, match="0/1"):
-        newcombe([0.5, 1], [1, 1], paired=True)
+    with pytest.raises(ValueError, match=r"outcomes in \[0, 1\]"):
+        newcombe([1.5, 1], [1, 1], paired=True)
     with pytest.raises(ValueError, match="equally many"):
         newcombe([1, 0], [1], paired=True)
+
+
+def test_newcombe_takes_shares_as_expected_counts_by_hand():
+    # a = [1, 0.5, 1, 0] (a share: half of a target's tokens), b = [1, 0, 0, 0]: the expected table has
+    # both = 1, only a = 1.5, only b = 0, neither = 1.5; p_a = 0.625, p_b = 0.25;
+    # Wilson(2.5, 4) = (0.219421, 0.908105), Wilson(1, 4) = (0.045586, 0.699364); phi = 1.5 / sqrt(11.25) = 0.447214
+    # low  = 0.375 - sqrt(0.405579^2 - 2 phi 0.405579 0.449364 + 0.449364^2) = 0.375 - 0.451009 = -0.076009
+    # high = 0.375 + sqrt(0.283105^2 - 2 phi 0.283105 0.204414 + 0.204414^2) = 0.375 + 0.264900 = 0.639900
+    d, low, high = newcombe([1, 0.5, 1, 0], [1, 0, 0, 0], paired=True)
+    assert d == pytest.approx(0.375)
+    assert low == pytest.approx(-0.076009, abs=2e-5) and high == pytest.approx(0.639900, abs=2e-5)
+    # two cases of a hundred differ, both one way: the lower bound stays below 0 (a paired bootstrap puts it at 0)
+    d, low, high = newcombe([1] * 100, [1] * 98 + [0, 0], paired=True)
+    assert d == pytest.approx(0.02) and -0.021 < low < -0.019 and 0.069 < high < 0.071
 
 
 def test_newcombe_unpaired_by_hand():

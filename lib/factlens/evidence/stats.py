@@ -2,7 +2,8 @@
 
 * :func:`wilson`: a proportion (Wilson's score interval);
 * :func:`newcombe`: a difference of two proportions, paired (the same cases) or not
-  (Newcombe's hybrid score intervals, built from the two Wilson intervals);
+  (Newcombe's hybrid score intervals, built from the two Wilson intervals), also of two shares in
+  [0, 1] per unit (conservatively);
 * :func:`bootstrap`: any smooth statistic of the units (a mean; a harmonic mean of means),
   the percentile interval over resampled units;
 * :func:`bootstrap_difference`: the difference of two means, paired or not.
@@ -37,8 +38,9 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def _outcomes(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     out = np.asarray(x, dtype=float)
-    if out.ndim != 1 or len(out) == 0 or not np.isin(out, (0.0, 1.0)).all():
-        raise ValueError(f"newcombe needs {name} as a non-empty list of 0/1 outcomes")
+    if out.ndim != 1 or len(out) == 0 or not ((out >= 0) & (out <= 1)).all():
+        raise ValueError(f"newcombe needs {name} as a non-empty list of outcomes in [0, 1] (0/1, or shares such "
+                         f"as the fraction of a target's tokens predicted)")
     return out
 
 
@@ -52,7 +54,13 @@ def newcombe(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *
     ("Interval estimation for the difference between independent proportions"); ``paired`` (``a[i]``
     and ``b[i]`` are outcomes of the same case), the same with the cross term ``− 2φ(·)(·)`` of the
     pairs' correlation φ ("... based on paired data"). Unlike a bootstrap it does not shrink to a point
-    when every outcome agrees."""
+    when every outcome agrees, nor leave a bound at 0 when two cases of a hundred differ.
+
+    Shares in [0, 1] (a target's tokens predicted, of several) enter as expected counts: the table's
+    cells are ``Σ a·b``, ``Σ a·(1 − b)``, ... . The interval is then conservative, never narrower than
+    the outcomes warrant: a share with mean p varies at most as much as a 0/1 outcome with mean p,
+    ``Var(a) ≤ p(1 − p)``, and the table's φ carries the shares' own covariance, so the variance the
+    formula assumes for ``a − b`` is at least the shares' own."""
     x, y = _outcomes(a, "a"), _outcomes(b, "b")
     if paired and len(x) != len(y):
         raise ValueError(f"paired outcomes must be equally many, got {len(x)} and {len(y)}")
