@@ -54,6 +54,14 @@ def test_paired_differences_by_hand():
     # a proportion: Newcombe's interval, on the pairs matched by case_id (b lists cases 4, 3, 2, 1)
     _, *expected = newcombe([1, 1, 0, 1], [0, 0, 0, 1], paired=True)
     assert (low, high) == pytest.approx(tuple(100 * x for x in expected))
+    # a share of a case's prompts (two paraphrases): Newcombe's with the shares as expected counts,
+    # not a bootstrap that is the point [0, 0] when every case agrees
+    shares_a, shares_b = a.assign(PS=[0.5, 1.0, 1.0, 0.0]), b.assign(PS=[0.0, 1.0, 0.0, 0.5])  # b: cases 4, 3, 2, 1
+    d, low, high = evaluation.paired_difference(shares_a, shares_b, "PS")
+    _, *expected = newcombe([0.5, 1.0, 1.0, 0.0], [0.5, 0.0, 1.0, 0.0], paired=True)
+    assert d == pytest.approx(25.0) and (low, high) == pytest.approx(tuple(100 * x for x in expected))
+    same, low, high = evaluation.paired_difference(shares_a, shares_a, "PS")
+    assert same == 0.0 and low < -20 and high > 20  # four agreeing cases leave a wide interval
     d, _, _ = evaluation.paired_difference(a, b, "S", n_boot=10)
     assert d == pytest.approx(100 * (3 / (1 / 0.75 + 1 + 1 / 0.75) - 3 / (1 / 0.25 + 1 + 1)))
     d, low, high = evaluation.paired_difference(a, b, "GE", relative=True, n_boot=300)

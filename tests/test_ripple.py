@@ -11,6 +11,7 @@ import torch
 from factlens.core.models import view
 from factlens.editing import evaluation, ripple
 from factlens.editing.requests import EditRequest
+from factlens.evidence.stats import newcombe
 from factlens.probing import lama
 
 REQUEST = EditRequest("The native language of {} is", "Danielle Darrieux", "Dutch")
@@ -79,9 +80,13 @@ def test_p_at_1_change_is_the_paired_difference_of_accuracies():
     report = ripple.RippleReport(answers, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     diff, low, high, n = report.p_at_1_change("relation")
     assert (diff, n) == (-50.0, 4)  # 1 of 4 right after, 3 of 4 before
-    assert -100.0 <= low <= diff <= high <= 0.0  # a fact only ever lost: the paired interval never goes above 0
+    _, *expected = newcombe([0, 0, 1, 0], [1, 1, 1, 0], paired=True)  # Newcombe's, paired by question
+    assert (low, high) == pytest.approx(tuple(100 * x for x in expected)) and -100.0 <= low < diff < high
     edited = report.p_at_1_change("edited")
     assert (edited[0], edited[3]) == (100.0, 1)
+    unchanged = answers.assign(right_after=answers["right_before"])
+    same = ripple.RippleReport(unchanged, pd.DataFrame(), pd.DataFrame(), pd.DataFrame()).p_at_1_change("relation")
+    assert same[0] == 0.0 and same[1] < -20 and same[2] > 20  # four unchanged answers: not the point [0, 0]
 
 
 def test_neighbourhood_scores_compare_the_true_object_with_the_target(tiny):

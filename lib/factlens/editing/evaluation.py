@@ -24,10 +24,11 @@ answer of an unrelated question, so it measures what the edit broke.
 :func:`evaluate_counterfact` and :func:`evaluate_zsre` run an editor (``factlens.editing.requests.Editor``:
 ``factlens.editing.rome.ROME``, ``fine_tuning.FineTuner``, ``knowledge_neurons.KnowledgeNeurons``, ...,
 or ``None`` for the unedited model) over cases, one request per edit, undoing each edit before the next,
-and return one row per case. :func:`summarize` turns the
-rows into means with bootstrap 95% intervals over cases, in percent as the paper reports them;
-:func:`paired_difference` compares two methods on the same cases (the cases resampled
-together), and :func:`claim_difference` / :func:`claim_value` give a claim's evidence beside
+and return one row per case. :func:`summarize` turns the rows into means with 95% intervals over
+cases (Wilson's for 0/1 outcomes, otherwise the bootstrap), in percent as the paper reports them;
+:func:`paired_difference` compares two methods on the same cases (Newcombe's paired interval for
+success rates, otherwise the cases resampled together), and :func:`claim_difference` /
+:func:`claim_value` give a claim's evidence beside
 the paper's number (``factlens.evidence.results.Run.claim``).
 """
 
@@ -57,6 +58,7 @@ from factlens.probing.repeated import RecordedRows
 COUNTERFACT_METRICS = ("S", "ES", "PS", "NS", "EM", "PM", "NM", "GE")
 _Z = {0.95: 1.96, 0.9: 1.645, 0.99: 2.576}  # two-sided normal quantiles (as stats.wilson)
 ZSRE_METRICS = ("efficacy", "paraphrase", "specificity")
+SUCCESS_RATES = ("ES", "PS", "NS", *ZSRE_METRICS)  # per case a share in [0, 1] of prompts or tokens that succeed
 
 # The paper's numbers on GPT-2 XL (factlens.evidence.papers), in percent (GE: entropy × 100), per method:
 # CounterFact, Table 4 (RS, the consistency score, needs data we do not have); zsRE, Table 1.
@@ -373,8 +375,10 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative
     percent) and its 95% interval over the cases, paired: ``(difference, low, high)``.
 
     ``a`` and ``b`` are two methods' frames on the same cases (matched on ``case_id``; an error
-    if their cases differ). A difference of two proportions (0/1 per case) gets Newcombe's
-    interval (``factlens.evidence.stats.newcombe``, paired); any other the bootstrap with the cases
+    if their cases differ). A difference of two success rates (:data:`SUCCESS_RATES`: 0/1 per case,
+    or a share of a case's prompts or target tokens) gets Newcombe's paired interval
+    (``factlens.evidence.stats.newcombe``, shares as expected counts), which does not collapse to a
+    point when the cases agree; a magnitude, S or a relative difference the bootstrap with the cases
     resampled together.
     """
     if sorted(a["case_id"]) != sorted(b["case_id"]):
@@ -389,7 +393,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative
         first, second = stat(rows[:, :k]), stat(rows[:, k:])
         return 100 * (first / second - 1) if relative else 100 * (first - second)
 
-    if metric != "S" and not relative and _binary(x) and confidence in _Z:
+    if metric in SUCCESS_RATES and not relative and confidence in _Z and not np.isnan(x).any():
         _, low, high = newcombe(x[:, 0], x[:, 1], paired=True, z=_Z[confidence])
         return difference(x), 100 * low, 100 * high
     low, high = bootstrap(x, difference, n_boot=n_boot, confidence=confidence, seed=seed)

@@ -56,9 +56,9 @@ class RippleReport:
     counts: pd.DataFrame
     reverse: pd.DataFrame  # every reverse question: prompt, answer, top before/after, log p before/after
 
-    def p_at_1_change(self, kind: str = "relation", *, seed: int = 0) -> tuple[float, float, float, int]:
-        """P@1 after minus P@1 before over the ``kind``'s questions, in points, with the 95% interval of a
-        bootstrap paired by question: ``(difference, low, high, n)``.
+    def p_at_1_change(self, kind: str = "relation") -> tuple[float, float, float, int]:
+        """P@1 after minus P@1 before over the ``kind``'s questions, in points, with Newcombe's 95% interval
+        paired by question (``factlens.evidence.stats.newcombe``): ``(difference, low, high, n)``.
 
         For ``relation`` this is ROME's specificity (Meng et al. 2022, Table 1: token accuracy on other
         facts, the edited model's minus the unedited model's) on the other facts of the edited relation."""
@@ -66,10 +66,9 @@ class RippleReport:
         if asked.empty:
             raise ValueError(f"the report asked no {kind!r} questions; it has: "
                              f"{', '.join(sorted(set(self.answers['kind']))) or 'none'}")
-        diff, low, high = stats.bootstrap_difference(100.0 * asked["right_after"].to_numpy(),
-                                                     100.0 * asked["right_before"].to_numpy(), paired=True,
-                                                     seed=seed)
-        return diff, low, high, len(asked)
+        diff, low, high = stats.newcombe(asked["right_after"].to_numpy(float), asked["right_before"].to_numpy(float),
+                                         paired=True)
+        return 100 * diff, 100 * low, 100 * high, len(asked)
 
 
 def neighbourhood_scores(model: Model, facts: Sequence[LamaFact], target: str) -> pd.DataFrame:
