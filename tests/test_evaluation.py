@@ -54,7 +54,7 @@ def test_paired_differences_by_hand():
     # a proportion: Newcombe's interval, on the pairs matched by case_id (b lists cases 4, 3, 2, 1)
     _, *expected = newcombe([1, 1, 0, 1], [0, 0, 0, 1], paired=True)
     assert (low, high) == pytest.approx(tuple(100 * x for x in expected))
-    # a share of a case's prompts (two paraphrases): Newcombe's with the shares as expected counts,
+    # a share of a case's prompts (two paraphrases): Newcombe's with the shares as the closest pairing,
     # not a bootstrap that is the point [0, 0] when every case agrees
     shares_a, shares_b = a.assign(PS=[0.5, 1.0, 1.0, 0.0]), b.assign(PS=[0.0, 1.0, 0.0, 0.5])  # b: cases 4, 3, 2, 1
     d, low, high = evaluation.paired_difference(shares_a, shares_b, "PS")

@@ -27,32 +27,42 @@ def test_wilson_reaches_the_ends_exactly():
 
 def test_newcombe_paired_by_hand():
     # 2 cases both right, 3 only a's, 0 only b's, 5 neither (n = 10): p_a = 0.5, p_b = 0.2;
-    # Wilson (0.23659, 0.76341) and (0.05668, 0.50984); phi = 10 / 20 = 0.5
-    # low  = 0.3 - sqrt(0.26341^2 - 2 0.5 0.26341 0.30984 + 0.30984^2) = 0.3 - 0.28943 = 0.01057
-    # high = 0.3 + sqrt(0.26341^2 - 2 0.5 0.26341 0.14332 + 0.14332^2) = 0.3 + 0.22842 = 0.52842
+    # Wilson (0.23659, 0.76341) and (0.05668, 0.50984); AD - BC = 10 is above N/2 = 5, so phi = (10 - 5) / 20 = 0.25
+    # low  = 0.3 - sqrt(0.26341^2 - 2 0.25 0.26341 0.30984 + 0.30984^2) = 0.3 - 0.35296 = -0.05296
+    # high = 0.3 + sqrt(0.26341^2 - 2 0.25 0.26341 0.14332 + 0.14332^2) = 0.3 + 0.26655 = 0.56655
     a = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
     b = [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
     d, low, high = newcombe(a, b, paired=True)
     assert d == pytest.approx(0.3)
-    assert low == pytest.approx(0.01057, abs=2e-5) and high == pytest.approx(0.52842, abs=2e-5)
+    assert low == pytest.approx(-0.05296, abs=2e-5) and high == pytest.approx(0.56655, abs=2e-5)
     # no case differs: the interval is not a point (a paired bootstrap would give [0, 0])
     _, low, high = newcombe([1] * 50, [1] * 50, paired=True)
     assert low == pytest.approx(-high) and 0.07 < high < 0.072
+    # nor at p = 1/2, where phi = 1 would make it one: AD = 625 less N/2 = 25, phi = 600 / 625 = 0.96;
+    # Wilson(25, 50) = 0.5 -+ 0.13355, so the half-width is 0.13355 sqrt(2 - 2 0.96) = 0.037776
+    _, low, high = newcombe([1] * 25 + [0] * 25, [1] * 25 + [0] * 25, paired=True)
+    assert high == pytest.approx(0.037776, abs=2e-6) and low == pytest.approx(-high)
     with pytest.raises(ValueError, match=r"outcomes in \[0, 1\]"):
         newcombe([1.5, 1], [1, 1], paired=True)
     with pytest.raises(ValueError, match="equally many"):
         newcombe([1, 0], [1], paired=True)
 
 
-def test_newcombe_takes_shares_as_expected_counts_by_hand():
-    # a = [1, 0.5, 1, 0] (a share: half of a target's tokens), b = [1, 0, 0, 0]: the expected table has
-    # both = 1, only a = 1.5, only b = 0, neither = 1.5; p_a = 0.625, p_b = 0.25;
-    # Wilson(2.5, 4) = (0.219421, 0.908105), Wilson(1, 4) = (0.045586, 0.699364); phi = 1.5 / sqrt(11.25) = 0.447214
-    # low  = 0.375 - sqrt(0.405579^2 - 2 phi 0.405579 0.449364 + 0.449364^2) = 0.375 - 0.451009 = -0.076009
-    # high = 0.375 + sqrt(0.283105^2 - 2 phi 0.283105 0.204414 + 0.204414^2) = 0.375 + 0.264900 = 0.639900
+def test_newcombe_takes_shares_as_the_closest_pairing_by_hand():
+    # a = [1, 0.5, 1, 0] (a share: half of a target's tokens), b = [1, 0, 0, 0]: per case min(a, b) both,
+    # max(a - b, 0) only a, ...: both = 1, only a = 1.5, only b = 0, neither = 1.5; p_a = 0.625, p_b = 0.25;
+    # AD - BC = 1.5 lies in [0, N/2 = 2], so phi = 0;
+    # Wilson(2.5, 4) = (0.219422, 0.908103), Wilson(1, 4) = (0.045586, 0.699364)
+    # low  = 0.375 - sqrt(0.405578^2 + 0.449364^2) = 0.375 - 0.605328 = -0.230328
+    # high = 0.375 + sqrt(0.283103^2 + 0.204414^2) = 0.375 + 0.349188 = 0.724188
     d, low, high = newcombe([1, 0.5, 1, 0], [1, 0, 0, 0], paired=True)
     assert d == pytest.approx(0.375)
-    assert low == pytest.approx(-0.076009, abs=2e-5) and high == pytest.approx(0.639900, abs=2e-5)
+    assert low == pytest.approx(-0.230328, abs=2e-5) and high == pytest.approx(0.724188, abs=2e-5)
+    # two equal shares agree as two equal outcomes do: forty cases of 0.5 on both sides give the interval of
+    # twenty agreeing successes and twenty agreeing failures (independent 0/1 draws would give +-0.21)
+    shares = newcombe([0.5] * 40, [0.5] * 40, paired=True)
+    assert shares == pytest.approx(newcombe([1] * 20 + [0] * 20, [1] * 20 + [0] * 20, paired=True))
+    assert shares[0] == 0 and shares[2] < 0.05
     # two cases of a hundred differ, both one way: the lower bound stays below 0 (a paired bootstrap puts it at 0)
     d, low, high = newcombe([1] * 100, [1] * 98 + [0, 0], paired=True)
     assert d == pytest.approx(0.02) and -0.021 < low < -0.019 and 0.069 < high < 0.071

@@ -377,9 +377,9 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, relative
     ``a`` and ``b`` are two methods' frames on the same cases (matched on ``case_id``; an error
     if their cases differ). A difference of two success rates (:data:`SUCCESS_RATES`: 0/1 per case,
     or a share of a case's prompts or target tokens) gets Newcombe's paired interval
-    (``factlens.evidence.stats.newcombe``, shares as expected counts), which does not collapse to a
-    point when the cases agree; a magnitude, S or a relative difference the bootstrap with the cases
-    resampled together.
+    (``factlens.evidence.stats.newcombe``, shares as the closest pairing of 0/1 outcomes), which does
+    not collapse to a point when the cases agree; a magnitude, S or a relative difference the
+    bootstrap with the cases resampled together.
     """
     if sorted(a["case_id"]) != sorted(b["case_id"]):
         raise ValueError("paired_difference needs both frames scored on the same cases (case_id); "

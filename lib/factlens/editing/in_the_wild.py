@@ -141,7 +141,8 @@ def gap(frame: pd.DataFrame, kind: str = "rewrite") -> tuple[float, float, float
     interval over cases, paired: ``(difference, low, high)``.
 
     Newcombe's paired interval (``factlens.evidence.stats.newcombe``; a target's token accuracy, a share when it
-    has several tokens, enters as an expected count, which keeps the interval conservative). Not a bootstrap:
+    has several tokens, enters as the closest pairing with the 0/1 success, which keeps the interval
+    conservative). Not a bootstrap:
     when the two columns agree on every case a paired bootstrap is the point [0, 0], and when two cases of a
     hundred disagree its lower bound is 0, both narrower than the cases warrant."""
     if kind not in KINDS:

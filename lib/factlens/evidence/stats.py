@@ -3,7 +3,7 @@
 * :func:`wilson`: a proportion (Wilson's score interval);
 * :func:`newcombe`: a difference of two proportions, paired (the same cases) or not
   (Newcombe's hybrid score intervals, built from the two Wilson intervals), also of two shares in
-  [0, 1] per unit (conservatively);
+  [0, 1] per unit (conservatively: the closest pairing of two 0/1 outcomes with those means);
 * :func:`bootstrap`: any smooth statistic of the units (a mean; a harmonic mean of means),
   the percentile interval over resampled units;
 * :func:`bootstrap_difference`: the difference of two means, paired or not.
@@ -53,14 +53,21 @@ def newcombe(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *
     papers): unpaired, ``d − √((p_a − l_a)² + (u_b − p_b)²)`` to ``d + √((u_a − p_a)² + (p_b − l_b)²)``
     ("Interval estimation for the difference between independent proportions"); ``paired`` (``a[i]``
     and ``b[i]`` are outcomes of the same case), the same with the cross term ``− 2φ(·)(·)`` of the
-    pairs' correlation φ ("... based on paired data"). Unlike a bootstrap it does not shrink to a point
-    when every outcome agrees, nor leave a bound at 0 when two cases of a hundred differ.
+    pairs' correlation φ ("... based on paired data"), from the 2×2 table ``A`` (both), ``B`` (only a),
+    ``C`` (only b), ``D`` (neither): ``φ = (AD − BC)/√((A+B)(C+D)(A+C)(B+D))``, its numerator less
+    ``N/2`` when it exceeds ``N/2`` and 0 when it lies in [0, N/2], as Newcombe's method is worked in
+    Altman et al., *Statistics with Confidence* (2000), ch. 6. Without that correction φ = 1 when every
+    pair agrees and the interval shrinks to ``±|(p − l) − (u − p)|``, the point 0 at p = ½; with it, and
+    unlike a paired bootstrap, it neither shrinks to a point when every pair agrees nor leaves a bound at
+    0 when two cases of a hundred differ.
 
-    Shares in [0, 1] (a target's tokens predicted, of several) enter as expected counts: the table's
-    cells are ``Σ a·b``, ``Σ a·(1 − b)``, ... . The interval is then conservative, never narrower than
-    the outcomes warrant: a share with mean p varies at most as much as a 0/1 outcome with mean p,
-    ``Var(a) ≤ p(1 − p)``, and the table's φ carries the shares' own covariance, so the variance the
-    formula assumes for ``a − b`` is at least the shares' own."""
+    Shares in [0, 1] (a target's tokens predicted, of several; a case's prompts) enter as expected
+    counts of the closest pairing of two 0/1 outcomes with those means: per case ``min(a, b)`` both,
+    ``max(a − b, 0)`` only a, ``max(b − a, 0)`` only b, the rest neither (for 0/1 outcomes, and whenever
+    one side is 0/1, the ordinary table). Two equal shares then agree, as two equal outcomes do. The
+    interval stays conservative: the variance the formula assumes for a − b, ``Var(d) + E[|d|(1 − |d|)]``
+    with ``d = a − b`` per case, is at least the shares' own ``Var(d)``, and each Wilson interval assumes
+    ``p(1 − p)``, at least a share's variance."""
     x, y = _outcomes(a, "a"), _outcomes(b, "b")
     if paired and len(x) != len(y):
         raise ValueError(f"paired outcomes must be equally many, got {len(x)} and {len(y)}")
@@ -68,10 +75,12 @@ def newcombe(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *
     (la, ua), (lb, ub) = wilson(x.sum(), len(x), z), wilson(y.sum(), len(y), z)
     phi = 0.0
     if paired:
-        both, only_a, only_b = (x * y).sum(), (x * (1 - y)).sum(), ((1 - x) * y).sum()
+        both, only_a, only_b = np.minimum(x, y).sum(), np.clip(x - y, 0, None).sum(), np.clip(y - x, 0, None).sum()
         neither = len(x) - both - only_a - only_b
         margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-        phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
+        excess = both * neither - only_a * only_b
+        excess = excess if excess < 0 else max(excess - len(x) / 2, 0.0)
+        phi = excess / math.sqrt(margins) if margins else 0.0
     low = pa - pb - math.sqrt(max((pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2, 0.0))
     high = pa - pb + math.sqrt(max((ua - pa) ** 2 - 2 * phi * (ua - pa) * (pb - lb) + (pb - lb) ** 2, 0.0))
     return float(pa - pb), float(low), float(high)
